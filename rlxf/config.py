@@ -1,0 +1,258 @@
+"""Typed configs: dataclasses filled from a YAML file plus ``key=value`` overrides.
+
+Every command of rlxf has one config dataclass. Fields are declared with :func:`option`, which keeps the
+help text beside the field (the same text ``--help`` prints). Nested dataclasses give dotted keys
+(``model.dtype=bfloat16``). Loading checks, before anything heavy happens:
+
+* every key exists (an unknown key is an error that suggests the nearest valid one);
+* every value has the declared type (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+  ``list[...]``, ``X | None`` and nested dataclasses);
+* the dataclasses' own ``__post_init__`` checks (ranges, combinations of options).
+
+This module knows nothing of models or training; every layer of the package uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message says which and what was expected."""
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its help text (shown by ``--help`` and in :func:`describe`)."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    # get_type_hints resolves the string annotations that `from __future__ import annotations` leaves.
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        return f"list[{_type_name(inner)}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless (int -> float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}.{extra}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and inner is not Any:
+            value = [value]  # a single value where a list is expected: `stop=Human:` means ["Human:"]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {_type_name(inner)}, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if _is_dataclass_type(tp):
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} options, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # `--seed`-like strings typed as numbers in YAML, e.g. a prompt "1984"
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not hint:  # maybe a nested key given at the wrong level: suggest its full dotted name
+        everywhere = [k for k, *_ in describe(cls)]
+        hint = difflib.get_close_matches(name, everywhere, n=1, cutoff=0.6) or [
+            k for k in everywhere if k.endswith("." + name)
+        ][:1]
+        hint = [h for h in hint]
+        suggestion = f" Did you mean {prefix}{hint[0]}?" if hint else ""
+    else:
+        suggestion = f" Did you mean {prefix}{hint[0]}?"
+    return ConfigError(
+        f"unknown config key {prefix}{name!s} for {cls.__name__}.{suggestion} "
+        f"Valid keys here: {', '.join(valid)}."
+    )
+
+
+def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    types_ = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in names:
+            raise _unknown_key(cls, str(name), prefix)
+        kwargs[name] = _coerce(value, types_[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # __post_init__ checks
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from exc
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["model.dtype=bfloat16", "lr=1e-5"]`` -> nested dict. Values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str) and raw != value and not raw.strip().startswith(("'", '"')):
+            value = raw  # keep the raw text for strings (YAML would strip e.g. trailing spaces)
+        set_dotted(nested, key, value)
+    return nested
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of two nested dicts; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> T:
+    """Build ``cls`` from an optional YAML file, then overrides (``key=value`` strings or a nested dict)."""
+    values: dict[str, Any] = read_yaml(path) if path else {}
+    if isinstance(overrides, Mapping):
+        values = merge(values, overrides)
+    else:
+        values = merge(values, parse_overrides(overrides))
+    try:
+        return _build(cls, values)
+    except ConfigError as exc:
+        if path:
+            raise ConfigError(f"{exc} (config file {path})") from exc
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """All options of a config class as ``(dotted key, type, default, help)``, nested ones flattened."""
+    rows: list[tuple[str, str, Any, str]] = []
+    types_ = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        if _is_dataclass_type(tp):
+            rows.extend((f"{f.name}.{k}", t, d, h) for k, t, d, h in describe(tp))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        rows.append((f.name, _type_name(tp), default, f.metadata.get("help", "")))
+    return rows
