@@ -126,19 +126,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
     valid = [f.name for f in dataclasses.fields(cls)]
-    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    if not hint:  # maybe a nested key given at the wrong level: suggest its full dotted name
-        everywhere = [k for k, *_ in describe(cls)]
-        hint = difflib.get_close_matches(name, everywhere, n=1, cutoff=0.6) or [
-            k for k in everywhere if k.endswith("." + name)
-        ][:1]
-        hint = [h for h in hint]
-        suggestion = f" Did you mean {prefix}{hint[0]}?" if hint else ""
-    else:
-        suggestion = f" Did you mean {prefix}{hint[0]}?"
+    everywhere = [key for key, *_ in describe(cls)]
+    # A nested option given at the wrong level (`schedule` for `optim.schedule`) beats a look-alike here.
+    hint = [key for key in everywhere if key.endswith("." + name)][:1]
+    hint = hint or difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = hint or difflib.get_close_matches(name, everywhere, n=1, cutoff=0.6)
+    suggestion = f" Did you mean {prefix}{hint[0]}?" if hint else ""
     return ConfigError(
-        f"unknown config key {prefix}{name!s} for {cls.__name__}.{suggestion} "
-        f"Valid keys here: {', '.join(valid)}."
+        f"unknown config key {prefix}{name} for {cls.__name__}.{suggestion} Valid keys here: {', '.join(valid)}."
     )
 
 
@@ -168,9 +163,12 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(value, str) and raw != value and not raw.strip().startswith(("'", '"')):
-            value = raw  # keep the raw text for strings (YAML would strip e.g. trailing spaces)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict) or (isinstance(value, str) and not raw.strip().startswith(("'", '"'))):
+            value = raw  # plain text stays as typed (`stop=Human:` is a string, not a YAML mapping)
         set_dotted(nested, key, value)
     return nested
 

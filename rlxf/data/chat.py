@@ -34,3 +34,20 @@ def render_prompt(record: dict[str, Any], tokenizer: Any, chat_template: ChatTem
         )
     # A conversation ending with a user turn gets the assistant header appended (add_generation_prompt).
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_chat(messages: list[dict[str, Any]], tokenizer: Any, add_generation_prompt: bool = False) -> str:
+    """A conversation rendered with the tokenizer's chat template (as text, not token ids).
+
+    ``add_generation_prompt=True`` opens an assistant turn after the last message (what the model then
+    continues); ``False`` renders the conversation as it stands, e.g. to train on its assistant turns.
+    Raises :class:`ValueError` when the tokenizer has no chat template.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "the data holds a list of messages but the tokenizer has no chat template; "
+            "give plain `prompt`/`completion` strings or a model with a chat template"
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )

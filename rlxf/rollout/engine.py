@@ -1,0 +1,112 @@
+"""The generation interface every backend implements, and what a rollout returns.
+
+A backend (``transformers`` generate now, vLLM later) takes rendered prompt strings and sampling settings
+and returns a :class:`RolloutBatch`: token ids, masks, text, finish reasons and the per-token log-probs of
+the sampled tokens *under the sampling distribution* (after temperature / top-k / top-p), which is what
+an RL trainer needs as its "old" log-probs when it samples with those settings.
+
+Layout: with ``n`` samples per prompt, rows are grouped prompt by prompt
+(``[p0 s0, p0 s1, ..., p1 s0, ...]``) and ``prompt_index`` maps each row to its prompt; group-relative
+advantage estimators (GRPO, RLOO) rely on that order.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from rlxf.config import option
+
+FinishReason = Literal["eos", "length", "stop"]
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled."""
+
+    max_new_tokens: int = option(64, help="most tokens generated per completion")
+    temperature: float = option(1.0, help="softmax temperature; 0 means greedy decoding")
+    top_p: float = option(1.0, help="nucleus sampling: keep the smallest set of tokens with this much mass")
+    top_k: int = option(0, help="keep only the k most likely tokens; 0 disables")
+    stop: list[str] = option(
+        default_factory=list, help="stop strings: generation of a completion ends when it produces one"
+    )
+    n: int = option(1, help="completions sampled per prompt")
+    ignore_eos: bool = option(False, help="keep generating past end-of-sequence tokens (fixed-length runs)")
+    batch_size: int = option(16, help="sequences (prompts x samples) generated together in one forward batch")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(s == "" for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class RolloutBatch:
+    """Completions for a batch of prompts; ``B`` = prompts x samples, ``P`` prompt and ``C`` completion width."""
+
+    prompt_ids: torch.Tensor  # [B, P] long, LEFT padded
+    prompt_mask: torch.Tensor  # [B, P] long, 1 on prompt tokens
+    completion_ids: torch.Tensor  # [B, C] long, RIGHT padded
+    completion_mask: torch.Tensor  # [B, C] long, 1 on generated tokens up to and including eos / stop token
+    logprobs: torch.Tensor  # [B, C] float32, log pi_sampling(token | prefix); 0 where completion_mask is 0
+    prompts: list[str]  # [B] the rendered prompt text of each row
+    completions: list[str]  # [B] completion text (special tokens removed, cut before a stop string)
+    finish_reasons: list[FinishReason]  # [B]
+    prompt_index: torch.Tensor  # [B] long, index of the row's prompt in the input list
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt and completion side by side, ``[B, P + C]``: what a trainer feeds back to the model."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[B, P + C]``: 1 on real prompt tokens and on kept completion tokens."""
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        moved = {
+            name: value.to(device) if isinstance(value, torch.Tensor) else value
+            for name, value in self.__dict__.items()
+        }
+        return RolloutBatch(**moved)
+
+
+class GenerationEngine(abc.ABC):
+    """A generation backend. Implementations: :class:`rlxf.rollout.hf.HFEngine` (transformers)."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None) -> RolloutBatch:
+        """Sample ``sampling.n`` completions for each rendered prompt string.
+
+        The same ``seed``, prompts and settings give the same completions.
+        """
+
+    @abc.abstractmethod
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine sample from ``model``'s current weights (after a training step).
+
+        In-process backends share the module and need nothing; a vLLM backend copies the weights.
+        """

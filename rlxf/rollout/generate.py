@@ -1,0 +1,120 @@
+"""``rlxf generate``: sample completions for prompts from a file or the command line.
+
+Prompts from a file are read and validated by :mod:`rlxf.data` (a bad record stops the command before the
+model loads, naming file, line and field); each is rendered with the chat template when it is a list of
+messages and continued raw when it is a plain string (see :mod:`rlxf.data.chat`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlxf.config import option
+from rlxf.data import check_prompt_lengths, read_data
+from rlxf.data.chat import ChatTemplateMode, render_prompt
+from rlxf.models import ModelConfig, load_model
+from rlxf.rollout.engine import RolloutBatch, SamplingConfig
+from rlxf.rollout.hf import HFEngine
+
+
+@dataclass
+class GenerateConfig:
+    """Options of ``rlxf generate``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompts: str | None = option(None, help="file of prompt records (JSONL, CSV, Parquet or a datasets folder)")
+    prompt: list[str] = option(default_factory=list, help="prompt text given directly (repeat for several)")
+    chat_template: ChatTemplateMode = option(
+        "auto", help="auto: messages use the chat template, plain prompts are continued raw; always; never"
+    )
+    seed: int | None = option(None, help="random seed; the same seed gives the same completions")
+    out: str | None = option(None, help="write the completions to this JSONL file instead of printing them")
+
+    def __post_init__(self) -> None:
+        if not self.prompts and not self.prompt:
+            raise ValueError("give prompts: --prompts FILE or --prompt TEXT")
+        if self.prompts and self.prompt:
+            raise ValueError("give either --prompts FILE or --prompt TEXT, not both")
+        if self.out and Path(self.out).suffix != ".jsonl":
+            raise ValueError(f"out must be a .jsonl file, got {self.out}")
+
+
+@dataclass
+class GeneratedSample:
+    """One completion, as written to the output JSONL (``prompt`` + ``completion`` is the SFT format)."""
+
+    prompt: Any  # the prompt as given: a string or a list of messages
+    completion: str
+    finish_reason: str
+    prompt_index: int
+    sample_index: int
+    num_tokens: int
+    logprob: float  # sum of the completion's token log-probs under the sampling distribution
+
+
+def generate(cfg: GenerateConfig) -> list[GeneratedSample]:
+    """Load the model, sample ``cfg.sampling.n`` completions per prompt, write them if ``cfg.out`` is set."""
+    if cfg.prompts:
+        records = read_data(cfg.prompts, kind="prompts")  # validated before the model loads
+    else:
+        records = None
+    model, tokenizer = load_model(cfg.model)
+    if records is not None:
+        max_context = getattr(model.config, "max_position_embeddings", None)
+        if max_context is not None:
+            check_prompt_lengths(
+                records,
+                tokenizer,
+                max_context - cfg.sampling.max_new_tokens,
+                cfg.chat_template,
+                why=f"the model's context ({max_context}) minus max_new_tokens ({cfg.sampling.max_new_tokens})",
+            )
+        raw_prompts = [r.get("messages", r.get("prompt")) for r in records.records]
+        texts = [render_prompt(r, tokenizer, cfg.chat_template) for r in records.records]
+    else:
+        raw_prompts = list(cfg.prompt)
+        texts = [render_prompt({"prompt": p}, tokenizer, cfg.chat_template) for p in cfg.prompt]
+
+    batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed)
+    samples = to_samples(batch, raw_prompts, cfg.sampling.n)
+    if cfg.out:
+        write_jsonl(cfg.out, [s.__dict__ for s in samples])
+    return samples
+
+
+def to_samples(batch: RolloutBatch, raw_prompts: list[Any], n: int) -> list[GeneratedSample]:
+    lengths = batch.completion_mask.sum(dim=1).tolist()
+    sums = batch.logprobs.sum(dim=1).tolist()
+    return [
+        GeneratedSample(
+            prompt=raw_prompts[int(batch.prompt_index[i])],
+            completion=batch.completions[i],
+            finish_reason=batch.finish_reasons[i],
+            prompt_index=int(batch.prompt_index[i]),
+            sample_index=i % n,
+            num_tokens=int(lengths[i]),
+            logprob=round(float(sums[i]), 6),
+        )
+        for i in range(len(batch))
+    ]
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

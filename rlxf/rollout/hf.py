@@ -1,0 +1,239 @@
+"""Generation with ``transformers``' ``generate``: KV cache, left padding, per-token log-probs.
+
+The log-prob of each sampled token under the sampling distribution is recorded *during* generation by a
+logits processor placed after the temperature, top-k and top-p warpers (which rlxf passes to ``generate``
+itself, in transformers' order, because transformers runs its own warpers after custom processors), so it
+sees exactly the distribution the token was drawn from. It keeps one ``[batch, vocab]`` log-softmax at a
+time (the previous step's) and gathers the token that step sampled when the next step starts: no
+``output_scores`` tuple of ``[steps, batch, vocab]`` logits is ever held, and no second forward pass runs.
+
+With ``temperature: 0`` (greedy) no warper runs and the recorded log-probs are the model's own
+(temperature 1) log-probs of the chosen tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, SamplingConfig
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """Records ``log p(sampled token)`` under the fully processed scores of each generation step."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None  # [batch, vocab] log-softmax of the step not yet sampled
+        self.recorded: list[torch.Tensor] = []  # one [batch] tensor per sampled token
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.pending is not None:
+            # input_ids now ends with the token drawn from the previous step's distribution.
+            self.recorded.append(self.pending.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """``[batch, steps]`` log-probs, given the final sequences (whose last token the last step drew)."""
+        if self.pending is not None:
+            self.recorded.append(self.pending.gather(1, sequences[:, -1:]).squeeze(1))
+            self.pending = None
+        return torch.stack(self.recorded, dim=1)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    missing = width - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    pad = torch.full((tensor.shape[0], missing), value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
+
+
+class HFEngine(GenerationEngine):
+    """Generation engine on a ``transformers`` causal LM (CPU or GPU), sharing the module with training."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        if not eos_ids:
+            raise ValueError("the model and tokenizer define no end-of-sequence token")
+        self.eos_token_ids = sorted(eos_ids)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.max_context = getattr(model.config, "max_position_embeddings", None)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.model = model  # same process, same module: nothing to copy
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt. A chat-rendered prompt already starts with its own BOS."""
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
+        # Temperature / top-k / top-p are NOT set here: transformers would run them after any custom
+        # processor, and the log-prob recorder must see the final scores. `_logits_processors` runs them.
+        return GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not sampling.greedy,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,  # 0 disables (transformers' own default would be 50)
+            eos_token_id=None if sampling.ignore_eos else self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            stop_strings=list(sampling.stop) or None,
+            use_cache=True,
+        )
+
+    @staticmethod
+    def _logits_processors(sampling: SamplingConfig, recorder: SampledTokenLogprobs) -> LogitsProcessorList:
+        """The sampling warpers in transformers' order (temperature, top-k, top-p), then the recorder."""
+        processors = LogitsProcessorList()
+        if not sampling.greedy:
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k > 0:
+                processors.append(TopKLogitsWarper(top_k=sampling.top_k))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(top_p=sampling.top_p))
+        processors.append(recorder)
+        return processors
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None) -> RolloutBatch:
+        if not prompts:
+            raise ValueError("no prompts to generate from")
+        rows = [p for p in prompts for _ in range(sampling.n)]
+        prompt_index = torch.arange(len(prompts)).repeat_interleave(sampling.n)
+        encoded = [self.encode_prompt(text) for text in rows]
+        if self.max_context is not None:
+            for i, ids in enumerate(encoded):
+                if len(ids) + sampling.max_new_tokens > self.max_context:
+                    raise ValueError(
+                        f"prompt {int(prompt_index[i])} has {len(ids)} tokens; with max_new_tokens="
+                        f"{sampling.max_new_tokens} it exceeds the model's context of {self.max_context}"
+                    )
+
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        chunks: list[dict[str, Any]] = []
+        try:
+            # fork_rng: seeding here must not disturb the caller's random stream (e.g. a trainer's).
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(rows), sampling.batch_size):
+                    stop = start + sampling.batch_size
+                    chunks.append(self._generate_chunk(encoded[start:stop], sampling, device))
+        finally:
+            self.model.train(was_training)
+
+        prompt_width = max(c["prompt_ids"].shape[1] for c in chunks)
+        completion_width = max(c["completion_ids"].shape[1] for c in chunks)
+        cat = lambda name, width, value, left: torch.cat(  # noqa: E731
+            [_pad_to(c[name], width, value, left) for c in chunks], dim=0
+        )
+        return RolloutBatch(
+            prompt_ids=cat("prompt_ids", prompt_width, self.pad_token_id, True),
+            prompt_mask=cat("prompt_mask", prompt_width, 0, True),
+            completion_ids=cat("completion_ids", completion_width, self.pad_token_id, False),
+            completion_mask=cat("completion_mask", completion_width, 0, False),
+            logprobs=cat("logprobs", completion_width, 0.0, False),
+            prompts=rows,
+            completions=[text for c in chunks for text in c["completions"]],
+            finish_reasons=[reason for c in chunks for reason in c["finish_reasons"]],
+            prompt_index=prompt_index.to(device),
+        )
+
+    def _generate_chunk(self, encoded: list[list[int]], sampling: SamplingConfig, device: torch.device) -> dict:
+        prompt_ids, prompt_mask = _left_pad(encoded, self.pad_token_id)  # [b, P]
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        recorder = SampledTokenLogprobs()
+        sequences = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=self._generation_config(sampling),
+            logits_processor=self._logits_processors(sampling, recorder),
+            tokenizer=self.tokenizer if sampling.stop else None,  # StopStringCriteria needs it
+        )
+        completion_ids = sequences[:, prompt_ids.shape[1] :]  # [b, C]
+        logprobs = recorder.finish(sequences)  # [b, C]
+        lengths, reasons, texts = self._finish(completion_ids, sampling.stop, sampling.ignore_eos)
+        positions = torch.arange(completion_ids.shape[1], device=device)
+        completion_mask = (positions[None, :] < lengths[:, None].to(device)).long()  # [b, C]
+        logprobs = torch.where(completion_mask.bool(), logprobs, torch.zeros_like(logprobs))
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, self.pad_token_id)
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "logprobs": logprobs,
+            "completions": texts,
+            "finish_reasons": reasons,
+        }
+
+    def _finish(
+        self, completion_ids: torch.Tensor, stop_strings: list[str], ignore_eos: bool = False
+    ) -> tuple[torch.Tensor, list[FinishReason], list[str]]:
+        """Per row: kept length (tokens up to and including eos / the stop token), finish reason, text."""
+        ids = completion_ids.cpu()
+        width = ids.shape[1]
+        is_eos = torch.isin(ids, torch.tensor([] if ignore_eos else self.eos_token_ids, dtype=torch.long))
+        has_eos = is_eos.any(dim=1)
+        first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, width, dtype=torch.long))
+        lengths: list[int] = []
+        reasons: list[FinishReason] = []
+        texts: list[str] = []
+        decode = lambda row, k: self.tokenizer.decode(row[:k], skip_special_tokens=True)  # noqa: E731
+        for i in range(ids.shape[0]):
+            row = ids[i].tolist()
+            before_eos = int(first_eos[i])
+            text = decode(row, before_eos)
+            hits = [text.find(s) for s in stop_strings if s in text]
+            if hits:
+                # The shortest prefix whose text contains a stop string ends with the token that completed it.
+                lo, hi = 1, before_eos
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if any(s in decode(row, mid) for s in stop_strings):
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                lengths.append(lo)
+                reasons.append("stop")
+                texts.append(text[: min(hits)])
+            elif bool(has_eos[i]):
+                lengths.append(before_eos + 1)  # the eos token is an action the policy took: keep it
+                reasons.append("eos")
+                texts.append(text)
+            else:
+                lengths.append(width)
+                reasons.append("length")
+                texts.append(text)
+        return torch.tensor(lengths, dtype=torch.long), reasons, texts

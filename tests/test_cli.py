@@ -1,0 +1,101 @@
+"""The ``rlxf`` command: generate, config files, overrides, errors, help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlxf.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_prints_completions_deterministically(capsys, tiny_model_dir):
+    def argv(seed: int) -> list[str]:
+        return ["generate", "--model", str(tiny_model_dir), "--prompt", "The movie was", "-n", "3",
+                "--seed", str(seed), "--max-new-tokens", "8", "model.dtype=float32"]
+
+    code, first, _ = run_cli(capsys, *argv(1))
+    assert code == 0
+    assert first.count("--- sample") == 3 and "=== prompt 0: 'The movie was'" in first
+    _, again, _ = run_cli(capsys, *argv(1))
+    assert again == first
+    _, other, _ = run_cli(capsys, *argv(2))
+    assert other != first
+
+
+def test_generate_from_file_to_jsonl(capsys, tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "The restaurant"}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Say something nice."}]}) + "\n"
+    )
+    out = tmp_path / "out" / "samples.jsonl"
+    code, _, err = run_cli(capsys, "generate", "--model", str(tiny_model_dir), "--prompts", str(prompts),
+                           "-n", "2", "--seed", "0", "--max-new-tokens", "6", "--out", str(out))
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt_index"] for r in rows] == [0, 0, 1, 1]
+    assert [r["sample_index"] for r in rows] == [0, 1, 0, 1]
+    assert rows[0]["prompt"] == "The restaurant"
+    assert rows[2]["prompt"] == [{"role": "user", "content": "Say something nice."}]
+    for r in rows:
+        assert r["finish_reason"] in {"eos", "length", "stop"}
+        assert 1 <= r["num_tokens"] <= 6 and r["logprob"] < 0
+
+
+def test_config_file_and_precedence(capsys, tiny_model_dir, tmp_path):
+    config = tmp_path / "gen.yaml"
+    config.write_text(
+        f"model:\n  name_or_path: {tiny_model_dir}\n  dtype: float32\n"
+        "sampling:\n  max_new_tokens: 4\n  n: 5\nprompt: [hello]\nseed: 3\n"
+    )
+    code, out, err = run_cli(capsys, "generate", "--config", str(config), "sampling.n=2", "-n", "1")
+    assert code == 0, err
+    assert out.count("--- sample") == 1  # the flag beats the override, which beats the file
+
+
+def test_unknown_key_is_a_clear_error_with_a_suggestion(capsys, tiny_model_dir):
+    code, _, err = run_cli(capsys, "generate", "--model", str(tiny_model_dir), "--prompt", "x", "sampling.temprature=0.5")
+    assert code == 2
+    assert "unknown config key sampling.temprature" in err and "Did you mean sampling.temperature?" in err
+
+
+def test_bad_prompt_file_stops_before_the_model_loads(capsys, tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": ""}\n')
+    # The model reference does not exist: if the data check did not come first, the error would be about it.
+    code, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "no-model"), "--prompts", str(bad))
+    assert code == 2
+    assert "prompts.jsonl" in err and "line 2" in err and "prompt" in err
+
+
+def test_missing_prompts_and_unknown_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate")
+    assert code == 2 and "--prompts FILE or --prompt TEXT" in err
+    code, _, err = run_cli(capsys, "generate", "--model", "no-such-model", "--prompt", "x")
+    assert code == 2 and "no-such-model" in err and "never downloads" in err
+
+
+def test_help_lists_every_option():
+    result = subprocess.run([sys.executable, "-m", "rlxf", "generate", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for key in ("model.name_or_path", "model.lora.r", "sampling.top_p", "sampling.stop", "chat_template", "seed"):
+        assert key in result.stdout
+    assert "nucleus sampling" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])
+def test_console_script_and_module_agree(argv):
+    module = subprocess.run([sys.executable, "-m", "rlxf", *argv], capture_output=True, text=True)
+    script = subprocess.run([sys.executable, "-c", "import sys; from rlxf.cli import main; sys.exit(main())", *argv],
+                            capture_output=True, text=True)
+    assert module.returncode == script.returncode == 0
+    assert module.stdout == script.stdout and module.stdout.startswith("usage: rlxf")

@@ -1,0 +1,102 @@
+"""Typed configs from YAML plus key=value overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from rlxf.config import ConfigError, describe, load_config, option, parse_overrides, to_yaml
+
+
+@dataclass
+class Inner:
+    lr: float = option(1e-5, help="learning rate")
+    schedule: Literal["constant", "linear", "cosine"] = option("linear", help="LR schedule")
+
+
+@dataclass
+class Outer:
+    name: str = option("run", help="a name")
+    steps: int = option(10, help="steps")
+    use_lora: bool = option(False, help="flag")
+    stop: list[str] = option(default_factory=list, help="stop strings")
+    seed: int | None = option(None, help="seed")
+    optim: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 20\noptim:\n  lr: 3.0e-4\n  schedule: cosine\n")
+    cfg = load_config(Outer, path, ["optim.lr=0.001", "stop=Human:", "seed=7"])
+    assert cfg.steps == 20
+    assert cfg.optim.lr == pytest.approx(0.001)
+    assert cfg.optim.schedule == "cosine"
+    assert cfg.stop == ["Human:"]
+    assert cfg.seed == 7
+    assert cfg.name == "run"
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key stpes .*Did you mean steps\?"):
+        load_config(Outer, None, ["stpes=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key optim.lrr .*Did you mean optim.lr\?"):
+        load_config(Outer, None, ["optim.lrr=3"])
+    # A nested key given at the top level: the full dotted name is suggested.
+    with pytest.raises(ConfigError, match=r"Did you mean optim.schedule\?"):
+        load_config(Outer, None, ["schedule=cosine"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: 1\n  shedule: linear\n")
+    with pytest.raises(ConfigError, match=rf"optim.shedule.*Did you mean optim.schedule\?.*{path.name}"):
+        load_config(Outer, path)
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match="steps: expected an integer, got 'many'"):
+        load_config(Outer, None, ["steps=many"])
+    with pytest.raises(ConfigError, match="use_lora: expected true or false"):
+        load_config(Outer, None, ["use_lora=3"])
+    with pytest.raises(ConfigError, match=r"optim.schedule: 'cosin' is not one of .*Did you mean 'cosine'\?"):
+        load_config(Outer, None, ["optim.schedule=cosin"])
+    with pytest.raises(ConfigError, match="optim: expected a mapping"):
+        load_config(Outer, None, {"optim": 3})
+
+
+def test_post_init_checks_run_at_load():
+    with pytest.raises(ConfigError, match="steps must be >= 1, got 0"):
+        load_config(Outer, None, ["steps=0"])
+
+
+def test_int_is_accepted_for_float_and_strings_stay_strings():
+    cfg = load_config(Outer, None, ["optim.lr=1", "name=1984"])
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
+    assert cfg.name == "1984"
+
+
+def test_overrides_need_key_value():
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["steps"])
+
+
+def test_missing_and_broken_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, broken)
+
+
+def test_yaml_round_trip_and_describe(tmp_path):
+    cfg = load_config(Outer, None, ["optim.lr=0.5", "stop=[a, b]"])
+    path = tmp_path / "saved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(Outer, path) == cfg
+    rows = {key: (type_name, default, help_text) for key, type_name, default, help_text in describe(Outer)}
+    assert rows["optim.schedule"] == ("'constant' | 'linear' | 'cosine'", "linear", "LR schedule")
+    assert rows["seed"][0] == "int | null"
