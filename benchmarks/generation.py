@@ -40,7 +40,9 @@ PROMPTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--rounds", type=int, default=5)
@@ -79,8 +81,10 @@ def main() -> None:
         assert int(batch.completion_mask.sum()) == new_tokens and torch.isfinite(batch.logprobs).all()
         return seconds
 
-    print(f"model {args.model}, dtype {model.dtype}, {torch.get_num_threads()} threads, batch {len(PROMPTS)} "
-          f"x {args.new_tokens} new tokens, {args.rounds} rounds (after one warm-up each)")
+    print(
+        f"model {args.model}, dtype {model.dtype}, {torch.get_num_threads()} threads, batch {len(PROMPTS)} "
+        f"x {args.new_tokens} new tokens, {args.rounds} rounds (after one warm-up each)"
+    )
     torch.manual_seed(0)
     run_plain(), run_engine()  # warm-up
     plain, engine_times = [], []
@@ -89,8 +93,12 @@ def main() -> None:
         engine_times.append(run_engine())
     plain_tps = new_tokens / statistics.median(plain)
     engine_tps = new_tokens / statistics.median(engine_times)
-    print(f"plain model.generate (no log-probs): {plain_tps:7.1f} tokens/s  (median {statistics.median(plain):.3f} s)")
-    print(f"rlxf HFEngine (with log-probs):      {engine_tps:7.1f} tokens/s  (median {statistics.median(engine_times):.3f} s)")
+    print(
+        f"plain model.generate (no log-probs): {plain_tps:7.1f} tokens/s  (median {statistics.median(plain):.3f} s)"
+    )
+    print(
+        f"rlxf HFEngine (with log-probs):      {engine_tps:7.1f} tokens/s  (median {statistics.median(engine_times):.3f} s)"
+    )
     print(f"throughput cost of log-probs: {100 * (1 - engine_tps / plain_tps):.1f}%  (target: under 10%)")
 
 

@@ -106,7 +106,10 @@ def _run_generate(cfg: Any) -> int:
     start = time.perf_counter()
     samples = generate(cfg)
     if cfg.out:
-        print(f"wrote {len(samples)} completions to {cfg.out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+        print(
+            f"wrote {len(samples)} completions to {cfg.out} ({time.perf_counter() - start:.1f} s)",
+            file=sys.stderr,
+        )
         return 0
     last_prompt = None
     for s in samples:

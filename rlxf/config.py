@@ -31,7 +31,9 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message says which and what was expected."""
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING
+) -> Any:
     """A dataclass field with its help text (shown by ``--help`` and in :func:`describe`)."""
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={"help": help})

@@ -42,12 +42,16 @@ def demo(cfg: DemoConfig) -> int:
     print("   arrive with the RL issues; see README.md)")
     start = time.perf_counter()
     model, tokenizer = load_model(cfg.model)
-    print(f"[1/2] loaded {cfg.model.name_or_path} ({model.dtype}, {model.device}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"[1/2] loaded {cfg.model.name_or_path} ({model.dtype}, {model.device}) in {time.perf_counter() - start:.1f} s"
+    )
     start = time.perf_counter()
     batch = HFEngine(model, tokenizer).generate(REVIEW_OPENINGS, cfg.sampling, seed=cfg.seed)
     seconds = time.perf_counter() - start
     tokens = int(batch.completion_mask.sum())
-    print(f"[2/2] sampled {len(batch)} continuations, {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)")
+    print(
+        f"[2/2] sampled {len(batch)} continuations, {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)"
+    )
     for i in range(len(batch)):
         n_tokens = int(batch.completion_mask[i].sum())
         mean_logprob = float(batch.logprobs[i].sum()) / max(n_tokens, 1)

@@ -19,8 +19,20 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_generate_prints_completions_deterministically(capsys, tiny_model_dir):
     def argv(seed: int) -> list[str]:
-        return ["generate", "--model", str(tiny_model_dir), "--prompt", "The movie was", "-n", "3",
-                "--seed", str(seed), "--max-new-tokens", "8", "model.dtype=float32"]
+        return [
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "The movie was",
+            "-n",
+            "3",
+            "--seed",
+            str(seed),
+            "--max-new-tokens",
+            "8",
+            "model.dtype=float32",
+        ]
 
     code, first, _ = run_cli(capsys, *argv(1))
     assert code == 0
@@ -34,12 +46,28 @@ def test_generate_prints_completions_deterministically(capsys, tiny_model_dir):
 def test_generate_from_file_to_jsonl(capsys, tiny_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"prompt": "The restaurant"}) + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "Say something nice."}]}) + "\n"
+        json.dumps({"prompt": "The restaurant"})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Say something nice."}]})
+        + "\n"
     )
     out = tmp_path / "out" / "samples.jsonl"
-    code, _, err = run_cli(capsys, "generate", "--model", str(tiny_model_dir), "--prompts", str(prompts),
-                           "-n", "2", "--seed", "0", "--max-new-tokens", "6", "--out", str(out))
+    code, _, err = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "-n",
+        "2",
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt_index"] for r in rows] == [0, 0, 1, 1]
@@ -63,7 +91,9 @@ def test_config_file_and_precedence(capsys, tiny_model_dir, tmp_path):
 
 
 def test_unknown_key_is_a_clear_error_with_a_suggestion(capsys, tiny_model_dir):
-    code, _, err = run_cli(capsys, "generate", "--model", str(tiny_model_dir), "--prompt", "x", "sampling.temprature=0.5")
+    code, _, err = run_cli(
+        capsys, "generate", "--model", str(tiny_model_dir), "--prompt", "x", "sampling.temprature=0.5"
+    )
     assert code == 2
     assert "unknown config key sampling.temprature" in err and "Did you mean sampling.temperature?" in err
 
@@ -85,9 +115,18 @@ def test_missing_prompts_and_unknown_model(capsys, tmp_path):
 
 
 def test_help_lists_every_option():
-    result = subprocess.run([sys.executable, "-m", "rlxf", "generate", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlxf", "generate", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
-    for key in ("model.name_or_path", "model.lora.r", "sampling.top_p", "sampling.stop", "chat_template", "seed"):
+    for key in (
+        "model.name_or_path",
+        "model.lora.r",
+        "sampling.top_p",
+        "sampling.stop",
+        "chat_template",
+        "seed",
+    ):
         assert key in result.stdout
     assert "nucleus sampling" in result.stdout
 
@@ -95,7 +134,10 @@ def test_help_lists_every_option():
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])
 def test_console_script_and_module_agree(argv):
     module = subprocess.run([sys.executable, "-m", "rlxf", *argv], capture_output=True, text=True)
-    script = subprocess.run([sys.executable, "-c", "import sys; from rlxf.cli import main; sys.exit(main())", *argv],
-                            capture_output=True, text=True)
+    script = subprocess.run(
+        [sys.executable, "-c", "import sys; from rlxf.cli import main; sys.exit(main())", *argv],
+        capture_output=True,
+        text=True,
+    )
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout and module.stdout.startswith("usage: rlxf")

@@ -165,7 +165,7 @@ def test_csv_multiline_cell_line_numbers(tmp_path):
 def test_csv_label_text_and_bracketed_plain_text(tmp_path):
     path = tmp_path / "u.csv"
     path.write_text(
-        "prompt,completion,label\n[not json],c,TRUE\np,[1, 2],0\np,c, false \np,c,1\n", encoding="utf-8"
+        'prompt,completion,label\n[not json],c,TRUE\np,"[1, 2]",0\np,c, false \np,c,1\n', encoding="utf-8"
     )
     ds = read_data(path)
     assert ds.kind == "unpaired"
@@ -266,22 +266,55 @@ def test_sft_file_read_as_preferences_names_chosen(tmp_path):
     assert "missing" in str(err)
 
 
+GOOD = {
+    "prompts": {"prompt": "ok"},
+    "sft": {"prompt": "p", "completion": "c"},
+    "preferences": {"prompt": "p", "chosen": "a", "rejected": "b"},
+    "unpaired": {"prompt": "p", "completion": "c", "label": True},
+}
+
+
 @pytest.mark.parametrize(
-    ("record", "field", "expected"),
+    ("kind", "record", "field", "expected"),
     [
-        ({"prompt": 42}, "prompt", "expected a non-empty string or a list of {role, content} messages, got a number"),
-        ({"prompt": "p", "completion": ["x"]}, "completion[0]", "expected a {role, content} object"),
-        ({"prompt": "p", "completion": "c", "label": "yes"}, "label", "expected true or false, got a string"),
-        ({"prompt": "p", "completion": "c", "label": 1}, "label", "expected true or false, got a number"),
-        ({"messages": {"role": "user"}}, "messages", "expected a list of {role, content} messages"),
-        ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "1"}, "margin", "expected a number"),
+        (
+            "prompts",
+            {"prompt": 42},
+            "prompt",
+            "expected a non-empty string or a list of {role, content} messages, got a number 42",
+        ),
+        ("sft", {"prompt": "p", "completion": ["x"]}, "completion", "'prompt' must be a message list too"),
+        ("sft", {"prompt": MSGS, "completion": ["x"]}, "completion[0]", "expected a {role, content} object"),
+        (
+            "unpaired",
+            {"prompt": "p", "completion": "c", "label": "yes"},
+            "label",
+            "expected true or false, got a string 'yes'",
+        ),
+        (
+            "unpaired",
+            {"prompt": "p", "completion": "c", "label": 1},
+            "label",
+            "expected true or false, got a number 1",
+        ),
+        (
+            "prompts",
+            {"messages": {"role": "user"}},
+            "messages",
+            "expected a list of {role, content} messages, got an object",
+        ),
+        (
+            "preferences",
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": "1"},
+            "margin",
+            "expected a number, got a string '1'",
+        ),
     ],
 )
-def test_wrong_type(tmp_path, record, field, expected):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok"}, record] if "completion" not in record else [record])
-    err = error_of(path, kind=detect_kind(record) if "messages" not in record else "prompts")
-    line = 2 if "completion" not in record else 1
-    assert_names(err, path, f"line {line}", field)
+def test_wrong_type(tmp_path, kind, record, field, expected):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD[kind], record])
+    err = error_of(path, kind=kind)
+    assert_names(err, path, "line 2", field)
     assert expected in str(err)
 
 
@@ -289,7 +322,8 @@ def test_wrong_type(tmp_path, record, field, expected):
 def test_empty_or_blank_string(tmp_path, value):
     path = write_jsonl(
         tmp_path / "prefs.jsonl",
-        [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 6 + [{"prompt": "p", "chosen": value, "rejected": "b"}],
+        [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 6
+        + [{"prompt": "p", "chosen": value, "rejected": "b"}],
     )
     err = error_of(path)
     assert_names(err, path, "line 7", "chosen")
@@ -299,7 +333,9 @@ def test_empty_or_blank_string(tmp_path, value):
 
 
 def test_empty_completion(tmp_path):
-    path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "q", "completion": ""}])
+    path = write_jsonl(
+        tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "q", "completion": ""}]
+    )
     err = error_of(path)
     assert_names(err, path, "line 2", "completion")
     assert "expected a non-empty string, got ''" in str(err)
@@ -353,7 +389,13 @@ def test_folder_that_is_not_a_saved_dataset(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("e.jsonl", ""), ("e.jsonl", "\n\n  \n"), ("e.csv", "prompt,completion\n"), ("e.csv", ""), ("e.json", "[]")],
+    [
+        ("e.jsonl", ""),
+        ("e.jsonl", "\n\n  \n"),
+        ("e.csv", "prompt,completion\n"),
+        ("e.csv", ""),
+        ("e.json", "[]"),
+    ],
 )
 def test_empty_file(tmp_path, name, content):
     path = tmp_path / name
@@ -395,7 +437,10 @@ def test_mixed_kinds_less_specific_record(tmp_path):
 def test_chosen_identical_to_rejected(tmp_path):
     path = write_jsonl(
         tmp_path / "prefs.jsonl",
-        [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "same", "rejected": "same"}],
+        [
+            {"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "same", "rejected": "same"},
+        ],
     )
     err = error_of(path)
     assert_names(err, path, "line 2", "rejected")
@@ -403,7 +448,9 @@ def test_chosen_identical_to_rejected(tmp_path):
 
 
 def test_chosen_identical_to_rejected_as_messages(tmp_path):
-    path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": MSGS, "chosen": ASSISTANT, "rejected": ASSISTANT}])
+    path = write_jsonl(
+        tmp_path / "prefs.jsonl", [{"prompt": MSGS, "chosen": ASSISTANT, "rejected": ASSISTANT}]
+    )
     assert_names(error_of(path), path, "line 1", "rejected")
 
 
@@ -436,9 +483,17 @@ def test_nan_margin(tmp_path):
 @pytest.mark.parametrize(
     ("messages", "field", "expected"),
     [
-        ([{"role": "human", "content": "hi"}], "messages[0].role", "expected one of 'system', 'user', 'assistant', got 'human'"),
+        (
+            [{"role": "human", "content": "hi"}],
+            "messages[0].role",
+            "expected one of 'system', 'user', 'assistant', got 'human'",
+        ),
         ([{"content": "hi"}], "messages[0].role", "no 'role' key"),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}], "messages[1].content", "expected a string, got a number 3"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}],
+            "messages[1].content",
+            "expected a string, got a number 3",
+        ),
         ([{"role": "user", "content": ["a"]}], "messages[0].content", "expected a string, got a list"),
         ([{"role": "user", "content": " "}], "messages[0].content", "expected a non-empty string"),
         (["hi"], "messages[0]", "expected a {role, content} object, got a string"),
@@ -482,7 +537,10 @@ def test_bad_row_in_parquet_names_the_row(tmp_path):
 
 
 def test_bad_row_in_saved_dataset_names_the_row(tmp_path):
-    records = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": " "}]
+    records = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "a", "rejected": " "},
+    ]
     path = write_saved_dataset(tmp_path / "saved", records, split="train")
     err = error_of(path)
     assert_names(err, path, "row 2", "rejected")
@@ -495,7 +553,7 @@ def test_bad_row_in_saved_dataset_names_the_row(tmp_path):
         ("p,c,abc\n", 3, "rating", "expected a number, got 'abc'"),
         ("p,c,nan\n", 3, "rating", "expected a finite number, got 'nan'"),
         ("p,c,\n", 3, "rating", "expected a number, got a string ''"),
-        ('"multi\nline",c,5\np,,5\n', 4, "completion", "expected a non-empty string, got ''"),
+        ('"multi\nline",c,5\np,,5\n', 5, "completion", "expected a non-empty string, got ''"),
     ],
 )
 def test_bad_csv_cells(tmp_path, body, line, field, expected):

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from rlxf.config import ConfigError, load_config
-from rlxf.models import ModelConfig, ModelNotFoundError, load_model, resolve_dtype, resolve_model, save_model
-from rlxf.models import registry
+from rlxf.models import (
+    ModelConfig,
+    ModelNotFoundError,
+    load_model,
+    registry,
+    resolve_dtype,
+    resolve_model,
+    save_model,
+)
 from rlxf.models.load import cpu_has_native_bf16
 
 
@@ -24,7 +31,9 @@ def test_local_folder_resolves_to_itself(tiny_model_dir):
 
 
 def test_bad_references_say_what_is_wrong(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="neither a known name .*smollm2-135m-instruct.*never downloads"):
+    with pytest.raises(
+        ModelNotFoundError, match="neither a known name .*smollm2-135m-instruct.*never downloads"
+    ):
         resolve_model("gpt2")
     with pytest.raises(ModelNotFoundError, match="has no config.json"):
         resolve_model(str(tmp_path))

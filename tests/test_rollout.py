@@ -13,7 +13,9 @@ PROMPTS = ["The movie was", "Our trip to the coast", "Customer service"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir) -> HFEngine:
-    model, tokenizer = load_model(ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32", device="cpu"))
+    model, tokenizer = load_model(
+        ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32", device="cpu")
+    )
     return HFEngine(model, tokenizer)
 
 

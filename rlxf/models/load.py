@@ -52,7 +52,9 @@ class ModelConfig:
     name_or_path: str = option(
         DEFAULT_MODEL, help="model reference: a registry name, a local HF model folder or a .gguf file"
     )
-    dtype: DType = option("auto", help="weights and compute precision; auto = bfloat16 where native, else float32")
+    dtype: DType = option(
+        "auto", help="weights and compute precision; auto = bfloat16 where native, else float32"
+    )
     device: Device = option("auto", help="where the model runs; auto = cuda if available, else cpu")
     gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -132,7 +132,9 @@ def resolve_model(ref: str) -> Path:
         return convert_gguf(path, out)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+            raise ModelNotFoundError(
+                f"{path} is a folder but has no config.json: not a Hugging Face model folder"
+            )
         return path
     known = ", ".join(sorted(KNOWN_MODELS))
     raise ModelNotFoundError(

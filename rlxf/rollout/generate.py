@@ -28,7 +28,9 @@ class GenerateConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    prompts: str | None = option(None, help="file of prompt records (JSONL, CSV, Parquet or a datasets folder)")
+    prompts: str | None = option(
+        None, help="file of prompt records (JSONL, CSV, Parquet or a datasets folder)"
+    )
     prompt: list[str] = option(default_factory=list, help="prompt text given directly (repeat for several)")
     chat_template: ChatTemplateMode = option(
         "auto", help="auto: messages use the chat template, plain prompts are continued raw; always; never"

@@ -82,7 +82,9 @@ class HFEngine(GenerationEngine):
         if not eos_ids:
             raise ValueError("the model and tokenizer define no end-of-sequence token")
         self.eos_token_ids = sorted(eos_ids)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        )
         self.max_context = getattr(model.config, "max_position_embeddings", None)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -170,7 +172,9 @@ class HFEngine(GenerationEngine):
             prompt_index=prompt_index.to(device),
         )
 
-    def _generate_chunk(self, encoded: list[list[int]], sampling: SamplingConfig, device: torch.device) -> dict:
+    def _generate_chunk(
+        self, encoded: list[list[int]], sampling: SamplingConfig, device: torch.device
+    ) -> dict:
         prompt_ids, prompt_mask = _left_pad(encoded, self.pad_token_id)  # [b, P]
         prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
         recorder = SampledTokenLogprobs()
@@ -206,7 +210,9 @@ class HFEngine(GenerationEngine):
         width = ids.shape[1]
         is_eos = torch.isin(ids, torch.tensor([] if ignore_eos else self.eos_token_ids, dtype=torch.long))
         has_eos = is_eos.any(dim=1)
-        first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, width, dtype=torch.long))
+        first_eos = torch.where(
+            has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, width, dtype=torch.long)
+        )
         lengths: list[int] = []
         reasons: list[FinishReason] = []
         texts: list[str] = []
