@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     overrides = _split_overrides(parser, extras)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; rlxf shows its own progress
     try:
         cfg = build_config(args.command, args, overrides)
     except ConfigError as exc:

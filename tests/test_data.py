@@ -359,6 +359,13 @@ def test_broken_json_list(tmp_path):
     assert "not valid JSON" in str(err)
 
 
+def test_json_file_with_one_object(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{\n  "prompt": "a"\n}\n', encoding="utf-8")
+    err = error_of(path)
+    assert str(err).startswith(f"{path}: holds a single JSON object; expected a JSON list")
+
+
 def test_json_line_that_is_not_an_object(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n["prompt", "b"]\n', encoding="utf-8")
@@ -533,7 +540,7 @@ def test_bad_row_in_parquet_names_the_row(tmp_path):
     path = write_parquet(tmp_path / "r.parquet", records)
     err = error_of(path)
     assert_names(err, path, "row 3", "rating")
-    assert "unit" not in str(err) and err.unit == "row"
+    assert (err.unit, err.line) == ("row", 3)
 
 
 def test_bad_row_in_saved_dataset_names_the_row(tmp_path):
@@ -594,6 +601,16 @@ def test_not_utf8(tmp_path):
     err = error_of(path)
     assert_names(err, path, "line 2", None)
     assert "UTF-8" in str(err)
+
+
+def test_data_error_survives_pickling():
+    import pickle
+
+    err = DataError("expected a number", path="d.csv", line=4, field="rating")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.path, back.line, back.field, str(back)) == (err.path, 4, "rating", str(err))
+    assert str(back) == "d.csv, line 4, field 'rating': expected a number"
+    assert isinstance(back, ValueError)
 
 
 def test_unknown_kind_is_a_value_error(tmp_path):

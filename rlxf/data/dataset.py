@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlxf.data.errors import DataError, Unit
+from rlxf.data.errors import DataError, Unit, describe_location
 from rlxf.data.formats import (
     KIND_FIELDS,
     KINDS,
@@ -53,7 +53,7 @@ class Dataset:
 
     def where(self, i: int) -> str:
         """Where record ``i`` came from: ``"data/prefs.jsonl, line 7"`` or ``"data/x.parquet, row 3"``."""
-        return DataError("", path=self.path, line=self.lines[i], unit=self.unit, split=self.split).location
+        return describe_location(self.path, self.lines[i], unit=self.unit, split=self.split)
 
     def error(self, i: int, message: str, field: str | None = None) -> DataError:
         """A :class:`DataError` about record ``i`` (and ``field`` of it), located in this file."""

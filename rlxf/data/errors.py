@@ -28,6 +28,26 @@ def show(value: Any, limit: int = 60) -> str:
     return text
 
 
+def describe_location(
+    path: str | Path | None,
+    line: int | None = None,
+    field: str | None = None,
+    unit: Unit = "line",
+    split: str | None = None,
+) -> str:
+    """``"data/x.jsonl, line 7, field 'chosen'"`` (or ``"data/d, split 'train', row 3"``): the known parts."""
+    parts = []
+    if path is not None:
+        parts.append(str(path))
+    if split is not None:
+        parts.append(f"split {split!r}")
+    if line is not None:
+        parts.append(f"{unit} {line}")
+    if field is not None:
+        parts.append(f"field {field!r}")
+    return ", ".join(parts)
+
+
 class DataError(ValueError):
     """A data file (or one record of it) is not what rlxf expects.
 
@@ -58,16 +78,11 @@ class DataError(ValueError):
     @property
     def location(self) -> str:
         """``"data/x.jsonl, line 7, field 'chosen'"``: the parts that are known, comma-separated."""
-        parts = []
-        if self.path is not None:
-            parts.append(str(self.path))
-        if self.split is not None:
-            parts.append(f"split {self.split!r}")
-        if self.line is not None:
-            parts.append(f"{self.unit} {self.line}")
-        if self.field is not None:
-            parts.append(f"field {self.field!r}")
-        return ", ".join(parts)
+        return describe_location(self.path, self.line, self.field, self.unit, self.split)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the attributes through pickling (DataLoader workers, multiprocessing)
+        return (_restore, (self.message, self.path, self.line, self.field, self.unit, self.split))
 
     def __str__(self) -> str:
         location = self.location
@@ -82,3 +97,9 @@ class DataError(ValueError):
     ) -> DataError:
         """A copy of this error placed in ``path`` at ``line`` (the field and message are kept)."""
         return DataError(self.message, path=path, line=line, field=self.field, unit=unit, split=split)
+
+
+def _restore(
+    message: str, path: Path | None, line: int | None, field: str | None, unit: Unit, split: str | None
+) -> DataError:
+    return DataError(message, path=path, line=line, field=field, unit=unit, split=split)

@@ -97,6 +97,12 @@ def _with_bos(ids: list[int], text: str, tokenizer: Any) -> list[int]:
     return ids
 
 
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt: no special tokens added, but the BOS a Llama-style tokenizer puts
+    first when the text (e.g. from a chat template that writes its own) does not already start with it."""
+    return _with_bos(encode_text(tokenizer, text), text, tokenizer)
+
+
 def prompt_field(record: dict[str, Any]) -> str:
     """The field a record's prompt lives in (``'messages'`` or ``'prompt'``), for error messages."""
     return "messages" if record.get("messages") is not None else "prompt"
@@ -114,8 +120,7 @@ def prompt_token_ids(
     record: dict[str, Any], tokenizer: Any, chat_template: ChatTemplateMode = "auto"
 ) -> list[int]:
     """The token ids generation starts from for this record's prompt (see the module docstring)."""
-    text = render_record_prompt(record, tokenizer, chat_template)
-    return _with_bos(encode_text(tokenizer, text), text, tokenizer)
+    return encode_prompt(tokenizer, render_record_prompt(record, tokenizer, chat_template))
 
 
 def _end_with_eos(ids: list[int], eos: int) -> list[int]:

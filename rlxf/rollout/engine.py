@@ -98,10 +98,13 @@ class GenerationEngine(abc.ABC):
     """A generation backend. Implementations: :class:`rlxf.rollout.hf.HFEngine` (transformers)."""
 
     @abc.abstractmethod
-    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None) -> RolloutBatch:
+    def generate(
+        self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None, progress: bool = False
+    ) -> RolloutBatch:
         """Sample ``sampling.n`` completions for each rendered prompt string.
 
-        The same ``seed``, prompts and settings give the same completions.
+        The same ``seed``, prompts and settings give the same completions. ``progress`` shows progress
+        over the batches (a bar on a terminal, log lines otherwise).
         """
 
     @abc.abstractmethod

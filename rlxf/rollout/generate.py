@@ -83,7 +83,7 @@ def generate(cfg: GenerateConfig) -> list[GeneratedSample]:
         raw_prompts = list(cfg.prompt)
         texts = [render_prompt({"prompt": p}, tokenizer, cfg.chat_template) for p in cfg.prompt]
 
-    batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed)
+    batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed, progress=True)
     samples = to_samples(batch, raw_prompts, cfg.sampling.n)
     if cfg.out:
         write_jsonl(cfg.out, [s.__dict__ for s in samples])

@@ -25,7 +25,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from rlxf.data.tokenize import encode_prompt
 from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, SamplingConfig
+from rlxf.train.progress import Progress
 
 
 class SampledTokenLogprobs(LogitsProcessor):
@@ -91,10 +93,8 @@ class HFEngine(GenerationEngine):
         self.model = model  # same process, same module: nothing to copy
 
     def encode_prompt(self, text: str) -> list[int]:
-        """Token ids of a rendered prompt. A chat-rendered prompt already starts with its own BOS."""
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        """Token ids of a rendered prompt, by the same rule the data layer tokenises prompts with."""
+        return encode_prompt(self.tokenizer, text)
 
     def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
         # Temperature / top-k / top-p are NOT set here: transformers would run them after any custom
@@ -126,7 +126,10 @@ class HFEngine(GenerationEngine):
         return processors
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None) -> RolloutBatch:
+    def generate(
+        self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None, progress: bool = False
+    ) -> RolloutBatch:
+        """See :meth:`GenerationEngine.generate`; ``progress`` shows a bar (or log lines) over batches."""
         if not prompts:
             raise ValueError("no prompts to generate from")
         rows = [p for p in prompts for _ in range(sampling.n)]
@@ -149,9 +152,12 @@ class HFEngine(GenerationEngine):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 if seed is not None:
                     torch.manual_seed(seed)
+                bar = Progress(len(rows), "generate", unit="sequence", mode="auto" if progress else "off")
                 for start in range(0, len(rows), sampling.batch_size):
                     stop = start + sampling.batch_size
                     chunks.append(self._generate_chunk(encoded[start:stop], sampling, device))
+                    bar.update(len(encoded[start:stop]))
+                bar.close()
         finally:
             self.model.train(was_training)
 

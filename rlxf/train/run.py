@@ -87,20 +87,8 @@ def render_config(config: Any, title: str = "configuration") -> str:
 
 
 def print_config(config: Any, title: str = "configuration", stream: IO[str] | None = None) -> None:
-    """Print the resolved config at the start of a run: a rich panel on a terminal, plain text otherwise."""
-    stream = stream if stream is not None else sys.stdout
-    if stream.isatty():
-        try:
-            from rich.console import Console
-            from rich.panel import Panel
-            from rich.syntax import Syntax
-
-            syntax = Syntax(config_yaml(config).rstrip("\n"), "yaml", background_color="default")
-            Console(file=stream).print(Panel(syntax, title=title, title_align="left", expand=False))
-            return
-        except ImportError:
-            pass
-    print(render_config(config, title), file=stream, flush=True)
+    """Print the resolved config at the start of a run (YAML under a title line)."""
+    print(render_config(config, title), file=stream if stream is not None else sys.stdout, flush=True)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
