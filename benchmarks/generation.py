@@ -1,9 +1,11 @@
 """What returning per-token log-probs costs: rlxf's HFEngine vs plain ``model.generate``.
 
 Both sample 16 sequences x 32 new tokens (no eos stop, so every run generates exactly 16 x 32 tokens)
-from the same model with the same settings; only the engine records log-probs (and builds masks, text
-and finish reasons). Prints tokens/s of each (median of several rounds, interleaved so drift hits both)
-and the throughput cost of the log-probs.
+from the same model at temperature 1, no top-k / top-p. The baseline is what a user writes:
+``model.generate(do_sample=True)``, transformers' own multinomial sampling, no log-probs. The engine
+draws tokens with its own sampler (inverse CDF, see rlxf/rollout/hf.py) and records the log-prob of every
+token, plus masks, text and finish reasons. Prints tokens/s of each (median of several rounds,
+interleaved so drift hits both) and the difference.
 
     python benchmarks/generation.py [--model smollm2-135m-instruct] [--dtype auto] [--rounds 5]
 """
@@ -15,6 +17,7 @@ import statistics
 import time
 
 import torch
+from transformers import GenerationConfig
 
 from rlxf.models import ModelConfig, load_model
 from rlxf.rollout import HFEngine, SamplingConfig
@@ -59,13 +62,17 @@ def main() -> None:
     from rlxf.rollout.hf import _left_pad
 
     ids, mask = _left_pad([engine.encode_prompt(p) for p in PROMPTS], engine.pad_token_id)
-    config = engine._generation_config(sampling)
-    plain_kwargs = dict(
-        input_ids=ids,
-        attention_mask=mask,
-        generation_config=config,
-        logits_processor=engine._logits_processors(sampling, recorder=None)[:-1],  # the warpers, no recorder
+    # The baseline is what a user writes: transformers' own sampling (multinomial), no log-probs.
+    config = GenerationConfig(
+        max_new_tokens=args.new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=None,
+        pad_token_id=engine.pad_token_id,
     )
+    plain_kwargs = dict(input_ids=ids, attention_mask=mask, generation_config=config)
 
     def run_plain() -> float:
         start = time.perf_counter()
