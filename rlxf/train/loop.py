@@ -1,0 +1,341 @@
+"""The shared training loop of the offline learners (SFT, reward models, DPO / IPO / KTO, pre-training).
+
+A learner supplies three things and the loop does the rest:
+
+* ``collate(examples) -> batch``: tensors for one micro-batch;
+* ``units(batch) -> int``: how many *normalisation units* the batch holds (completion tokens for SFT,
+  pairs for a reward model or DPO);
+* ``compute_loss(model, batch) -> LossOutput``: the loss **summed** over those units, and metrics
+  averaged over the micro-batch.
+
+Normalisation. An optimizer step covers ``global_batch_size`` examples, split into micro-batches of
+``micro_batch_size`` (gradient accumulation) and across processes (data parallel). The loop divides every
+micro-batch's summed loss by the number of units in the *whole* step, so the gradient is that of the mean
+over all units of the step, whatever the split: one batch of 8 and eight accumulated batches of 1 give
+the same update (a test checks it). Averaging per-micro-batch means instead would weight a token in a
+short micro-batch more than one in a long micro-batch.
+
+Order and resume. Epoch ``e`` visits the examples in the order ``randperm(n, seed + e)``; the position of
+step ``s`` follows from ``s`` alone, so a checkpoint needs only the step (plus the model, optimizer,
+scheduler and RNG states). An incomplete last batch of an epoch is dropped. Resuming continues with the
+exact next batch: the logged losses equal an uninterrupted run's.
+
+Precision (``precision``): ``fp32``; ``bf16-mixed`` keeps fp32 weights and optimizer state and computes
+matmuls in bf16 under autocast (the default where bf16 is native: ~2.7x faster steps on an AVX-512 BF16
+CPU); ``bf16`` stores the weights in bf16 too (least memory; small updates can round away).
+
+Distribution goes through ``accelerate`` (DDP / FSDP / DeepSpeed when launched with ``accelerate
+launch``); on one CPU process it adds nothing but the autocast context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from rlxf.config import option
+from rlxf.models.load import ModelConfig, cpu_has_native_bf16
+from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
+from rlxf.train.optim import ScheduleKind, build_optimizer, build_scheduler
+from rlxf.train.progress import Progress
+from rlxf.train.run import RunDir
+
+Precision = Literal["auto", "fp32", "bf16-mixed", "bf16"]
+
+
+@dataclass
+class TrainingConfig:
+    """Options of the shared training loop (the ``train:`` section of every training command)."""
+
+    learning_rate: float = option(1e-5, help="peak learning rate (AdamW)")
+    lr_schedule: ScheduleKind = option("linear", help="after warm-up: constant, linear or cosine decay to 0")
+    warmup_ratio: float = option(0.05, help="share of the steps spent warming the learning rate up from 0")
+    weight_decay: float = option(0.0, help="AdamW weight decay (not applied to biases and norms)")
+    max_grad_norm: float = option(1.0, help="clip the gradient's global norm to this; 0 disables")
+    num_epochs: float = option(1.0, help="passes over the training data (fractions allowed)")
+    max_steps: int = option(0, help="optimizer steps to run; > 0 overrides num_epochs")
+    global_batch_size: int = option(
+        16, help="examples per optimizer step, over all micro-batches and processes"
+    )
+    micro_batch_size: int = option(8, help="examples per forward/backward pass on one process")
+    precision: Precision = option(
+        "auto", help="fp32, bf16-mixed (fp32 weights, bf16 compute), bf16; auto = bf16-mixed where native"
+    )
+    log_every: int = option(1, help="log metrics every N optimizer steps")
+    eval_every: int = option(0, help="evaluate every N steps (0: only at the end)")
+    save_every: int = option(0, help="checkpoint every N steps (0: only at the end)")
+    keep_last: int = option(2, help="checkpoints kept (older ones are deleted)")
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.micro_batch_size < 1 or self.global_batch_size < 1:
+            raise ValueError("global_batch_size and micro_batch_size must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size}): their ratio is the number of accumulated micro-batches"
+            )
+        if self.max_steps < 0 or self.num_epochs <= 0:
+            raise ValueError("max_steps must be >= 0 and num_epochs > 0")
+        for name in ("log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Options every training command shares; each learner's config extends it with its own."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str = option("", help="training data file (JSONL, CSV, Parquet or a datasets folder)")
+    eval_data: str | None = option(None, help="held-out data file; if unset, eval_split of data is held out")
+    eval_split: float = option(0.0, help="share of data held out for evaluation when eval_data is unset")
+    out: str = option(
+        "", help="output folder (config.yaml, metrics.jsonl, summary.json, model/, checkpoints/)"
+    )
+    seed: int = option(0, help="random seed (data order, initialisation, sampling)")
+    resume: bool = option(False, help="continue the run in `out` from its latest checkpoint")
+    overwrite: bool = option(False, help="replace a run already in `out`")
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("give the training data: --data FILE")
+        if not self.out:
+            raise ValueError("give the output folder: --out DIR")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
+        if self.model.dtype != "auto":
+            raise ValueError(
+                "for training, set the precision with train.precision (fp32, bf16-mixed, bf16), not model.dtype"
+            )
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16-mixed", "bf16"]:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16-mixed" if cpu_has_native_bf16() else "fp32"
+
+
+def weight_dtype(precision: Literal["fp32", "bf16-mixed", "bf16"]) -> str:
+    """The dtype (a ``ModelConfig.dtype`` value) to load trainable weights in for ``precision``."""
+    return "bfloat16" if precision == "bf16" else "float32"
+
+
+@dataclass
+class LossOutput:
+    """What a learner's ``compute_loss`` returns for one micro-batch."""
+
+    loss: torch.Tensor  # scalar: the loss SUMMED over the micro-batch's normalisation units
+    metrics: dict[str, float]  # averages over the micro-batch's examples (logged, weighted by units)
+
+
+class Trainer:
+    """Runs the optimisation for one learner; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        *,
+        model: torch.nn.Module,
+        examples: Sequence[Any],
+        collate: Callable[[list[Any]], dict[str, Any]],
+        units: Callable[[dict[str, Any]], int],
+        compute_loss: Callable[[torch.nn.Module, dict[str, Any]], LossOutput],
+        run: RunDir,
+        seed: int,
+        evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        desc: str = "train",
+    ) -> None:
+        from accelerate import Accelerator
+
+        device = next(model.parameters()).device
+        self.precision = resolve_precision(cfg.precision, device)
+        # Autocast is ours, not accelerate's `mixed_precision`: accelerate's state is a per-process
+        # singleton, and a pipeline (or a test session) runs several trainers with different precisions.
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.cfg = cfg
+        self.examples = examples
+        self.collate = collate
+        self.units = units
+        self.compute_loss = compute_loss
+        self.evaluate = evaluate
+        self.run = run
+        self.seed = seed
+        self.desc = desc
+
+        world = self.accelerator.num_processes
+        per_process = cfg.global_batch_size // world
+        if cfg.global_batch_size % world or per_process % cfg.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size {cfg.global_batch_size} must split into {world} processes x micro-batches "
+                f"of {cfg.micro_batch_size}"
+            )
+        self.steps_per_epoch = len(examples) // cfg.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(examples)} training examples make no full batch of global_batch_size "
+                f"{cfg.global_batch_size}: lower it or add data"
+            )
+        self.total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * self.steps_per_epoch)
+        self.warmup_steps = round(cfg.warmup_ratio * self.total_steps)
+
+        self.model = model  # the unwrapped module: what checkpoints and saving see
+        optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+        self.scheduler = build_scheduler(optimizer, cfg.lr_schedule, self.warmup_steps, self.total_steps)
+        # The scheduler stays ours (stepped once per optimizer step whatever the number of processes).
+        self.wrapped, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 compute for ``bf16-mixed`` (weights stay fp32); nothing otherwise."""
+        device_type = self.accelerator.device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def step_indices(self, step: int) -> list[int]:
+        """Indices of the examples of optimizer step ``step`` on this process (deterministic in ``step``)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch))
+        size = self.cfg.global_batch_size
+        step_slice = order[position * size : (position + 1) * size].tolist()
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        share = size // world
+        return step_slice[rank * share : (rank + 1) * share]
+
+    def _micro_batches(self, step: int) -> list[dict[str, Any]]:
+        indices = self.step_indices(step)
+        micro = self.cfg.micro_batch_size
+        device = self.accelerator.device
+        batches = []
+        for start in range(0, len(indices), micro):
+            batch = self.collate([self.examples[i] for i in indices[start : start + micro]])
+            batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batches
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step: accumulate over the micro-batches, clip, update, schedule."""
+        batches = self._micro_batches(step)
+        local_units = torch.tensor(float(sum(self.units(b) for b in batches)), device=self.accelerator.device)
+        # Normaliser: units of the whole step over all processes. DDP averages gradients over processes,
+        # so each process scales by world size to turn that average back into the global sum / units.
+        total_units = self.accelerator.reduce(local_units, reduction="sum").item()
+        if total_units <= 0:
+            raise ValueError(f"step {step}: the batch has no units to compute a loss on")
+        scale = self.accelerator.num_processes / total_units
+
+        loss_sum = 0.0
+        metric_sums: dict[str, float] = {}
+        tokens = 0
+        self.wrapped.train()
+        for i, batch in enumerate(batches):
+            # Gradients are all-reduced only on the last micro-batch of the step (no_sync before it).
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.wrapped):
+                with self.autocast():
+                    out = self.compute_loss(self.wrapped, batch)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"step {step}: the loss is {out.loss.item()} (not finite)")
+                self.accelerator.backward(out.loss * scale)
+            batch_units = self.units(batch)
+            loss_sum += out.loss.item()
+            for name, value in out.metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * batch_units
+            if "attention_mask" in batch:
+                tokens += int(batch["attention_mask"].sum())
+
+        grad_norm = None
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        local = local_units.item()
+        metrics = {"loss": loss_sum / local}
+        metrics.update({name: value / local for name, value in metric_sums.items()})
+        metrics["lr"] = lr
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        metrics["tokens"] = float(tokens)
+        return metrics
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``total_steps`` (continuing from the run's checkpoint when resuming); final metrics."""
+        cfg = self.cfg
+        start_step = 0
+        if self.run.resume_checkpoint is not None:
+            start_step = load_checkpoint(
+                self.run.resume_checkpoint, self.model, self.optimizer, self.scheduler
+            ).step
+        progress = Progress(self.total_steps, self.desc, initial=start_step)
+        last: dict[str, float] = {}
+        tokens_seen = 0
+        started = time.perf_counter()
+        for step in range(start_step, self.total_steps):
+            step_start = time.perf_counter()
+            metrics = self.train_step(step)
+            tokens = metrics.pop("tokens")
+            tokens_seen += int(tokens)
+            metrics["tokens_per_s"] = tokens / max(time.perf_counter() - step_start, 1e-9)
+            metrics["epoch"] = (step + 1) / self.steps_per_epoch
+            done = step + 1
+            if (
+                self.evaluate is not None
+                and cfg.eval_every
+                and done % cfg.eval_every == 0
+                and done < self.total_steps
+            ):
+                metrics.update({f"eval/{k}": v for k, v in self._evaluate().items()})
+            if done % cfg.log_every == 0 or done == self.total_steps:
+                self.run.log(done, metrics)
+            if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                self.save(done)
+            progress.update(1, {"loss": metrics["loss"]})
+            last = metrics
+        progress.close()
+        if self.evaluate is not None:
+            final_eval = {f"eval/{k}": v for k, v in self._evaluate().items()}
+            self.run.log(self.total_steps, final_eval)
+            last.update(final_eval)
+        if start_step < self.total_steps:
+            self.save(self.total_steps)
+        last["train_seconds"] = time.perf_counter() - started
+        last["train_tokens"] = float(tokens_seen)
+        return last
+
+    def _evaluate(self) -> dict[str, float]:
+        self.wrapped.eval()
+        with torch.no_grad(), self.autocast():
+            result = self.evaluate(self.model)
+        self.wrapped.train()
+        return result
+
+    def save(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.run.checkpoints_dir,
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                extra={"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps},
+                keep_last=self.cfg.keep_last,
+            )
+        self.accelerator.wait_for_everyone()
