@@ -9,6 +9,7 @@ defaults < config file < ``key=value`` overrides < flags. ``--help`` lists every
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from rlxf.config import ConfigError, describe, load_config, merge, parse_overrides, set_dotted
 from rlxf.data import DataError
 from rlxf.models.registry import ModelNotFoundError
+from rlxf.train.run import RunExistsError
 
 
 @dataclass
@@ -30,11 +32,12 @@ class Flag:
     help: str
     type: Callable[[str], Any] = str
     repeat: bool = False  # may be given several times; values collect into a list
+    switch: bool = False  # takes no value: present means true
 
 
 @dataclass
 class Command:
-    name: str
+    name: str  # "generate", or "group sub" for grouped commands ("reward train")
     summary: str
     config_cls: type
     run: Callable[[Any], int]
@@ -52,7 +55,7 @@ def _options_epilog(config_cls: type) -> str:
 
 def _add_command(subparsers: Any, command: Command) -> None:
     parser = subparsers.add_parser(
-        command.name,
+        command.name.split()[-1],
         help=command.summary,
         description=command.summary,
         epilog=_options_epilog(command.config_cls),
@@ -60,9 +63,20 @@ def _add_command(subparsers: Any, command: Command) -> None:
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (see the list below)")
     for flag in command.flags:
+        if flag.switch:
+            parser.add_argument(
+                *flag.names,
+                dest=flag.key,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{flag.help} (sets {flag.key}=true)",
+            )
+            continue
         parser.add_argument(
             *flag.names,
             dest=flag.key,
+            metavar=flag.names[-1].lstrip("-").upper().replace("-", "_"),
             type=flag.type,
             action="append" if flag.repeat else "store",
             default=None,
@@ -121,6 +135,29 @@ def _run_generate(cfg: Any) -> int:
     return 0
 
 
+def _run_training(fn: Callable[[Any], dict[str, float]]) -> Callable[[Any], int]:
+    """A training command: run the learner, then print where its results are."""
+
+    def run(cfg: Any) -> int:
+        final = fn(cfg)
+        shown = {k: v for k, v in final.items() if isinstance(v, int | float)}
+        print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()), file=sys.stderr)
+        print(f"run folder: {cfg.out} (model in {cfg.out}/model)", file=sys.stderr)
+        return 0
+
+    return run
+
+
+def _run_returning(fn: Callable[[Any], Any]) -> Callable[[Any], int]:
+    """A command whose library function prints (or writes) its own results."""
+
+    def run(cfg: Any) -> int:
+        fn(cfg)
+        return 0
+
+    return run
+
+
 def _run_demo(cfg: Any) -> int:
     from rlxf.demo import demo
 
@@ -128,6 +165,11 @@ def _run_demo(cfg: Any) -> int:
 
 
 def _commands() -> list[Command]:
+    from rlxf.algos.dpo import DPOConfig, dpo
+    from rlxf.algos.kto import KTOConfig, kto
+    from rlxf.algos.reward_eval import RewardEvalConfig, RewardScoreConfig, reward_eval, reward_score
+    from rlxf.algos.reward_model import RewardTrainConfig, reward_train
+    from rlxf.algos.sft import SFTConfig, sft
     from rlxf.demo import DemoConfig
     from rlxf.rollout.generate import GenerateConfig
 
@@ -144,6 +186,30 @@ def _commands() -> list[Command]:
         Flag(("--top-k",), "sampling.top_k", "top-k sampling (0 = off)", int),
         Flag(("--stop",), "sampling.stop", "stop string (repeat for several)", repeat=True),
         Flag(("--batch-size",), "sampling.batch_size", "sequences generated together", int),
+    ]
+    training_flags = [
+        Flag(("--model",), "model.name_or_path", "model reference: registry name, HF folder or .gguf file"),
+        Flag(("--device",), "model.device", "auto, cpu or cuda"),
+        Flag(("--lora-r",), "model.lora.r", "LoRA rank (0 = full fine-tuning)", int),
+        Flag(("--data",), "data", "training data file"),
+        Flag(("--eval-data",), "eval_data", "held-out data file"),
+        Flag(("--eval-split",), "eval_split", "share of --data held out when --eval-data is unset", float),
+        Flag(("--out",), "out", "output folder"),
+        Flag(("--seed",), "seed", "random seed", int),
+        Flag(("--resume",), "resume", "continue the run in --out from its latest checkpoint", switch=True),
+        Flag(("--overwrite",), "overwrite", "replace the run already in --out", switch=True),
+        Flag(("--lr",), "train.learning_rate", "peak learning rate", float),
+        Flag(("--epochs",), "train.num_epochs", "passes over the data", float),
+        Flag(("--max-steps",), "train.max_steps", "optimizer steps (overrides --epochs)", int),
+        Flag(("--batch-size",), "train.global_batch_size", "examples per optimizer step", int),
+        Flag(("--micro-batch-size",), "train.micro_batch_size", "examples per forward/backward pass", int),
+        Flag(("--precision",), "train.precision", "auto, fp32, bf16-mixed or bf16"),
+    ]
+    scoring_flags = [
+        Flag(("--model",), "model", "a trained reward model: its run folder or model/ folder"),
+        Flag(("--data",), "data", "data file"),
+        Flag(("--batch-size",), "batch_size", "inputs per forward pass", int),
+        Flag(("--device",), "device", "auto, cpu or cuda"),
     ]
     return [
         Command(
@@ -167,7 +233,62 @@ def _commands() -> list[Command]:
             _run_demo,
             [*model_flags, Flag(("--seed",), "seed", "random seed", int)],
         ),
+        Command(
+            "sft",
+            "Supervised fine-tuning on prompt/completion or messages data (loss on completions only).",
+            SFTConfig,
+            _run_training(sft),
+            [
+                *training_flags,
+                Flag(("--max-length",), "max_length", "longest example in tokens", int),
+                Flag(("--packing",), "packing", "pack examples into rows of max_length", switch=True),
+            ],
+        ),
+        Command(
+            "reward train",
+            "Train a reward model on preferences (Bradley-Terry) or ratings (MSE per aspect).",
+            RewardTrainConfig,
+            _run_training(reward_train),
+            training_flags,
+        ),
+        Command(
+            "reward eval",
+            "Accuracy on held-out preferences (ties apart), or MSE / Spearman on held-out ratings.",
+            RewardEvalConfig,
+            _run_returning(reward_eval),
+            [*scoring_flags, Flag(("--out",), "out", "folder to write eval.json into")],
+        ),
+        Command(
+            "reward score",
+            "Score every completion of a file with a reward model; writes JSONL with a reward field.",
+            RewardScoreConfig,
+            _run_returning(reward_score),
+            [*scoring_flags, Flag(("--out",), "out", "JSONL file to write")],
+        ),
+        Command(
+            "dpo",
+            "Direct preference optimisation: DPO (sigmoid), conservative DPO (label smoothing) or IPO.",
+            DPOConfig,
+            _run_training(dpo),
+            [
+                *training_flags,
+                Flag(("--beta",), "beta", "strength of the KL regularisation", float),
+                Flag(("--loss-type",), "loss_type", "sigmoid or ipo"),
+            ],
+        ),
+        Command(
+            "kto",
+            "Kahneman-Tversky optimisation on unpaired data (prompt, completion, label).",
+            KTOConfig,
+            _run_training(kto),
+            [*training_flags, Flag(("--beta",), "beta", "strength of the KL regularisation", float)],
+        ),
     ]
+
+
+GROUP_HELP = {
+    "reward": "Reward models: train one from preferences or ratings, evaluate it, score data with it."
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(command=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    groups: dict[str, Any] = {}
     for command in _commands():
-        _add_command(subparsers, command)
+        if " " in command.name:  # a grouped command: `rlxf reward train`
+            group = command.name.split()[0]
+            if group not in groups:
+                group_parser = subparsers.add_parser(
+                    group, help=GROUP_HELP[group], description=GROUP_HELP[group]
+                )
+                group_parser.set_defaults(command=None)
+                groups[group] = group_parser.add_subparsers(title=f"{group} commands", metavar="COMMAND")
+            _add_command(groups[group], command)
+        else:
+            _add_command(subparsers, command)
     return parser
 
 
@@ -200,8 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.command.run(cfg)
-    except (DataError, ModelNotFoundError) as exc:
-        # Bad input found before any work (a data record, a model reference): a clear message, no traceback.
+    except (DataError, ConfigError, ModelNotFoundError, RunExistsError, ValueError, FileNotFoundError) as exc:
+        # Bad input found before any work (a data record, a model reference, an option, an --out folder
+        # holding another run): a clear message, no traceback. RLXF_DEBUG=1 shows the traceback.
+        if os.environ.get("RLXF_DEBUG"):
+            raise
         print(f"rlxf {args.command.name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

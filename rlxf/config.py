@@ -114,6 +114,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads `1e-5` (no dot) as a string; it is a number to anyone writing it
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -142,11 +147,18 @@ def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
 def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     types_ = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         if name not in names:
             raise _unknown_key(cls, str(name), prefix)
-        kwargs[name] = _coerce(value, types_[name], f"{prefix}{name}")
+        tp = types_[name]
+        factory = fields[name].default_factory
+        if _is_dataclass_type(tp) and isinstance(value, Mapping) and factory is not dataclasses.MISSING:
+            # A section given in part keeps the other values of its declared default, which may differ
+            # from the section class's own defaults (e.g. a learner's own learning rate).
+            value = merge(dataclasses.asdict(factory()), value)
+        kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -76,6 +76,21 @@ def build_tiny_model(tokenizer, seed: int = 0, max_positions: int = 256):
     return LlamaForCausalLM(config)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread (two threads on 2 busy cores wait on each other); the real
+    model keeps torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("real_model"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Path to a saved tiny HF model folder (model + tokenizer with chat template)."""

@@ -100,3 +100,23 @@ def test_yaml_round_trip_and_describe(tmp_path):
     rows = {key: (type_name, default, help_text) for key, type_name, default, help_text in describe(Outer)}
     assert rows["optim.schedule"] == ("'constant' | 'linear' | 'cosine'", "linear", "LR schedule")
     assert rows["seed"][0] == "int | null"
+
+
+@dataclass
+class WithCustomDefaults:
+    optim: Inner = field(default_factory=lambda: Inner(lr=0.5, schedule="cosine"))
+
+
+def test_partial_section_keeps_the_declared_default_of_the_other_keys():
+    cfg = load_config(WithCustomDefaults, None, ["optim.schedule=constant"])
+    assert cfg.optim.lr == 0.5  # the field's default, not Inner's own 1e-5
+    assert cfg.optim.schedule == "constant"
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-5\n")
+    assert load_config(Outer, path).optim.lr == 1e-5
+    assert load_config(Outer, None, ["optim.lr=3e-4"]).optim.lr == 3e-4
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config(Outer, None, ["optim.lr=fast"])

@@ -236,7 +236,7 @@ class Trainer:
         # so each process scales by world size to turn that average back into the global sum / units.
         total_units = self.accelerator.reduce(local_units, reduction="sum").item()
         if total_units <= 0:
-            raise ValueError(f"step {step}: the batch has no units to compute a loss on")
+            raise ValueError(f"step {step + 1}: the batch has no units to compute a loss on")
         scale = self.accelerator.num_processes / total_units
 
         loss_sum = 0.0
@@ -250,7 +250,7 @@ class Trainer:
                 with self.autocast():
                     out = self.compute_loss(self.wrapped, batch)
                 if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"step {step}: the loss is {out.loss.item()} (not finite)")
+                    raise FloatingPointError(f"step {step + 1}: the loss is {out.loss.item()} (not finite)")
                 self.accelerator.backward(out.loss * scale)
             batch_units = self.units(batch)
             loss_sum += out.loss.item()

@@ -1,0 +1,461 @@
+"""Reward models: learn r(x, y), a score of completion ``y`` for prompt ``x``, from preferences or ratings.
+
+**Architecture.** A causal LM with a linear head on its last token, as in InstructGPT (Ouyang et al. 2022)
+and Llama 2 (Touvron et al. 2023)::
+
+    outputs(x, y) = W h_T(x, y)        h_T = the backbone's final hidden state at the last token of x + y
+    r(x, y)       = sum_k a_k outputs_k(x, y)  (- mu when centred)
+
+The model is ``transformers.AutoModelForSequenceClassification`` (``LlamaForSequenceClassification`` for
+SmolLM2) with ``num_labels = K``: one output for a plain preference model, ``ensemble_size`` outputs for an
+ensemble (``a_k = 1/K``: the reward is their mean), one per aspect for ratings (``a_k`` =
+``aspect_weights``). How outputs make the reward is stored in the saved ``config.json``
+(:class:`~rlxf.algos.reward_eval.RewardHead`), so ``model/`` is a plain HF folder and rlxf scores it the
+same way later. Inputs, the head and scoring live in :mod:`rlxf.algos.reward_eval`, shared with
+``rlxf reward eval | score``.
+
+**Which token the head reads.** transformers reads the score at the *rightmost token that is not the pad
+token*. For SmolLM2 (and many models) pad == EOS, so an input ending with EOS would be read at the token
+before it; with a distinct pad token it would be read at the EOS. To make the two agree, a reward-model
+input is ``prompt + completion`` **without trailing EOS / pad tokens** (the EOS the data layer appends to a
+completion, or a chat template's end-of-turn when it is the EOS, is removed), right-padded with the pad
+token. The head then reads the completion's last token, in rlxf and in plain transformers alike, whatever
+the tokenizer's pad token is (``tests/test_reward_model.py`` checks both). To score text with plain
+transformers, tokenise ``prompt + completion`` with no EOS after it and pad on the right (rlxf encodes the
+rendered prompt and the completion separately, which gives the same ids when the completion starts at a
+word boundary).
+
+**Objectives** (``objective``; ``auto`` follows the data kind):
+
+* ``preferences`` (``prompt``, ``chosen``, ``rejected``, optional ``margin``): Bradley-Terry, per pair
+  ``-log sigmoid(r_c - r_r - m)`` (:func:`bradley_terry_loss`), normalised per pair. An ensemble trains
+  each of its K heads on that loss, each on its own bootstrap resample of the pairs (per-pair counts drawn
+  with the seed, :func:`bootstrap_counts`); the spread (std across heads) measures uncertainty
+  (Coste et al. 2024, "Reward model ensembles help mitigate overoptimization"). The backbone is shared.
+* ``ratings`` (``prompt``, ``completion``, ``rating``, optional ``aspect``): squared error of the output
+  of the record's aspect (:func:`rating_mse_loss`), normalised per rated example. Records without an
+  aspect belong to the aspect ``default``. Ratings are regressed as given (no rescaling).
+
+**Centring** (``center_rewards``). A BT reward is defined up to a constant. After training, the mean
+reward ``mu`` over the training completions is stored in the config (``rlxf_reward_mean``) and rlxf's
+scorer subtracts it. It cannot be folded into the weights exactly: the score head has no bias and the
+final RMSNorm leaves no constant feature to carry one, so **plain transformers gives uncentred scores**
+(``logits @ rlxf_reward_weights``; subtract ``rlxf_reward_mean`` yourself). ``center_rewards_coefficient``
+is the training-time alternative (Eisenstein et al. 2023, as in TRL): it adds ``c (r_c + r_r)^2`` per pair,
+which pulls the rewards themselves toward zero mean.
+
+**Saved config keys** (``out/model/config.json``): ``id2label`` (``reward``, ``reward_0..``, or the aspect
+names), ``rlxf_objective``, ``rlxf_reward_weights`` (``a_k``), ``rlxf_ensemble_size``,
+``rlxf_reward_mean``, ``rlxf_max_length``, ``rlxf_chat_template`` and ``rlxf_truncation`` (how inputs
+were built).
+
+**Metrics** (TRL's names). Training: ``loss``; preferences ``accuracy`` (share of the batch's pairs with
+``r_c > r_r``), ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` (means), and for ensembles
+``rewards/ensemble_std``; ratings ``mse``. Held out (``eval/...``): ``loss``, ``accuracy``, ``ties``,
+``margin/mean``; or ``mse``, ``spearman``, ``pearson`` (and ``.../<aspect>`` with several aspects).
+
+Left out: per-token (process) rewards, reward-model distillation, pairwise-judge (generative) RMs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+
+from rlxf.algos.reward_eval import (
+    DEFAULT_ASPECT,
+    Objective,
+    RewardHead,
+    collate_rewards,
+    encode_reward_record,
+    preference_metrics,
+    rating_metrics,
+    reward_outputs,
+    score_sequences,
+)
+from rlxf.config import option
+from rlxf.data import (
+    ChatTemplateMode,
+    DataError,
+    Dataset,
+    Truncation,
+    pad_token_id,
+    read_data,
+    split_data,
+    tokenize_dataset,
+)
+from rlxf.models.load import ModelConfig, load_tokenizer, resolve_device, save_model
+from rlxf.models.registry import resolve_model
+from rlxf.train.loop import LossOutput, RunConfig, Trainer, resolve_precision, weight_dtype
+from rlxf.train.run import RunDir, print_config
+from rlxf.train.seed import seed_everything
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss ``-log sigmoid(r_c - r_r - m)``; no reduction (the trainer sums).
+
+    Bradley & Terry (1952) model the probability that ``y_c`` is preferred to ``y_r`` as
+    ``P(y_c > y_r | x) = sigmoid(r(x, y_c) - r(x, y_r))``; the reward model minimises its negative
+    log-likelihood on labelled pairs (Ouyang et al. 2022, eq. 1). Llama 2 (Touvron et al. 2023, eq. 2)
+    subtracts a margin ``m`` that grows with how clearly the annotators preferred ``y_c``: the pair then
+    keeps pushing until ``r_c - r_r`` exceeds ``m``. Shapes broadcast (``[batch]``, or ``[batch, heads]``
+    with ``margin[:, None]``); ``logsigmoid`` keeps large differences finite.
+    """
+    logits = chosen_rewards - rejected_rewards
+    if margin is not None:
+        logits = logits - margin
+    return -F.logsigmoid(logits)
+
+
+def rating_mse_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-example squared error ``(r(x, y) - rating)^2``; no reduction (the trainer sums)."""
+    return (predicted - target).square()
+
+
+def centering_penalty(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Per-pair ``(r_c + r_r)^2``: zero when the pair's rewards are centred on 0 (Eisenstein et al. 2023)."""
+    return (chosen_rewards + rejected_rewards).square()
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class RewardTrainConfig(RunConfig):
+    """Options of ``rlxf reward train``."""
+
+    objective: Literal["auto", "preferences", "ratings"] = option(
+        "auto", help="preferences (Bradley-Terry) or ratings (MSE); auto follows the data's kind"
+    )
+    max_length: int = option(1024, help="longest input in tokens (prompt + completion)")
+    truncation: Truncation = option(
+        "keep_end",
+        help="a longer input keeps its last tokens (keep_end: the head reads the end), its first "
+        "(keep_start), or is an error",
+    )
+    chat_template: ChatTemplateMode = option(
+        "auto", help="auto: messages use the chat template, plain prompts stay raw; always; never"
+    )
+    margin_in_loss: bool = option(
+        True, help="subtract each pair's `margin` field (when the data has one) inside the sigmoid (Llama 2)"
+    )
+    ensemble_size: int = option(
+        1, help="preference heads on one backbone; > 1 exposes the reward's mean and std across heads"
+    )
+    ensemble_bootstrap: bool = option(
+        True, help="train each ensemble head on its own bootstrap resample of the pairs (seeded)"
+    )
+    center_rewards: bool = option(
+        False, help="store the mean training reward in the model; rlxf's scorer subtracts it"
+    )
+    center_rewards_coefficient: float = option(
+        0.0, help="add c * (r_chosen + r_rejected)^2 per pair, pulling rewards toward mean 0 (TRL)"
+    )
+    aspect_weights: list[float | str] = option(
+        default_factory=list,
+        help="ratings: how aspects make the reward; numbers in sorted aspect-name order, or name=weight "
+        "items; empty: the mean of the aspects",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.truncation not in get_args(Truncation):
+            raise ValueError(f"truncation must be one of {get_args(Truncation)}, got {self.truncation!r}")
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+        if self.center_rewards_coefficient < 0:
+            raise ValueError("center_rewards_coefficient must be >= 0")
+        if self.objective == "ratings" and self.ensemble_size > 1:
+            raise ValueError(
+                "ensemble_size > 1 is for preference reward models; ratings train one head per aspect"
+            )
+        if self.objective == "preferences" and self.aspect_weights:
+            raise ValueError("aspect_weights apply to ratings; a preference reward model has no aspects")
+        self.parsed_aspect_weights()  # raises on a malformed list
+
+    def parsed_aspect_weights(self) -> list[float] | dict[str, float]:
+        """``aspect_weights`` as a list of numbers (sorted aspect-name order) or a ``{name: weight}`` mapping."""
+        items = self.aspect_weights
+        if all(isinstance(w, int | float) for w in items):
+            weights: list[float] | dict[str, float] = [float(w) for w in items]
+            values = list(weights)
+        else:
+            weights = {}
+            for item in items:
+                name, sep, value = str(item).partition("=")
+                try:
+                    number = float(value) if sep else math.nan
+                except ValueError:
+                    number = math.nan
+                if not name.strip() or not math.isfinite(number):
+                    raise ValueError(
+                        f"aspect_weights: {item!r} is not name=weight with a finite number (the items must "
+                        "be all numbers, or all name=weight, e.g. helpfulness=0.7)"
+                    )
+                if name.strip() in weights:
+                    raise ValueError(f"aspect_weights names {name.strip()!r} twice")
+                weights[name.strip()] = number
+            values = list(weights.values())
+        if any(not math.isfinite(w) for w in values):
+            raise ValueError(f"aspect_weights must be finite numbers, got {items}")
+        if values and all(w == 0 for w in values):
+            raise ValueError("aspect_weights are all 0: the reward would be constant")
+        return weights
+
+
+def resolve_objective(objective: str, ds: Dataset) -> Objective:
+    """The training objective for ``ds``: its kind must be ``preferences`` or ``ratings`` (and match)."""
+    if ds.kind not in ("preferences", "ratings"):
+        raise DataError(
+            f"holds {ds.kind} records; a reward model trains on preferences (prompt + chosen + rejected) or "
+            "ratings (prompt + completion + rating)",
+            path=ds.path,
+            split=ds.split,
+        )
+    if objective != "auto" and objective != ds.kind:
+        raise DataError(f"objective={objective}, but the file holds {ds.kind} records", path=ds.path)
+    return ds.kind  # type: ignore[return-value]
+
+
+def ratings_head(cfg: RewardTrainConfig, train_ds: Dataset) -> RewardHead:
+    """One output per aspect of the training data (sorted names), weighted by ``cfg.aspect_weights``."""
+    aspects = sorted({record.get("aspect", DEFAULT_ASPECT) for record in train_ds})
+    given = cfg.parsed_aspect_weights()
+    where = f"the training data has the aspects {aspects}"
+    if isinstance(given, dict):
+        unknown, missing = sorted(set(given) - set(aspects)), sorted(set(aspects) - set(given))
+        if unknown or missing:
+            raise DataError(
+                f"{where}, but aspect_weights "
+                + (f"names unknown {unknown}" if unknown else f"lacks {missing}"),
+                path=train_ds.path,
+            )
+        weights = [given[a] for a in aspects]
+    elif given:
+        if len(given) != len(aspects):
+            raise DataError(f"{where}, but aspect_weights has {len(given)} numbers", path=train_ds.path)
+        weights = given
+    else:
+        weights = [1.0 / len(aspects)] * len(aspects)
+    return RewardHead("ratings", aspects, weights)
+
+
+# ---------------------------------------------------------------------------------------------- ensembles
+
+
+def bootstrap_counts(n: int, heads: int, seed: int) -> torch.Tensor:
+    """``[n, heads]``: how often each example is drawn when head ``k`` resamples ``n`` of them with
+    replacement (the bootstrap, Efron 1979). Each column sums to ``n``; the expected count is 1."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(n, (heads, n), generator=generator)  # [heads, n]
+    return torch.stack([torch.bincount(d, minlength=n) for d in draws], dim=1).float()
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def load_reward_backbone(cfg: ModelConfig, num_labels: int, dtype: str) -> tuple[Any, Any]:
+    """``AutoModelForSequenceClassification`` with ``num_labels`` outputs on ``cfg``'s model (trainable).
+
+    A causal LM's weights load into the backbone; the score head is new (initialised from the seed).
+    ``config.pad_token_id`` is set to the tokenizer's pad id, which is how the head finds the last token.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(cfg.name_or_path)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, dtype=getattr(torch, dtype)
+    )
+    model.config.pad_token_id = pad_token_id(tokenizer)
+    model.to(resolve_device(cfg.device))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.r > 0:  # SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save)
+        from peft import LoraConfig, get_peft_model
+
+        target: Any = "all-linear" if cfg.lora.target_modules == ["all-linear"] else cfg.lora.target_modules
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=target,
+                task_type="SEQ_CLS",
+            ),
+        )
+    model.train()
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def reward_train(cfg: RewardTrainConfig) -> dict[str, float]:
+    """Train a reward model on ``cfg.data``; the library function behind ``rlxf reward train``.
+
+    Writes the run folder ``cfg.out`` (config, metrics, checkpoints, ``model/`` as a plain HF
+    sequence-classification folder, summary) and returns the final metrics. All data is read, validated
+    and tokenised, and the model loaded, before ``cfg.out`` is touched: bad input writes nothing.
+    """
+    print_config(cfg, "rlxf reward train")
+    device = resolve_device(cfg.model.device)
+    precision = resolve_precision(cfg.train.precision, device)
+
+    # 1. Data: read, validate, split and tokenise everything up front.
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
+    train_ds = read_data(cfg.data)
+    objective = resolve_objective(cfg.objective, train_ds)
+    eval_ds = None
+    if cfg.eval_data:
+        eval_ds = read_data(cfg.eval_data, kind=objective)
+    elif cfg.eval_split > 0:
+        train_ds, eval_ds = split_data(train_ds, cfg.eval_split, cfg.seed)
+    if objective == "ratings":
+        if cfg.ensemble_size > 1:
+            raise DataError("ensemble_size > 1 is for preferences; these are ratings", path=train_ds.path)
+        head = ratings_head(cfg, train_ds)
+    else:
+        if cfg.aspect_weights:
+            raise DataError("aspect_weights apply to ratings; these are preferences", path=train_ds.path)
+        head = RewardHead.for_preferences(cfg.ensemble_size)
+    encode = functools.partial(
+        encode_reward_record,
+        max_length=cfg.max_length,
+        chat_template=cfg.chat_template,
+        truncation=cfg.truncation,
+    )
+    train_examples = tokenize_dataset(train_ds, encode, tokenizer)
+    eval_examples = tokenize_dataset(eval_ds, encode, tokenizer) if eval_ds is not None else []
+    if objective == "ratings":
+        for ds, examples in ((train_ds, train_examples), (eval_ds, eval_examples)):
+            for i, example in enumerate(examples):
+                aspect = example.get("aspect", DEFAULT_ASPECT)
+                if aspect not in head.labels:
+                    raise ds.error(
+                        i, f"aspect {aspect!r} is not among the training aspects {head.labels}", "aspect"
+                    )
+                example["aspect_index"] = head.labels.index(aspect)
+    if cfg.ensemble_size > 1 and cfg.ensemble_bootstrap:
+        counts = bootstrap_counts(len(train_examples), cfg.ensemble_size, cfg.seed)  # [n, heads]
+        for example, row in zip(train_examples, counts.tolist()):
+            example["head_weights"] = row
+    if len(train_examples) < cfg.train.global_batch_size:
+        raise DataError(
+            f"{len(train_examples)} training examples make no full batch of train.global_batch_size="
+            f"{cfg.train.global_batch_size}: lower it or add data",
+            path=train_ds.path,
+        )
+
+    # 2. Model: fp32 master weights unless precision is pure bf16; a new head of K outputs.
+    seed_everything(cfg.seed)
+    model, _ = load_reward_backbone(cfg.model, len(head.labels), weight_dtype(precision))
+    pad_id = pad_token_id(tokenizer)
+    collate = functools.partial(collate_rewards, pad_token_id=pad_id)
+    margin_in_loss = cfg.margin_in_loss
+    coefficient = cfg.center_rewards_coefficient
+
+    def preference_loss(model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        outputs = reward_outputs(model, batch)  # [2B, K]: chosen rows, then rejected rows
+        n = outputs.shape[0] // 2
+        chosen, rejected = outputs[:n], outputs[n:]  # [B, K]
+        margin = batch["margin"][:, None] if margin_in_loss and "margin" in batch else None
+        # [B, K]: each head's -log sigmoid(r_c - r_r - m) for each pair
+        losses = bradley_terry_loss(chosen, rejected, margin)
+        if "head_weights" in batch:
+            losses = losses * batch["head_weights"]  # bootstrap: pair i counts c_ik times for head k
+        r_chosen, std_chosen = head.combine(chosen)  # [B]: the ensemble's mean reward
+        r_rejected, _ = head.combine(rejected)
+        per_pair = losses.mean(dim=-1)  # [B]
+        if coefficient > 0:
+            per_pair = per_pair + coefficient * centering_penalty(r_chosen, r_rejected)
+        with torch.no_grad():
+            metrics = {
+                "accuracy": (r_chosen > r_rejected).float().mean().item(),
+                "rewards/chosen": r_chosen.mean().item(),
+                "rewards/rejected": r_rejected.mean().item(),
+                "rewards/margins": (r_chosen - r_rejected).mean().item(),
+            }
+            if std_chosen is not None:
+                metrics["rewards/ensemble_std"] = std_chosen.mean().item()
+        return LossOutput(loss=per_pair.sum(), metrics=metrics)
+
+    def ratings_loss(model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        outputs = reward_outputs(model, batch)  # [B, K]: one output per aspect
+        predicted = outputs.gather(1, batch["aspect_index"][:, None]).squeeze(1)  # [B]: the record's aspect
+        losses = rating_mse_loss(predicted, batch["rating"])  # [B]
+        return LossOutput(loss=losses.sum(), metrics={"mse": losses.mean().item()})
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        batch_size = 2 * cfg.train.micro_batch_size
+        if objective == "preferences":
+            rows = [e["chosen_ids"] for e in eval_examples] + [e["rejected_ids"] for e in eval_examples]
+            outputs = score_sequences(model, rows, pad_id, batch_size)
+            n = len(eval_examples)
+            r_chosen, std = head.combine(outputs[:n])
+            r_rejected, _ = head.combine(outputs[n:])
+            margin = torch.tensor([float(e.get("margin", 0.0)) for e in eval_examples])
+            loss = bradley_terry_loss(outputs[:n], outputs[n:], margin[:, None] if margin_in_loss else None)
+            metrics = {"loss": loss.mean().item(), **preference_metrics(r_chosen, r_rejected)}
+            if std is not None:
+                metrics["rewards/ensemble_std"] = std.mean().item()
+            return metrics
+        outputs = score_sequences(model, [e["input_ids"] for e in eval_examples], pad_id, batch_size)
+        index = torch.tensor([e["aspect_index"] for e in eval_examples])
+        predicted = outputs.gather(1, index[:, None]).squeeze(1)
+        target = torch.tensor([e["rating"] for e in eval_examples])
+        metrics = rating_metrics(predicted, target)
+        if len(head.labels) > 1:
+            for k, aspect in enumerate(head.labels):
+                if (index == k).sum() > 1:
+                    per_aspect = rating_metrics(predicted[index == k], target[index == k])
+                    metrics.update({f"{name}/{aspect}": value for name, value in per_aspect.items()})
+        return metrics
+
+    # 3. Train: the shared loop normalises each step's summed loss by its pairs (or rated examples).
+    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
+        trainer = Trainer(
+            cfg.train,
+            model=model,
+            examples=train_examples,
+            collate=collate,
+            units=lambda batch: int(batch["input_ids"].shape[0] // (2 if objective == "preferences" else 1)),
+            compute_loss=preference_loss if objective == "preferences" else ratings_loss,
+            run=run,
+            seed=cfg.seed,
+            evaluate=evaluate if eval_examples else None,
+            desc="reward",
+        )
+        final = trainer.fit()
+
+        # 4. Centre (optional), describe the head in the config, save a plain HF folder.
+        if cfg.center_rewards:
+            trainer.model.eval()
+            keys = ("chosen_ids", "rejected_ids", "input_ids")
+            rows = [e[key] for e in train_examples for key in keys if key in e]  # every training completion
+            with trainer.autocast():
+                outputs = score_sequences(trainer.model, rows, pad_id, 2 * cfg.train.micro_batch_size)
+            head.reward_mean = head.combine(outputs)[0].mean().item()
+            final["reward_mean"] = head.reward_mean
+            print(f"centred: rlxf's scorer subtracts the mean training reward {head.reward_mean:.4f}")
+        if trainer.accelerator.is_main_process:
+            head.save_to(trainer.model.config)
+            trainer.model.config.rlxf_max_length = cfg.max_length
+            trainer.model.config.rlxf_chat_template = cfg.chat_template
+            trainer.model.config.rlxf_truncation = cfg.truncation
+            save_model(trainer.model, tokenizer, run.model_dir)
+            run.write_summary(final, num_tokens=int(final.get("train_tokens", 0)))
+    return final

@@ -1,0 +1,87 @@
+"""The built-in ``sentiment`` scorer: VADER's compound score of a text, a number in [-1, 1].
+
+VADER (Valence Aware Dictionary and sEntiment Reasoner; C. J. Hutto and E. Gilbert, "VADER: A
+Parsimonious Rule-based Model for Sentiment Analysis of Social Media Text", ICWSM 2014) is a lexicon of
+about 7,500 words and emoticons, each with a human-rated valence, plus a handful of rules for what changes
+a word's force: negation ("not good"), degree words ("very", "barely"), "but" (the clause after it
+weighs more), capitals and exclamation marks. The valences of a text's words, so adjusted, are summed and
+the sum ``x`` is normalised to ``x / sqrt(x**2 + 15)``, the *compound* score, in [-1, 1]: above 0.05 reads
+as positive, below -0.05 as negative, in between as neutral. It needs no model and no network, scores
+thousands of texts a second on one CPU core, and is deterministic.
+
+It is the reward of the seed documents' worked example (``rlxf demo``, DESIGN.md "The embedded
+default"): the default model continues the opening of a review (``examples/data/review_openings.jsonl``)
+and is rewarded for continuing it positively. The openings are chosen so that VADER scores each of them 0,
+and :class:`SentimentScorer` scores the completion alone, so the reward is what the policy wrote.
+
+Needs the ``vaderSentiment`` package (``pip install vadersentiment``); the analyzer (and its lexicon
+file) is loaded once, on first use, and shared by every caller in the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+PIP_COMMAND = "pip install vadersentiment"
+"""How to install the package this scorer needs (named in the error when it is missing)."""
+
+_analyzer: Any = None
+_lock = threading.Lock()
+
+
+def _get_analyzer() -> Any:
+    """The process-wide VADER ``SentimentIntensityAnalyzer``, created on the first call."""
+    global _analyzer
+    if _analyzer is None:
+        with _lock:
+            if _analyzer is None:
+                try:
+                    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+                except ImportError as exc:
+                    raise ImportError(
+                        "the 'sentiment' scorer needs the vaderSentiment package (VADER); install it with: "
+                        f"{PIP_COMMAND}"
+                    ) from exc
+                _analyzer = SentimentIntensityAnalyzer()
+    return _analyzer
+
+
+def sentiment_scores(texts: list[str]) -> list[float]:
+    """VADER's compound score of each text, in [-1, 1] (positive text near 1, negative near -1, neutral 0).
+
+    ``texts`` is a list of strings; an empty or blank string scores 0. Raises ``TypeError`` for an item
+    that is not a string and ``ImportError`` (naming the pip command) when ``vaderSentiment`` is missing.
+    """
+    if isinstance(texts, str):
+        raise TypeError("sentiment_scores takes a list of strings, not one string")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is a {type(text).__name__}, expected a string")
+    analyzer = _get_analyzer()
+    return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
+
+
+class SentimentScorer:
+    """A reward source: the VADER compound score of each *completion* (the continuation), in [-1, 1].
+
+    Called as ``scorer(prompts, completions)`` like every reward source, it returns one float per pair.
+    The prompt is not scored: in the sentiment task it is the neutral opening of a review that the model
+    continues, and the reward should reflect only what the model wrote (scoring the whole text would
+    add the same constant to every completion of a prompt, or reward a prompt the policy did not choose).
+    """
+
+    name = "sentiment"
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """Score ``completions[i]`` (a continuation of ``prompts[i]``); the lists must be the same length."""
+        if len(prompts) != len(completions):
+            raise ValueError(
+                f"got {len(prompts)} prompts and {len(completions)} completions; expected one completion "
+                "per prompt"
+            )
+        return sentiment_scores(completions)
+
+    def __repr__(self) -> str:
+        return "SentimentScorer()"
