@@ -15,13 +15,13 @@ from rlxf.config import option
 from rlxf.models import ModelConfig, load_model
 from rlxf.rollout import HFEngine, SamplingConfig
 
-REVIEW_OPENINGS = [
+REVIEW_OPENINGS = [  # neutral to VADER (compound 0), so the continuation alone decides the sentiment
     "The movie was",
     "I stayed at this hotel for three nights and",
     "The pasta at this little restaurant",
     "This phone's battery",
     "Our guided tour of the old town",
-    "The second half of the novel",
+    "The last chapters of the book",
 ]
 
 

@@ -25,6 +25,7 @@ from rlxf.algos.reward_eval import (
     preference_metrics,
     rating_metrics,
     reward_eval,
+    reward_pad_token_id,
     reward_score,
     spearman,
 )
@@ -128,8 +129,9 @@ def test_preference_metrics_count_ties_apart():
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def test_head_reads_the_completions_last_token(tiny_model_dir, tiny_tokenizer):
-    """Inputs end with the completion's last token (no EOS), and transformers reads the score there."""
+def test_head_reads_the_closing_eos(tiny_model_dir, tiny_tokenizer):
+    """Inputs are prompt + completion + one EOS, the pad token is not the EOS, and transformers reads the
+    score at that EOS."""
     from transformers import AutoModelForSequenceClassification
 
     record = {"prompt": "Review 1: the movie was", "chosen": " good yes", "rejected": " bad no"}
@@ -137,30 +139,32 @@ def test_head_reads_the_completions_last_token(tiny_model_dir, tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id  # == pad id for this tokenizer, as for SmolLM2
     prompt = tiny_tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
     completion = tiny_tokenizer(record["chosen"], add_special_tokens=False)["input_ids"]
-    assert features["chosen_ids"] == prompt + completion and features["chosen_ids"][-1] != eos
+    assert features["chosen_ids"] == prompt + completion + [eos]
+    # a completion that already ends with EOS does not get a second one
+    doubled = encode_reward_record({**record, "chosen": " good yes<|im_end|>"}, tiny_tokenizer, max_length=64)
+    assert doubled["chosen_ids"] == features["chosen_ids"]
 
-    # the same ids whatever the pad token is: trailing EOS and pad are both dropped
-    other = type(tiny_tokenizer).from_pretrained(tiny_model_dir, pad_token="<|endoftext|>")
-    assert encode_reward_record(record, other, max_length=64) == features
-
+    pad_id = reward_pad_token_id(tiny_tokenizer)
+    assert pad_id != eos
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
-    batch = collate_rewards([features], pad_token_id=tiny_tokenizer.pad_token_id)  # padded: 2 rows
+    model.config.pad_token_id = pad_id
+    batch = collate_rewards([features], pad_token_id=pad_id)  # padded: 2 rows
     assert (batch["attention_mask"][1] == 0).any()  # the shorter row has padding
     with torch.no_grad():
         scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
         for row, ids in enumerate([features["chosen_ids"], features["rejected_ids"]]):
-            hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]  # at the EOS
             assert scores[row].item() == pytest.approx((model.score.weight[0] @ hidden).item(), abs=1e-5)
 
-    # truncation keeps the end, where the head reads
+    # truncation keeps the end of the text, and the EOS stays last
     cut = encode_reward_record(record, tiny_tokenizer, max_length=5)
-    assert cut["chosen_ids"] == features["chosen_ids"][-5:]
-    with pytest.raises(DataError, match="max_length=5"):
+    assert cut["chosen_ids"] == features["chosen_ids"][-5:-1][-4:] + [eos] and len(cut["chosen_ids"]) == 5
+    with pytest.raises(DataError, match="max_length"):
         encode_reward_record(record, tiny_tokenizer, max_length=5, truncation="error")
 
 
 def test_conversations_are_read_at_the_end_of_the_answer(tiny_tokenizer):
-    """A chat-format answer is read at its last content token, however the record gives it."""
+    """A chat-format answer is read at its closing EOS, however the record gives it."""
     user = [{"role": "user", "content": "Is the soup good?"}]
     answer = [{"role": "assistant", "content": "yes"}]
     other = [{"role": "assistant", "content": "no"}]
@@ -170,7 +174,7 @@ def test_conversations_are_read_at_the_end_of_the_answer(tiny_tokenizer):
     )
     as_pair = encode_reward_record({"prompt": user, "chosen": answer, "rejected": other}, tiny_tokenizer, 64)
     assert as_messages["input_ids"] == as_completion["input_ids"] == as_pair["chosen_ids"]
-    assert tiny_tokenizer.decode(as_messages["input_ids"]).endswith("<|im_start|>assistant\nyes")
+    assert tiny_tokenizer.decode(as_messages["input_ids"]).endswith("<|im_start|>assistant\nyes<|im_end|>")
 
 
 def test_bootstrap_counts_are_seeded_resamples():
@@ -220,7 +224,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 folder, texts = sys.argv[1], json.loads(sys.argv[2])
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-batch = tokenizer(texts, padding=True, return_tensors="pt")  # right padding, no EOS
+assert tokenizer.pad_token_id != tokenizer.eos_token_id  # the saved pad token is not the EOS
+batch = tokenizer(texts, padding=True, return_tensors="pt")  # right padding with that pad token
 with torch.no_grad():
     print(json.dumps(model(**batch).logits[:, 0].tolist()))
 """
@@ -232,7 +237,7 @@ def test_saved_model_gives_the_same_scores_in_plain_transformers(preference_run)
     prompts, completions = zip(*pairs)
     rm = RewardModel.load(root / "run", dtype="float32")  # a run folder: its model/ is used
     ours = rm.score(list(prompts), list(completions)).reward
-    texts = [p + c for p, c in pairs]
+    texts = [p + c + "<|im_end|>" for p, c in pairs]  # prompt + completion + EOS, as rlxf reads them
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_TRANSFORMERS, str(root / "run" / "model"), json.dumps(texts)],
         capture_output=True,
@@ -314,7 +319,7 @@ def test_ratings_with_two_aspects(tiny_model_dir, tmp_path):
         tmp_path / "run",
         eval_split=0.25,
         aspect_weights=["safe=0.25", "helpful=0.75"],
-        train={"max_steps": 40, "learning_rate": 3e-3},
+        train={"max_steps": 200, "learning_rate": 3e-3},
     )
     final = reward_train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -84,10 +84,16 @@ def is_kept(text: str) -> bool:
 
 
 def eligible_pairs(
-    texts: Sequence[str], scores: Sequence[float], min_gap: float
+    texts: Sequence[str],
+    scores: Sequence[float],
+    min_gap: float,
+    min_chosen: float | None = None,
+    max_rejected: float | None = None,
 ) -> list[tuple[int, int, float]]:
     """Pairs ``(chosen, rejected, gap)`` of one prompt's samples with ``gap = score[chosen] - score[rejected]
-    >= min_gap``, largest gap first (ties in index order).
+    >= min_gap``, largest gap first (ties in index order). ``min_chosen`` / ``max_rejected``, when set, also
+    require ``score[chosen] >= min_chosen`` and ``score[rejected] <= max_rejected`` ("clear" pairs: one
+    side clearly positive, the other clearly negative, rather than e.g. mildly positive vs neutral).
 
     Samples that are blank are skipped, so are pairs whose two texts are equal, and a pair of texts already
     listed (the same two texts drawn twice) is listed once.
@@ -101,6 +107,10 @@ def eligible_pairs(
             gap = scores[i] - scores[j]
             if i == j or gap < min_gap or not is_kept(texts[i]) or not is_kept(texts[j]):
                 continue
+            if (min_chosen is not None and scores[i] < min_chosen) or (
+                max_rejected is not None and scores[j] > max_rejected
+            ):
+                continue
             if texts[i] == texts[j] or (texts[i], texts[j]) in seen:
                 continue
             seen.add((texts[i], texts[j]))
@@ -110,7 +120,12 @@ def eligible_pairs(
 
 
 def select_pairs(
-    groups: Sequence[tuple[Sequence[str], Sequence[float]]], target: int, min_gap: float, seed: int
+    groups: Sequence[tuple[Sequence[str], Sequence[float]]],
+    target: int,
+    min_gap: float,
+    seed: int,
+    min_chosen: float | None = None,
+    max_rejected: float | None = None,
 ) -> list[Pair]:
     """Choose up to ``target`` distinct preference pairs from the samples of many prompts.
 
@@ -123,7 +138,9 @@ def select_pairs(
     if target < 0:
         raise ValueError(f"target must be >= 0, got {target}")
     rng = random.Random(seed)
-    per_prompt = [eligible_pairs(texts, scores, min_gap) for texts, scores in groups]
+    per_prompt = [
+        eligible_pairs(texts, scores, min_gap, min_chosen, max_rejected) for texts, scores in groups
+    ]
     order = list(range(len(groups)))
     rng.shuffle(order)
     chosen: list[Pair] = []
@@ -262,6 +279,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--train-pairs", type=int, default=400, help="pairs in prefs_train (default: 400)")
     parser.add_argument("--test-pairs", type=int, default=100, help="pairs in prefs_test (default: 100)")
+    parser.add_argument(
+        "--min-chosen",
+        type=float,
+        default=None,
+        help="a pair's chosen score must be at least this (default: off)",
+    )
+    parser.add_argument(
+        "--max-rejected",
+        type=float,
+        default=None,
+        help="a pair's rejected score must be at most this (default: off)",
+    )
     parser.add_argument("--margin", action="store_true", help="write the score gap as each pair's 'margin'")
     args = parser.parse_args(argv)
     if args.n < 1 or args.max_n < args.n:
@@ -312,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         still = []
         for split in todo:
             groups = list(zip(samples[split], scores[split]))
-            pairs[split] = select_pairs(groups, targets[split], args.min_gap, seed=args.seed)
+            pairs[split] = select_pairs(
+                groups, targets[split], args.min_gap, args.seed, args.min_chosen, args.max_rejected
+            )
             have = len(pairs[split])
             if have < targets[split]:
                 per_prompt = len(samples[split][0])
@@ -390,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"negative, {info['neutral']} near-neutral dropped)"
         )
     print(
-        f"  sft_train: {len(files['sft_train.jsonl'])} records (the most positive sample of each train prompt)"
+        f"  sft_train: {len(files['sft_train.jsonl'])} records (the most positive sample of each of the "
+        f"{len(openings['train'])} train prompts, where it is positive)"
     )
     seconds = time.perf_counter() - start
     summary["sampling_rounds"] = rounds

@@ -3,8 +3,8 @@
 Training (:mod:`rlxf.algos.reward_model`) and every later use of a reward model go through the pieces
 here, so a model is scored exactly as it was trained:
 
-* :func:`encode_reward_record`: the token ids the model reads, ``prompt + completion`` without the
-  trailing EOS / pad tokens (see "Which token the head reads" in :mod:`rlxf.algos.reward_model`);
+* :func:`encode_reward_record`: the token ids the model reads, ``prompt + completion + EOS`` (see
+  "Which token the head reads" in :mod:`rlxf.algos.reward_model`);
 * :class:`RewardHead`: how the head's K outputs make one reward (weights, ensemble std, centring), read
   from and written to the model's ``config.json``;
 * :func:`score_sequences`: batched scoring (inputs sorted by length, so little padding);
@@ -114,8 +114,28 @@ class RewardHead:
 
 
 def end_token_ids(tokenizer: Any) -> set[int]:
-    """EOS and pad ids: stripped from the end of every reward-model input (module docstring)."""
+    """EOS and pad ids: stripped from the end of a completion before the one closing EOS is appended."""
     return {eos_token_id(tokenizer), pad_token_id(tokenizer)}
+
+
+def reward_pad_token_id(tokenizer: Any) -> int:
+    """The pad id of a reward model: never the EOS, since the head must read the closing EOS.
+
+    transformers reads the score at the rightmost token that is not the pad token, so pad == EOS (as in
+    SmolLM2) would make it skip the EOS. Take the tokenizer's pad when it differs from EOS, else its unk,
+    bos or another special token (a pad token inside an input is harmless: only a trailing one is skipped).
+    """
+    eos = eos_token_id(tokenizer)
+    candidates = [
+        tokenizer.pad_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.bos_token_id,
+        *tokenizer.all_special_ids,
+    ]
+    for candidate in candidates:
+        if candidate is not None and int(candidate) != eos:
+            return int(candidate)
+    raise ValueError("the tokenizer has no special token besides EOS to pad reward-model inputs with")
 
 
 def _strip_end(ids: list[int], end: set[int], field: str) -> list[int]:
@@ -129,7 +149,12 @@ def _strip_end(ids: list[int], end: set[int], field: str) -> list[int]:
     return ids[:n]
 
 
-def _fit(ids: list[int], max_length: int, truncation: Truncation, field: str) -> list[int]:
+def _fit(ids: list[int], max_length: int, truncation: Truncation, field: str, eos: int) -> list[int]:
+    """Cut ``ids`` to ``max_length - 1`` tokens by ``truncation``, then append the closing EOS."""
+    return [*_cut(ids, max_length - 1, truncation, field), eos]
+
+
+def _cut(ids: list[int], max_length: int, truncation: Truncation, field: str) -> list[int]:
     if len(ids) <= max_length:
         return ids
     if truncation == "error":
@@ -146,19 +171,20 @@ def encode_reward_record(
     chat_template: ChatTemplateMode = "auto",
     truncation: Truncation = "keep_end",
 ) -> dict[str, Any]:
-    """The token ids a reward model reads for one validated record (prompt + completion, no trailing EOS).
+    """The token ids a reward model reads for one validated record: prompt + completion + one EOS.
 
     A preference record gives ``chosen_ids`` and ``rejected_ids`` (plus ``margin``); a rated or SFT record
     ``input_ids`` (plus ``rating`` and ``aspect`` when present). Inputs longer than ``max_length`` are cut
     by ``truncation``; a pair left with identical inputs is an error.
     """
     end = end_token_ids(tokenizer)
+    eos = eos_token_id(tokenizer)
     out: dict[str, Any] = {}
     if record.get("chosen") is not None:
         prompt = prompt_token_ids(record, tokenizer, chat_template)
         for key in ("chosen", "rejected"):
             completion = _strip_end(completion_token_ids(record, key, tokenizer, chat_template), end, key)
-            out[f"{key}_ids"] = _fit(prompt + completion, max_length, truncation, key)
+            out[f"{key}_ids"] = _fit(prompt + completion, max_length, truncation, key, eos)
         if out["chosen_ids"] == out["rejected_ids"]:
             raise DataError(
                 "chosen and rejected become the same tokens (after dropping a trailing end-of-sequence token "
@@ -169,13 +195,13 @@ def encode_reward_record(
         features = tokenize_sft(record, tokenizer, chat_template=chat_template)
         last = max(i for i, label in enumerate(features["labels"]) if label != IGNORE_INDEX)
         ids = _strip_end(features["input_ids"][: last + 1], end, "messages")  # drop the template's tail
-        out["input_ids"] = _fit(ids, max_length, truncation, "messages")
+        out["input_ids"] = _fit(ids, max_length, truncation, "messages", eos)
     else:
         prompt = prompt_token_ids(record, tokenizer, chat_template)
         completion = _strip_end(
             completion_token_ids(record, "completion", tokenizer, chat_template), end, "completion"
         )
-        out["input_ids"] = _fit(prompt + completion, max_length, truncation, "completion")
+        out["input_ids"] = _fit(prompt + completion, max_length, truncation, "completion", eos)
     for key in ("margin", "rating", "aspect"):
         if record.get(key) is not None:
             out[key] = record[key]

@@ -117,10 +117,7 @@ class HFEngine(GenerationEngine):
         # do_sample=False: SampleAndRecord draws the token, generate's greedy step only reads it off.
         return GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
-            do_sample=False,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,  # 0 disables (transformers' own default would be 50)
+            do_sample=False,  # so transformers adds no sampling warper of its own (e.g. its top_k=50)
             eos_token_id=None if sampling.ignore_eos else self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             stop_strings=list(sampling.stop) or None,
