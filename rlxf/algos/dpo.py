@@ -70,7 +70,7 @@ import inspect
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,19 +109,13 @@ class PreferenceTrainingConfig(TrainingConfig):
 
 
 @dataclass
-class DPOConfig(RunConfig):
-    """Options of ``rlxf dpo``."""
+class PreferenceRunConfig(RunConfig):
+    """Options DPO and KTO share: beta, where the reference log-probs come from, lengths, rendering."""
 
     train: PreferenceTrainingConfig = field(default_factory=PreferenceTrainingConfig)
-    loss_type: Literal["sigmoid", "ipo"] = option(
-        "sigmoid",
-        help="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023), on mean token log-probs",
-    )
     beta: float = option(
-        0.1, help="strength of the KL tie to the reference (DPO's beta; IPO's target margin is 1/(2 beta))"
-    )
-    label_smoothing: float = option(
-        0.0, help="conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)"
+        0.1,
+        help="strength of the KL tie to the reference (DPO's / KTO's beta; IPO's target margin is 1/(2 beta))",
     )
     reference: Reference = option(
         "precompute",
@@ -143,38 +137,45 @@ class DPOConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_preference_options(self)
-        if self.loss_type not in ("sigmoid", "ipo"):
-            raise ValueError(f"loss_type must be sigmoid or ipo, got {self.loss_type!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.reference == "adapter_disabled" and self.model.lora.r <= 0:
+            raise ValueError(
+                "reference=adapter_disabled needs LoRA (model.lora.r > 0): without adapters there is nothing "
+                "to switch off; use reference=precompute"
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if (
+            self.max_length is not None
+            and self.max_prompt_length is not None
+            and self.max_prompt_length >= self.max_length
+        ):
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
+            )
+
+
+@dataclass
+class DPOConfig(PreferenceRunConfig):
+    """Options of ``rlxf dpo``."""
+
+    loss_type: Literal["sigmoid", "ipo"] = option(
+        "sigmoid",
+        help="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023), on mean token log-probs",
+    )
+    label_smoothing: float = option(
+        0.0, help="conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.loss_type == "ipo" and self.label_smoothing > 0:
             raise ValueError("label_smoothing (conservative DPO) applies to loss_type=sigmoid only, not ipo")
-
-
-def check_preference_options(cfg: Any) -> None:
-    """Checks DPO and KTO share: beta, the reference source, lengths."""
-    if cfg.beta <= 0:
-        raise ValueError(f"beta must be > 0, got {cfg.beta}")
-    if cfg.reference not in get_args(Reference):
-        raise ValueError(f"reference must be one of {get_args(Reference)}, got {cfg.reference!r}")
-    if cfg.reference == "adapter_disabled" and cfg.model.lora.r <= 0:
-        raise ValueError(
-            "reference=adapter_disabled needs LoRA (model.lora.r > 0): without adapters there is nothing "
-            "to switch off; use reference=precompute"
-        )
-    if cfg.max_length is not None and cfg.max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {cfg.max_length}")
-    if cfg.max_prompt_length is not None and cfg.max_prompt_length < 1:
-        raise ValueError(f"max_prompt_length must be >= 1, got {cfg.max_prompt_length}")
-    if (
-        cfg.max_length is not None
-        and cfg.max_prompt_length is not None
-        and cfg.max_prompt_length >= cfg.max_length
-    ):
-        raise ValueError(
-            f"max_prompt_length ({cfg.max_prompt_length}) must be smaller than max_length ({cfg.max_length})"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- losses

@@ -47,15 +47,13 @@ import functools
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rlxf.algos.dpo import (
-    PreferenceTrainingConfig,
-    Reference,
-    check_preference_options,
+    PreferenceRunConfig,
     disable_dropout,
     read_train_eval,
     reference_model,
@@ -68,45 +66,22 @@ from rlxf.data.collate import pad
 from rlxf.data.tokenize import completion_token_ids, prompt_field, prompt_token_ids
 from rlxf.models.load import load_model, load_tokenizer, resolve_device, save_model
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, resolve_precision, weight_dtype
+from rlxf.train.loop import LossOutput, Trainer, resolve_precision, weight_dtype
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
 
 
 @dataclass
-class KTOConfig(RunConfig):
-    """Options of ``rlxf kto``."""
+class KTOConfig(PreferenceRunConfig):
+    """Options of ``rlxf kto`` (beta, reference, lengths: :class:`~rlxf.algos.dpo.PreferenceRunConfig`)."""
 
-    train: PreferenceTrainingConfig = field(default_factory=PreferenceTrainingConfig)
-    beta: float = option(0.1, help="strength of the KL tie to the reference (KTO's beta)")
     desirable_weight: float = option(1.0, help="lambda_D: weight of the desirable examples' loss")
     undesirable_weight: float = option(1.0, help="lambda_U: weight of the undesirable examples' loss")
-    reference: Reference = option(
-        "precompute",
-        help="precompute: reference log-probs computed once before training with the initial model; "
-        "adapter_disabled: the LoRA policy with adapters off, at each step",
-    )
-    max_length: int | None = option(1024, help="longest prompt + completion in tokens (completions are cut)")
-    max_prompt_length: int | None = option(512, help="longest prompt in tokens (cut as `truncation` says)")
-    truncation: Truncation = option(
-        "keep_end",
-        help="a too-long prompt keeps its last (keep_end) or first (keep_start) tokens, or is an error",
-    )
-    chat_template: ChatTemplateMode = option(
-        "auto",
-        help="auto: messages use the chat template, plain prompts stay raw; always: a plain prompt becomes "
-        "a user turn; never: raw text only",
-    )
-    disable_dropout: bool = option(True, help="switch dropout off, so policy and reference see the same net")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_preference_options(self)
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise ValueError("desirable_weight and undesirable_weight must be > 0")
-
-
-# ---------------------------------------------------------------------------------------------- losses
 
 
 def kto_kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
