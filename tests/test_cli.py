@@ -141,3 +141,70 @@ def test_console_script_and_module_agree(argv):
     )
     assert module.returncode == script.returncode == 0
     assert module.stdout == script.stdout and module.stdout.startswith("usage: rlxf")
+
+
+def test_training_commands_through_the_cli(capsys, tiny_model_dir, tmp_path):
+    """sft, reward train / eval / score and dpo run from the command line with the shared flags."""
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(
+        "".join(
+            json.dumps({"prompt": f"Item {i}: the movie was", "chosen": " good", "rejected": " bad"}) + "\n"
+            for i in range(16)
+        )
+    )
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text(
+        "".join(json.dumps({"prompt": f"Q{i}", "completion": " yes"}) + "\n" for i in range(8))
+    )
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--precision",
+        "fp32",
+    ]
+
+    code, _, err = run_cli(capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common)
+    assert code == 0, err
+    assert (tmp_path / "sft" / "model" / "config.json").is_file() and "run folder" in err
+    # The same --out again is refused with a clear message, --resume continues (nothing left to do here).
+    code, _, err = run_cli(capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common)
+    assert code == 2 and "--resume" in err
+    code, _, err = run_cli(
+        capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common, "--resume"
+    )
+    assert code == 0, err
+
+    code, _, err = run_cli(
+        capsys, "reward", "train", "--data", str(prefs), "--out", str(tmp_path / "rm"), *common
+    )
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "reward", "eval", "--model", str(tmp_path / "rm"), "--data", str(prefs))
+    assert code == 0, err
+    assert "accuracy" in out and "ties" in out
+    scores = tmp_path / "scores.jsonl"
+    code, _, err = run_cli(
+        capsys, "reward", "score", "--model", str(tmp_path / "rm"), "--data", str(prefs), "--out", str(scores)
+    )
+    assert code == 0, err
+    assert all("reward_chosen" in json.loads(line) for line in scores.read_text().splitlines())
+
+    code, _, err = run_cli(
+        capsys,
+        "dpo",
+        "--data",
+        str(prefs),
+        "--out",
+        str(tmp_path / "dpo"),
+        *common,
+        "--beta",
+        "0.2",
+        "train.learning_rate=1e-4",
+    )
+    assert code == 0, err
+    assert "beta: 0.2" in (tmp_path / "dpo" / "config.yaml").read_text()
