@@ -89,7 +89,7 @@ from rlxf.data import (
     split_data,
     tokenize_dataset,
 )
-from rlxf.models.load import ModelConfig, load_tokenizer, resolve_device, save_model
+from rlxf.models.load import ModelConfig, load_tokenizer, prepare_for_training, resolve_device, save_model
 from rlxf.models.registry import resolve_model
 from rlxf.train.loop import LossOutput, RunConfig, Trainer, resolve_precision, weight_dtype
 from rlxf.train.run import RunDir, print_config
@@ -283,24 +283,7 @@ def load_reward_backbone(cfg: ModelConfig, num_labels: int, dtype: str) -> tuple
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     model.config.pad_token_id = pad_id
     model.to(resolve_device(cfg.device))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.lora.r > 0:  # SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save)
-        from peft import LoraConfig, get_peft_model
-
-        target: Any = "all-linear" if cfg.lora.target_modules == ["all-linear"] else cfg.lora.target_modules
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=target,
-                task_type="SEQ_CLS",
-            ),
-        )
-    model.train()
+    model = prepare_for_training(model, cfg, task_type="SEQ_CLS")  # LoRA keeps the new head trainable
     return model, tokenizer
 
 

@@ -118,15 +118,22 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False) -> tuple[Any, Any]:
     if not trainable:
         model.eval().requires_grad_(False)
         return model, tokenizer
+    return prepare_for_training(model, cfg, task_type="CAUSAL_LM"), tokenizer
+
+
+def prepare_for_training(model: Any, cfg: ModelConfig, task_type: str) -> Any:
+    """Gradient checkpointing and LoRA (peft) as ``cfg`` asks, then train mode; returns the model to train.
+
+    ``task_type`` is peft's: ``CAUSAL_LM``, or ``SEQ_CLS`` for a reward model (peft then keeps the new
+    score head fully trainable).
+    """
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora.r > 0:
         from peft import LoraConfig, get_peft_model
 
-        target: Any = cfg.lora.target_modules
-        if target == ["all-linear"]:
-            target = "all-linear"
+        target: Any = "all-linear" if cfg.lora.target_modules == ["all-linear"] else cfg.lora.target_modules
         model = get_peft_model(
             model,
             LoraConfig(
@@ -134,11 +141,11 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False) -> tuple[Any, Any]:
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=cfg.lora.dropout,
                 target_modules=target,
-                task_type="CAUSAL_LM",
+                task_type=task_type,
             ),
         )
     model.train()
-    return model, tokenizer
+    return model
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
