@@ -200,6 +200,6 @@ def test_records_and_files(builder, tmp_path):
         {"prompt": "The bus", "completion": " was wonderful!"},
     ]
     for name, (records, kind) in files.items():
-        builder.write_jsonl(tmp_path / name, records)
+        builder.write_jsonl_atomic(tmp_path / name, records)
         assert len(read_data(tmp_path / name, kind=kind).records) == len(records)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind

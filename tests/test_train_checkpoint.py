@@ -174,14 +174,14 @@ def test_crash_before_pointer_update(tmp_path, monkeypatch):
     one_step(model, optimizer)
     at_step2 = params_of(model)
 
-    real_write = ckpt_mod._write_text_atomic
+    real_write = ckpt_mod.write_text_atomic
 
     def dying_write(path, text):
         if path.name == ckpt_mod.LATEST:
             raise KeyboardInterrupt("killed before the pointer moved")
         real_write(path, text)
 
-    monkeypatch.setattr(ckpt_mod, "_write_text_atomic", dying_write)
+    monkeypatch.setattr(ckpt_mod, "write_text_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(ckpt_dir, 2, model, optimizer, keep_last=1)
     monkeypatch.undo()

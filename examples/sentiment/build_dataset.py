@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
+
 REPO = Path(__file__).resolve().parents[2]
 OPENINGS = REPO / "examples" / "data" / "review_openings.jsonl"
 NEUTRAL = 0.05
@@ -210,28 +212,6 @@ def sft_records(
     return records
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write ``records`` as JSON lines, atomically."""
-    _write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Sampling and the command line
 
@@ -374,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as staging:
         for name, records in files.items():
-            write_jsonl(Path(staging) / name, records)
+            write_jsonl_atomic(Path(staging) / name, records)
             read_data(Path(staging) / name, kind=kinds[name.split("_")[0]])
         for name in files:
             os.replace(Path(staging) / name, out / name)
@@ -428,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary["sampling_rounds"] = rounds
     summary["files"] = {name: len(records) for name, records in files.items()}
     summary["seconds"] = round(seconds, 1)
-    _write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"done in {seconds:.0f} s ({rounds} sampling round{'s' if rounds > 1 else ''})")
     return 0
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from rlxf.data import (
 from rlxf.data.collate import pad
 from rlxf.models.load import Device, DType, load_tokenizer, resolve_device, resolve_dtype
 from rlxf.models.registry import resolve_model
+from rlxf.train.atomic import write_text_atomic
 
 Objective = Literal["preferences", "ratings"]
 DEFAULT_ASPECT = "default"  # the aspect of a rated record without an `aspect` field
@@ -501,7 +500,7 @@ def reward_eval(cfg: RewardEvalConfig) -> dict[str, float]:
             "kind": ds.kind,
             "metrics": metrics,
         }
-        _write_atomic(Path(cfg.out) / "eval.json", json.dumps(_finite(report), indent=2) + "\n")
+        write_text_atomic(Path(cfg.out) / "eval.json", json.dumps(_finite(report), indent=2) + "\n")
     return metrics
 
 
@@ -542,7 +541,7 @@ def reward_score(cfg: RewardScoreConfig) -> list[dict[str, Any]]:
                 record[f"{name}_std"] = scores.std[i].item()
     text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
     if cfg.out:
-        _write_atomic(Path(cfg.out), text)
+        write_text_atomic(Path(cfg.out), text)
         print(f"scored {len(records)} records into {cfg.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -558,15 +557,3 @@ def _finite(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _finite(v) for k, v in tree.items()}
     return None if isinstance(tree, float) and not math.isfinite(tree) else tree
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -7,9 +7,6 @@ messages and continued raw when it is a plain string (see :mod:`rlxf.data.chat`)
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from rlxf.data.chat import ChatTemplateMode, render_prompt
 from rlxf.models import ModelConfig, load_model
 from rlxf.rollout.engine import RolloutBatch, SamplingConfig
 from rlxf.rollout.hf import HFEngine
+from rlxf.train.atomic import write_jsonl_atomic
 
 
 @dataclass
@@ -86,7 +84,7 @@ def generate(cfg: GenerateConfig) -> list[GeneratedSample]:
     batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed, progress=True)
     samples = to_samples(batch, raw_prompts, cfg.sampling.n)
     if cfg.out:
-        write_jsonl(cfg.out, [s.__dict__ for s in samples])
+        write_jsonl_atomic(cfg.out, [s.__dict__ for s in samples])
     return samples
 
 
@@ -105,18 +103,3 @@ def to_samples(batch: RolloutBatch, raw_prompts: list[Any], n: int) -> list[Gene
         )
         for i in range(len(batch))
     ]
-
-
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -50,12 +50,13 @@ from typing import Any
 
 import torch
 
+from rlxf.train.atomic import TMP_PREFIX, fsync_dir, write_text_atomic
 from rlxf.train.seed import rng_state, set_rng_state
 
 STEP_PREFIX = "step-"
 LATEST = "latest"
 _STEP_RE = re.compile(rf"^{STEP_PREFIX}(\d+)$")
-_TMP_PREFIX = ".tmp-"  # folders being written
+_TMP_PREFIX = TMP_PREFIX  # folders (and files) being written
 _TRASH_PREFIX = ".trash-"  # folders being deleted
 _OLD_PREFIX = ".old-"  # a checkpoint moved aside while the same step is saved again
 
@@ -113,36 +114,11 @@ def model_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     return {k: v for k, v in state.items() if k not in frozen}, "trainable"
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file inside ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _save_file(obj: Any, path: Path) -> None:
     with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: a reader sees the old content or the new one."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _step_of(path: Path) -> int | None:
@@ -269,18 +245,18 @@ def save_checkpoint(
         "model_state": kind,
         "files": sorted(p.name for p in tmp.iterdir()),
     }
-    _write_text_atomic(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
-    _fsync_dir(tmp)
+    write_text_atomic(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    fsync_dir(tmp)
 
     final = ckpt_dir / name
     aside = ckpt_dir / f"{_OLD_PREFIX}{name}"
     if final.exists():  # the same step saved again (e.g. after a resume): move the old one aside first
         os.replace(final, aside)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     if aside.exists():
         _remove_tree(aside)
-    _write_text_atomic(ckpt_dir / LATEST, name + "\n")
+    write_text_atomic(ckpt_dir / LATEST, name + "\n")
 
     if keep_last is not None:
         for old in list_checkpoints(ckpt_dir)[:-keep_last]:

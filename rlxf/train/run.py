@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -44,6 +43,7 @@ from typing import IO, Any, Literal
 import yaml
 
 from rlxf.config import to_yaml
+from rlxf.train.atomic import write_text_atomic
 from rlxf.train.checkpoint import META_FILE, latest_checkpoint
 from rlxf.train.metrics import MetricsLogger, peak_memory_mb, truncate_metrics
 
@@ -110,15 +110,6 @@ def _changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
         for k in sorted(old.keys() | new.keys())
         if old.get(k) != new.get(k)
     ]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _clear_run(path: Path) -> None:
@@ -218,7 +209,7 @@ class RunDir:
                 print(f"no complete checkpoint in {path / CHECKPOINTS_DIR}: starting over", file=stream)
             _clear_run(path)
         path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path / CONFIG_FILE, new_yaml)
+        write_text_atomic(path / CONFIG_FILE, new_yaml)
         run = cls(path, resume_checkpoint=checkpoint, resume_step=step, tensorboard=tensorboard)
         run.checkpoints_dir.mkdir(exist_ok=True)
         return run
@@ -253,7 +244,7 @@ class RunDir:
         }
         summary.update(extra or {})
         self.logger.flush()
-        _write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def close(self) -> None:
