@@ -167,6 +167,7 @@ def _run_demo(cfg: Any) -> int:
 def _commands() -> list[Command]:
     from rlxf.algos.dpo import DPOConfig, dpo
     from rlxf.algos.kto import KTOConfig, kto
+    from rlxf.algos.ppo import RLConfig, rl
     from rlxf.algos.reward_eval import RewardEvalConfig, RewardScoreConfig, reward_eval, reward_score
     from rlxf.algos.reward_model import RewardTrainConfig, reward_train
     from rlxf.algos.sft import SFTConfig, sft
@@ -282,6 +283,40 @@ def _commands() -> list[Command]:
             KTOConfig,
             _run_training(kto),
             [*training_flags, Flag(("--beta",), "beta", "strength of the KL regularisation", float)],
+        ),
+        Command(
+            "rl",
+            "Online RL from feedback: PPO with a critic, GRPO, RLOO or REINFORCE++ against a reward source.",
+            RLConfig,
+            _run_training(rl),
+            [
+                Flag(("--model",), "model.name_or_path", "policy: registry name, HF folder or .gguf file"),
+                Flag(("--device",), "model.device", "auto, cpu or cuda"),
+                Flag(("--lora-r",), "model.lora.r", "LoRA rank (0 = full fine-tuning)", int),
+                Flag(("--prompts",), "prompts", "prompts file"),
+                Flag(("--eval-prompts",), "eval_prompts", "held-out prompts file"),
+                Flag(
+                    ("--reward",),
+                    "reward",
+                    "reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL",
+                ),
+                Flag(("--estimator",), "estimator", "ppo, grpo, rloo or reinforce++"),
+                Flag(("--out",), "out", "output folder"),
+                Flag(("--seed",), "seed", "random seed", int),
+                Flag(
+                    ("--resume",),
+                    "resume",
+                    "continue the run in --out from its latest checkpoint",
+                    switch=True,
+                ),
+                Flag(("--overwrite",), "overwrite", "replace the run already in --out", switch=True),
+                Flag(("--lr",), "learning_rate", "peak policy learning rate", float),
+                Flag(("--steps",), "num_steps", "rollout + update steps", int),
+                Flag(("-n", "--num-samples"), "sampling.n", "completions per prompt", int),
+                Flag(("--max-new-tokens",), "sampling.max_new_tokens", "most tokens per completion", int),
+                Flag(("--prompts-per-step",), "prompts_per_step", "prompts per rollout batch", int),
+                Flag(("--precision",), "precision", "auto, fp32, bf16-mixed or bf16"),
+            ],
         ),
     ]
 

@@ -203,3 +203,45 @@ def test_records_and_files(builder, tmp_path):
         builder.write_jsonl_atomic(tmp_path / name, records)
         assert len(read_data(tmp_path / name, kind=kind).records) == len(records)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_steered_prompts_and_grouping_back_to_the_bare_opening(builder):
+    contexts = builder.STEER_CONTEXTS["contrast"]
+    assert len(contexts) == 2 and "five-star" in contexts[0] and "one-star" in contexts[1]
+    prompts = ["The soup", "The bus"]
+    steered = builder.steered_prompts(prompts, contexts)
+    assert steered == [
+        contexts[0] + "The soup",
+        contexts[0] + "The bus",
+        contexts[1] + "The soup",
+        contexts[1] + "The bus",
+    ]
+    assert builder.steered_prompts(prompts, builder.STEER_CONTEXTS["none"]) == prompts
+
+    class FakeEngine:  # returns "<row>" for each of n samples of each (steered) prompt
+        def generate(self, rows, sampling, seed, progress):
+            import torch
+
+            completions = [f"{r}#{s}" for r in rows for s in range(sampling.n)]
+            index = torch.arange(len(rows)).repeat_interleave(sampling.n)
+            return type("Batch", (), {"completions": completions, "prompt_index": index})()
+
+    args = builder.parse_args(["--n", "2"])
+    grouped = builder.sample(FakeEngine(), prompts, contexts, args, seed=0)
+    # Each bare opening gets its n samples under every framing; the records never show the framing.
+    assert grouped[0] == [
+        f"{contexts[0]}The soup#0",
+        f"{contexts[0]}The soup#1",
+        f"{contexts[1]}The soup#0",
+        f"{contexts[1]}The soup#1",
+    ]
+    assert all("The bus" in text for text in grouped[1])
+
+
+def test_builder_defaults_keep_clear_pairs(builder):
+    args = builder.parse_args([])
+    assert (args.steer, args.min_chosen, args.max_rejected, args.temperature) == ("contrast", 0.3, -0.3, 0.7)
+    off = builder.parse_args(["--min-chosen", "none", "--max-rejected", "none", "--steer", "none"])
+    assert (off.min_chosen, off.max_rejected, off.steer) == (None, None, "none")
+    with pytest.raises(SystemExit):
+        builder.parse_args(["--n", "9", "--max-n", "16"])  # 9 x 2 framings > 16

@@ -5,14 +5,16 @@ positively, with VADER's compound score as the reward. The on-line methods (PPO,
 openings and the scorer; the off-line ones need data: preference pairs for a reward model and DPO, ratings
 for a regression reward model, good/bad labels for KTO, demonstrations for SFT. This script makes all of
 them the way one would collect human feedback, but with VADER as the labeller: the default model
-continues each opening of ``examples/data/review_openings.jsonl`` ``--n`` times (raw text, no chat
-template), VADER scores each continuation (the completion only, see :mod:`rlxf.feedback.sentiment`), and
+continues each opening of ``examples/data/review_openings.jsonl`` ``--n`` times under each hidden framing
+of ``--steer`` (raw text, no chat template; see :data:`STEER_CONTEXTS`), VADER scores each continuation
+(the completion only, see :mod:`rlxf.feedback.sentiment`), and
 
 ===================================== ==========================================================================
 file                                  records
 ===================================== ==========================================================================
 ``prefs_train.jsonl``                 ``prompt, chosen, rejected``: ``--train-pairs`` pairs of two samples of one
-``prefs_test.jsonl``                  prompt whose scores differ by at least ``--min-gap`` (chosen = higher);
+``prefs_test.jsonl``                  prompt whose scores differ by at least ``--min-gap`` (chosen = higher),
+                                      chosen >= ``--min-chosen``, rejected <= ``--max-rejected``;
                                       ``--test-pairs`` for the test file; ``margin`` (the gap) only with
                                       ``--margin``
 ``ratings_train.jsonl`` / ``_test``   ``prompt, completion, rating``: every kept sample, rating = compound
@@ -32,7 +34,7 @@ over many prompts and prefer clear preferences; a sample may appear in several p
 per prompt are drawn (new seed) until it has enough or ``--max-n`` samples per prompt are reached; then the
 script stops with an error that gives the counts. The same ``--seed`` gives the same files.
 
-Run from the repository root (about three minutes on two CPU cores)::
+Run from the repository root (about seven minutes on two CPU cores)::
 
     .venv/bin/python examples/sentiment/build_dataset.py --out runs/sentiment-data
 """
@@ -216,18 +218,44 @@ def sft_records(
 # Sampling and the command line
 
 
-def sample(engine: Any, prompts: list[str], args: argparse.Namespace, seed: int) -> list[list[str]]:
-    """``args.n`` continuations of each prompt (raw text), grouped by prompt."""
+STEER_CONTEXTS: dict[str, list[str]] = {
+    "none": [""],
+    "contrast": [
+        "A glowing five-star review, full of praise:\n\n",
+        "A scathing one-star review, full of complaints:\n\n",
+    ],
+}
+"""Hidden contexts the samples are drawn under (``--steer``). ``contrast`` draws half of each prompt's samples
+after a positive and half after a negative framing (contrastive prompting, as in RLCD: Yang et al. 2023,
+"RLCD: Reinforcement Learning from Contrastive Distillation for Language Model Alignment"), so both
+polarities are common; the records pair each sample with the bare opening, and VADER alone decides which
+sample of a pair is chosen. Without it SmolLM2 rarely writes a clearly negative continuation."""
+
+
+def steered_prompts(prompts: Sequence[str], contexts: Sequence[str]) -> list[str]:
+    """Every prompt under every context, context-major: ``[c0 + p0, c0 + p1, ..., c1 + p0, ...]``."""
+    return [context + prompt for context in contexts for prompt in prompts]
+
+
+def sample(
+    engine: Any, prompts: list[str], contexts: Sequence[str], args: argparse.Namespace, seed: int
+) -> list[list[str]]:
+    """``args.n`` continuations of each prompt under each context (raw text), grouped by (bare) prompt."""
     from rlxf.rollout import SamplingConfig
 
     sampling = SamplingConfig(
         n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, batch_size=args.batch_size
     )
-    batch = engine.generate(prompts, sampling, seed=seed, progress=True)
+    batch = engine.generate(steered_prompts(prompts, contexts), sampling, seed=seed, progress=True)
     grouped: list[list[str]] = [[] for _ in prompts]
     for text, k in zip(batch.completions, batch.prompt_index.tolist()):
-        grouped[k].append(text)
+        grouped[k % len(prompts)].append(text)
     return grouped
+
+
+def optional_float(text: str) -> float | None:
+    """A float, or ``None`` for the word ``none`` (a command-line option that can be switched off)."""
+    return None if text.lower() == "none" else float(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -238,15 +266,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--openings", default=str(OPENINGS), help="openings file (default: the example's)")
     parser.add_argument("--model", default=None, help="model reference (default: smollm2-135m-instruct)")
     parser.add_argument(
-        "--n", type=int, default=4, help="samples per prompt per round (default: %(default)s)"
+        "--n",
+        type=int,
+        default=4,
+        help="samples per prompt per context per round (default: %(default)s)",
     )
     parser.add_argument(
         "--max-n", type=int, default=16, help="most samples per prompt when topping up (default: %(default)s)"
     )
     parser.add_argument(
+        "--steer",
+        choices=sorted(STEER_CONTEXTS),
+        default="contrast",
+        help="hidden contexts to sample under: contrast = a positive and a negative framing, none = the bare "
+        "opening (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-new-tokens", type=int, default=32, help="tokens per sample (default: %(default)s)"
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="sequences per generate batch (default: 32)"
     )
@@ -261,20 +301,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-pairs", type=int, default=100, help="pairs in prefs_test (default: 100)")
     parser.add_argument(
         "--min-chosen",
-        type=float,
-        default=None,
-        help="a pair's chosen score must be at least this (default: off)",
+        type=optional_float,
+        default=0.3,
+        help="a pair's chosen score must be at least this; 'none': off (default: %(default)s)",
     )
     parser.add_argument(
         "--max-rejected",
-        type=float,
-        default=None,
-        help="a pair's rejected score must be at most this (default: off)",
+        type=optional_float,
+        default=-0.3,
+        help="a pair's rejected score must be at most this; 'none': off (default: %(default)s)",
     )
     parser.add_argument("--margin", action="store_true", help="write the score gap as each pair's 'margin'")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.max_n < args.n:
-        parser.error(f"need 1 <= --n <= --max-n, got --n {args.n} --max-n {args.max_n}")
+    contexts = len(STEER_CONTEXTS[args.steer])
+    if args.n < 1 or args.max_n < args.n * contexts:
+        parser.error(
+            f"need 1 <= --n and --n x {contexts} context(s) <= --max-n, got --n {args.n} --max-n {args.max_n}"
+        )
     if args.min_gap < 0:
         parser.error(f"--min-gap must be >= 0, got {args.min_gap}")
     return args
@@ -289,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rlxf.rollout import HFEngine
 
     openings = load_openings(args.openings)
+    contexts = STEER_CONTEXTS[args.steer]
     targets = {"train": args.train_pairs, "test": args.test_pairs}
     config = ModelConfig() if args.model is None else ModelConfig(name_or_path=args.model)
     model, tokenizer = load_model(config)
@@ -306,9 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One generate call per round over the prompts of every split that still needs pairs.
         prompts = [p for split in todo for p in openings[split]]
         t0 = time.perf_counter()
-        drawn = sample(engine, prompts, args, seed=args.seed * 1000 + rounds)
+        drawn = sample(engine, prompts, contexts, args, seed=args.seed * 1000 + rounds)
         print(
-            f"round {rounds + 1}: {len(prompts)} prompts x {args.n} samples in {time.perf_counter() - t0:.0f} s"
+            f"round {rounds + 1}: {len(prompts)} prompts x {len(contexts)} context(s) x {args.n} samples in "
+            f"{time.perf_counter() - t0:.0f} s"
         )
         offset = 0
         for split in todo:
@@ -327,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             have = len(pairs[split])
             if have < targets[split]:
                 per_prompt = len(samples[split][0])
-                if per_prompt + args.n > args.max_n:
+                if per_prompt + args.n * len(contexts) > args.max_n:
                     print(
                         f"error: the {split} split has {have} pairs with a score gap >= {args.min_gap} from "
                         f"{per_prompt} samples of each of {len(openings[split])} prompts; --{split}-pairs asks "
@@ -336,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     return 1
                 print(
-                    f"  {split}: {have} of {targets[split]} pairs; drawing {args.n} more samples per prompt"
+                    f"  {split}: {have} of {targets[split]} pairs; drawing {args.n * len(contexts)} more "
+                    "samples per prompt"
                 )
                 still.append(split)
         todo = still

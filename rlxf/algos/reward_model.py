@@ -10,9 +10,9 @@ The model is ``transformers.AutoModelForSequenceClassification`` (``LlamaForSequ
 SmolLM2) with ``num_labels = K``: one output for a plain preference model, ``ensemble_size`` outputs for an
 ensemble (``a_k = 1/K``: the reward is their mean), one per aspect for ratings (``a_k`` =
 ``aspect_weights``). How outputs make the reward is stored in the saved ``config.json``
-(:class:`~rlxf.algos.reward_eval.RewardHead`), so ``model/`` is a plain HF folder and rlxf scores it the
-same way later. Inputs, the head and scoring live in :mod:`rlxf.algos.reward_eval`, shared with
-``rlxf reward eval | score``.
+(:class:`~rlxf.feedback.reward_model.RewardHead`), so ``model/`` is a plain HF folder and rlxf scores it
+the same way later. Inputs, the head and scoring live in :mod:`rlxf.feedback.reward_model`, shared with
+``rlxf reward eval | score`` and the ``model:PATH`` reward source.
 
 **Which token the head reads.** Every input is ``prompt + completion + EOS`` (exactly one EOS: one the
 data layer or a chat template put at the end is not doubled) and the score is read at that EOS, as
@@ -67,18 +67,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from rlxf.algos.reward_eval import (
-    DEFAULT_ASPECT,
-    Objective,
-    RewardHead,
-    collate_rewards,
-    encode_reward_record,
-    preference_metrics,
-    rating_metrics,
-    reward_outputs,
-    reward_pad_token_id,
-    score_sequences,
-)
+from rlxf.algos.reward_eval import DEFAULT_ASPECT, preference_metrics, rating_metrics
 from rlxf.config import option
 from rlxf.data import (
     ChatTemplateMode,
@@ -88,6 +77,15 @@ from rlxf.data import (
     read_data,
     split_data,
     tokenize_dataset,
+)
+from rlxf.feedback.reward_model import (
+    Objective,
+    RewardHead,
+    collate_rewards,
+    encode_reward_record,
+    reward_outputs,
+    reward_pad_token_id,
+    score_sequences,
 )
 from rlxf.models.load import ModelConfig, load_tokenizer, prepare_for_training, resolve_device, save_model
 from rlxf.models.registry import resolve_model

@@ -1,13 +1,65 @@
 """Feedback: reward sources that score a model's completions of prompts, returning one float each.
 
-A reward source is a callable ``(prompts, completions) -> list[float]`` (DESIGN.md "Reward
-specifications"). Built in so far:
+A reward source is a :class:`RewardSource`, ``source(prompts, completions) -> list[float]`` with a
+``name``, checked on every call (a failure, a wrong count, a non-number or NaN is a :class:`RewardError`
+naming the source). :func:`parse_reward_spec` makes one from a specification (DESIGN.md "Reward
+specifications"; module :mod:`~rlxf.feedback.rewards`):
 
-* :class:`SentimentScorer` (spec ``sentiment``) and :func:`sentiment_scores`: VADER's compound score of
-  the completion, in [-1, 1], the reward of the worked sentiment example
-  (:mod:`~rlxf.feedback.sentiment`; needs ``pip install vadersentiment``, imported on first use).
+* ``model:PATH``: a trained reward model (:class:`ModelReward`; inference in
+  :mod:`~rlxf.feedback.reward_model`: :class:`RewardModel`, :class:`RewardHead`, input encoding);
+* ``fn:module:function`` or ``fn:path/file.py:function``: a Python callable, called with keyword
+  arguments ``prompts=``, ``completions=`` (as TRL calls reward functions);
+* ``sentiment``: VADER's compound score of the completion, in [-1, 1] (:class:`SentimentScorer`,
+  :func:`sentiment_scores`, :mod:`~rlxf.feedback.sentiment`; needs ``pip install vadersentiment``);
+* ``judge:MODEL``: a language model's 1-9 rating from a rubric, as its expected value mapped to [0, 1]
+  (:class:`JudgeScorer`);
+* ``http://...`` / ``https://...``: a remote scorer answering a JSON POST (:class:`HttpReward`);
+* a weighted sum: ``"0.7*sentiment + 0.3*model:PATH"``, or in YAML a list of ``{source: SPEC, weight: W}``
+  (:class:`WeightedSum`).
+
+:func:`shape_rewards` (:class:`RewardShapingConfig`, :class:`RunningMoments`) penalises truncated
+completions and normalises and clips a batch's rewards for an RL trainer.
 """
 
+from rlxf.feedback.reward_model import RewardHead, RewardModel, RewardScores
+from rlxf.feedback.rewards import (
+    DEFAULT_JUDGE_TEMPLATE,
+    SPEC_FORMS,
+    HttpReward,
+    JudgeRatings,
+    JudgeScorer,
+    KeywordFunction,
+    ModelReward,
+    RewardError,
+    RewardOptions,
+    RewardShapingConfig,
+    RewardSource,
+    RunningMoments,
+    WeightedSum,
+    parse_reward_spec,
+    shape_rewards,
+)
 from rlxf.feedback.sentiment import SentimentScorer, sentiment_scores
 
-__all__ = ["SentimentScorer", "sentiment_scores"]
+__all__ = [
+    "DEFAULT_JUDGE_TEMPLATE",
+    "SPEC_FORMS",
+    "HttpReward",
+    "JudgeRatings",
+    "JudgeScorer",
+    "KeywordFunction",
+    "ModelReward",
+    "RewardError",
+    "RewardHead",
+    "RewardModel",
+    "RewardOptions",
+    "RewardScores",
+    "RewardShapingConfig",
+    "RewardSource",
+    "RunningMoments",
+    "SentimentScorer",
+    "WeightedSum",
+    "parse_reward_spec",
+    "sentiment_scores",
+    "shape_rewards",
+]

@@ -1,0 +1,906 @@
+"""Online RL from feedback: PPO with a critic, GRPO, RLOO and REINFORCE++ in one trainer (``rlxf rl``).
+
+Each step: take ``prompts_per_step`` prompts, sample ``sampling.n`` completions of each with the current
+policy (the rollout engine, which also returns each token's log-prob), score them with the reward source
+(:mod:`rlxf.feedback.rewards`), turn the scores into advantages with the configured estimator, and
+update the policy with the clipped surrogate for ``ppo_epochs`` passes over mini-batches of the batch.
+
+Notation: ``x`` a prompt, ``y = y_1..y_T`` a completion, ``R(x, y)`` its (shaped) reward, ``pi`` the
+policy, ``pi_old`` the policy that sampled ``y``, ``ref`` the frozen reference (the starting policy),
+``beta`` the KL coefficient.
+
+Advantage estimators (``estimator``; :mod:`rlxf.algos.advantages`):
+
+* ``ppo`` (Schulman et al. 2017; Ouyang et al. 2022): a critic ``V`` predicts the return at each token;
+  token rewards ``r_t = -beta KL_t (+ R at the last token)`` and GAE (Schulman et al. 2016, eq. 16)::
+
+      delta_t = r_t + gamma V_{t+1} - V_t,   A_t = sum_l (gamma lambda)^l delta_{t+l},   G_t = A_t + V_t
+
+  advantages whitened over the batch; the critic regresses ``G_t`` with the clipped value loss. The critic
+  is a separate network (``critic.kind=separate``, a transformers backbone initialised from the policy or
+  from ``critic.init``, e.g. the reward model) or a value head on the policy's own last hidden state
+  (``shared``: one backbone, the value loss weighted by ``critic.vf_coef``).
+* ``grpo`` (Shao et al. 2024): ``A_i = (R_i - mean_group R) / std_group R`` over the ``n`` samples of a
+  prompt, the same for every token of ``y_i``; ``scale_by_std=false`` is Dr. GRPO (Liu et al. 2025).
+* ``rloo`` (Ahmadian et al. 2024): ``A_i = R_i - mean_{j != i} R_j``.
+* ``reinforce++`` (Hu 2025): per-token returns ``G_t = sum_{s >= t} gamma^{s-t} r_s`` of the token rewards
+  above, whitened over the batch's tokens.
+
+Policy loss (every estimator; :func:`rlxf.algos.policy_loss.clipped_policy_loss`), per token::
+
+    rho_t = pi(y_t | x, y_<t) / pi_old(y_t | x, y_<t)
+    L_t   = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)   [+ beta KL_t when kl.placement=loss]
+
+reduced by ``loss_aggregation``: ``token-mean`` (every real token of the mini-batch counts once),
+``seq-mean-token-mean`` (per completion, then per batch: GRPO's paper) or ``seq-mean-token-sum-norm``
+(sum per completion / max_new_tokens: Dr. GRPO's length-unbiased form).
+
+KL to the reference (``kl``; :mod:`rlxf.algos.kl`): estimator ``k1`` / ``k2`` / ``k3`` per token; in the
+reward (``placement=reward``: PPO / RLOO / REINFORCE++ habit; outcome-level estimators subtract
+``beta * sum_t KL_t`` from ``R``) or in the loss (``placement=loss``: GRPO's habit, usually ``k3``); the
+coefficient fixed or adaptive (``kl.target``: Ziegler et al. 2019). With LoRA the reference is the policy
+with its adapters switched off; otherwise a frozen copy of the starting weights. The logged ``kl`` is
+always the k1 estimate summed over a completion's tokens, averaged over completions: nats per completion.
+
+Forward passes. The engine samples under the policy's current weights and returns ``log pi_old(y_t)``.
+When a rollout batch is used for exactly one optimizer step (``ppo_epochs=1``, one mini-batch) the update
+is on-policy: ``pi_old = pi`` and the ratio is ``exp(logp - logp.detach())`` (value 1, gradient of
+``log pi``), so no "old log-prob" pass is run at all; the engine's log-probs serve the KL term when the
+sampling is plain (temperature 1, no top-k / top-p), else one no-grad pass computes them. With several
+updates per batch the old log-probs come from one no-grad pass of the policy in the training precision
+(the engine's differ from the training forward by rounding, which would show up as spurious clipping).
+Log-probs are computed micro-batch by micro-batch, from the completion positions' logits only, so the
+full-vocabulary logits never exist for the whole batch.
+
+Precision. ``bf16-mixed`` trains fp32 weights under bf16 autocast; rollouts run under the same autocast.
+Sampling seeds depend on the step alone and mini-batch order on (seed, step, epoch), so ``--resume``
+continues exactly (checkpoint: policy, critic, optimizer, scheduler, KL coefficient, reward statistics).
+
+Metrics per step: ``reward/mean``, ``reward/std`` (raw rewards), ``reward/shaped_mean``, ``kl``,
+``kl_coef``, ``entropy``, ``loss``, ``policy/loss``, ``policy/clip_frac``, ``policy/approx_kl``,
+``value/loss`` and ``value/explained_variance`` (ppo), ``response_len/mean``, ``response/truncated``
+(share that hit ``max_new_tokens`` without EOS), ``tokens_per_s``, ``time/generate``, ``time/score``,
+``time/train`` (seconds), ``lr``, ``grad_norm``. Held-out prompts (``eval/``): the same reward, KL, length
+and repetition figures on fresh samples, at step 0 and every ``eval_every`` steps; their samples are
+written to ``samples/step-NNNNNN.jsonl``.
+
+Left out: process (per-step) rewards, PPO-ptx (a pre-training loss mixed in), value-head pre-training
+warm-up, entropy bonus, asynchronous / off-policy rollouts, multiple processes for generation (vLLM and
+Ray are separate engines), and reward-model ensembles' uncertainty penalty beyond what the reward source
+offers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from rlxf.algos.advantages import (
+    gae_advantages,
+    group_advantages,
+    masked_mean,
+    masked_whiten,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    token_level_rewards,
+)
+from rlxf.algos.kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_estimate, kl_k1
+from rlxf.algos.policy_loss import (
+    LossAggregation,
+    aggregate_sum,
+    aggregate_units,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+)
+from rlxf.config import option
+from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_data, render_prompt, split_data
+from rlxf.eval.text import repeats_ngram
+from rlxf.feedback.rewards import (
+    RewardOptions,
+    RewardShapingConfig,
+    RunningMoments,
+    parse_reward_spec,
+    shape_rewards,
+)
+from rlxf.models.load import ModelConfig, load_model, resolve_device, save_model
+from rlxf.models.registry import resolve_model
+from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
+from rlxf.train.loop import Precision, resolve_precision, weight_dtype
+from rlxf.train.optim import ScheduleKind, build_scheduler, param_groups
+from rlxf.train.progress import Progress
+from rlxf.train.run import RunDir, print_config
+from rlxf.train.seed import seed_everything
+
+Estimator = Literal["ppo", "grpo", "rloo", "reinforce++"]
+KLPlacement = Literal["reward", "loss"]
+CriticKind = Literal["separate", "shared"]
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class KLConfig:
+    """The KL penalty to the reference policy (the ``kl:`` section)."""
+
+    coef: float = option(0.05, help="beta, the KL coefficient (its start value when target is set)")
+    estimator: KLEstimator = option("k1", help="per-token estimator: k1 (log ratio), k2, k3 (Schulman 2020)")
+    placement: KLPlacement = option("reward", help="reward: subtract beta*KL from the reward; loss: add it")
+    target: float | None = option(None, help="adaptive beta steering KL per completion to this (nats)")
+    horizon: int = option(10000, help="adaptive controller's horizon in samples (Ziegler et al. 2019)")
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            raise ValueError(f"kl.coef must be >= 0, got {self.coef}")
+        if self.target is not None and self.target <= 0:
+            raise ValueError(f"kl.target must be > 0 (nats per completion), got {self.target}")
+        if self.horizon < 1:
+            raise ValueError(f"kl.horizon must be >= 1, got {self.horizon}")
+
+
+@dataclass
+class CriticConfig:
+    """The value model of ``estimator=ppo`` (the ``critic:`` section; ignored by the other estimators)."""
+
+    kind: CriticKind = option("separate", help="separate network, or a value head on the policy (shared)")
+    init: str | None = option(
+        None, help="model reference for a separate critic's backbone; unset: the policy"
+    )
+    learning_rate: float | None = option(None, help="critic learning rate; unset: the policy's")
+    vf_coef: float = option(0.1, help="weight of the value loss in the total loss")
+    value_clip: float = option(0.2, help="clip the new value to old +- this in the value loss; 0 disables")
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ValueError(f"critic.learning_rate must be > 0, got {self.learning_rate}")
+        if self.vf_coef <= 0:
+            raise ValueError(f"critic.vf_coef must be > 0, got {self.vf_coef}")
+        if self.value_clip < 0:
+            raise ValueError(f"critic.value_clip must be >= 0, got {self.value_clip}")
+
+
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=32, temperature=1.0, n=4, batch_size=64)
+
+
+@dataclass
+class RLConfig:
+    """Options of ``rlxf rl``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: str = option("", help="prompts file (JSONL, CSV, Parquet or a datasets folder)")
+    prompts_split: str | None = option(
+        None, help="use only the records whose `split` field equals this (e.g. train)"
+    )
+    eval_prompts: str | None = option(None, help="held-out prompts file; unset: eval_split of prompts")
+    eval_prompts_split: str | None = option(None, help="use only held-out records whose `split` equals this")
+    eval_split: float = option(0.0, help="share of prompts held out when eval_prompts is unset")
+    chat_template: ChatTemplateMode = option("auto", help="auto, always or never (never: raw continuation)")
+    reward: Any = option(
+        "", help="reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL, or a weighted list"
+    )
+    reward_options: RewardOptions = field(default_factory=RewardOptions)
+    shaping: RewardShapingConfig = field(default_factory=RewardShapingConfig)
+    out: str = option("", help="output folder")
+    seed: int = option(0, help="random seed (prompt order, sampling, initialisation)")
+    resume: bool = option(False, help="continue the run in `out` from its latest checkpoint")
+    overwrite: bool = option(False, help="replace a run already in `out`")
+
+    estimator: Estimator = option("grpo", help="advantage estimator: ppo, grpo, rloo, reinforce++")
+    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    eval_sampling: SamplingConfig | None = option(None, help="held-out sampling; unset: sampling with n=1")
+    prompts_per_step: int = option(
+        16, help="prompts per rollout batch (rows = prompts_per_step x sampling.n)"
+    )
+    num_steps: int = option(50, help="rollout + update steps to run")
+    ppo_epochs: int = option(1, help="passes over each rollout batch")
+    mini_batch_size: int = option(0, help="completions per optimizer step; 0: the whole rollout batch")
+    micro_batch_size: int = option(16, help="completions per forward/backward pass (and no-grad passes)")
+    learning_rate: float = option(1e-6, help="peak policy learning rate (AdamW)")
+    lr_schedule: ScheduleKind = option("constant", help="constant, linear or cosine after warm-up")
+    warmup_steps: int = option(0, help="optimizer steps of linear warm-up")
+    weight_decay: float = option(0.0, help="AdamW weight decay (not on biases and norms)")
+    max_grad_norm: float = option(1.0, help="clip the gradient's global norm; 0 disables")
+    precision: Precision = option("auto", help="fp32, bf16-mixed, bf16; auto = bf16-mixed where native")
+    clip_eps: float = option(0.2, help="PPO ratio clip: 1 - clip_eps .. 1 + clip_eps_high")
+    clip_eps_high: float | None = option(None, help="upper clip (DAPO clip-higher); unset: clip_eps")
+    loss_aggregation: LossAggregation = option(
+        "token-mean", help="token-mean, seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr. GRPO)"
+    )
+    scale_by_std: bool = option(True, help="grpo: divide by the group's reward std (false: Dr. GRPO)")
+    whiten_advantages: bool = option(True, help="ppo: whiten GAE advantages over the batch")
+    gamma: float = option(1.0, help="discount (ppo, reinforce++)")
+    lam: float = option(0.95, help="GAE lambda (ppo)")
+    kl: KLConfig = field(default_factory=KLConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    log_every: int = option(1, help="log metrics every N steps")
+    eval_every: int = option(0, help="evaluate on held-out prompts every N steps (0: start and end only)")
+    save_every: int = option(0, help="checkpoint every N steps (0: only at the end)")
+    keep_last: int = option(2, help="checkpoints kept")
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("give the prompts: --prompts FILE")
+        if not self.out:
+            raise ValueError("give the output folder: --out DIR")
+        if self.reward in ("", None, []):
+            raise ValueError("give the reward: --reward SPEC (e.g. sentiment, model:runs/rm)")
+        if self.model.dtype != "auto":
+            raise ValueError("for training, set the precision with `precision`, not model.dtype")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
+        for name in ("prompts_per_step", "num_steps", "ppo_epochs", "micro_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 1 or self.eval_every < 0 or self.save_every < 0 or self.warmup_steps < 0:
+            raise ValueError("keep_last must be >= 1; eval_every, save_every, warmup_steps >= 0")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        rows = self.rollout_batch_size
+        mini = self.mini_batch_size or rows
+        if rows % mini or mini % self.micro_batch_size:
+            raise ValueError(
+                f"the rollout batch ({self.prompts_per_step} prompts x {self.sampling.n} samples = {rows}) "
+                f"must split into mini-batches of {mini}, and those into micro-batches of "
+                f"{self.micro_batch_size}"
+            )
+        if self.estimator in ("grpo", "rloo") and self.sampling.n < 2:
+            raise ValueError(
+                f"estimator={self.estimator} compares the samples of a prompt: set sampling.n >= 2"
+            )
+        if not 0 < self.clip_eps < 1 or (self.clip_eps_high is not None and self.clip_eps_high <= 0):
+            raise ValueError("clip_eps must be in (0, 1) and clip_eps_high > 0")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("gamma and lam must be in [0, 1]")
+        if self.sampling.greedy:
+            raise ValueError("RL needs sampled completions: sampling.temperature must be > 0")
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Completions per step: ``prompts_per_step x sampling.n``."""
+        return self.prompts_per_step * self.sampling.n
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per rollout batch: ``ppo_epochs x mini-batches``."""
+        return self.ppo_epochs * (
+            self.rollout_batch_size // (self.mini_batch_size or self.rollout_batch_size)
+        )
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class ValueHead(torch.nn.Module):
+    """``V(s_t) = w . h_t + b`` on a hidden state; zero-initialised, so every value starts at 0."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1).float()  # [B, T]
+
+
+class SeparateCritic(torch.nn.Module):
+    """A critic with its own transformer backbone (``AutoModel``: the causal LM without its output head)."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ValueHead(backbone.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # [B, L, H]
+        return self.head(hidden)  # [B, L]
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding), as ``generate`` numbers them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+
+
+@dataclass
+class ForwardOut:
+    logprobs: torch.Tensor  # [B, C] log pi(y_t | x, y_<t) of the completion tokens (float32)
+    entropy: torch.Tensor | None  # [B, C] entropy of pi(. | x, y_<t) (no gradient), when asked
+    values: torch.Tensor | None  # [B, C] V(x, y_<t) from a shared value head, when asked
+
+
+def policy_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    temperature: float,
+    *,
+    with_entropy: bool = False,
+    value_head: ValueHead | None = None,
+) -> ForwardOut:
+    """Log-probs of the completion tokens ``input_ids[:, prompt_width:]`` under ``model``.
+
+    Token ``P + t`` is predicted by the logits at ``P + t - 1``; only the ``C + 1`` last positions go
+    through the output head (``logits_to_keep``), and the last of them (after the final token) is dropped.
+    Logits are divided by the sampling temperature: the policy being optimised is the distribution the
+    completions were sampled from.
+    """
+    completion_width = input_ids.shape[1] - prompt_width
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_of(attention_mask),
+        logits_to_keep=completion_width + 1,
+        output_hidden_states=value_head is not None,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float() / temperature  # [B, C, V]: predict tokens P .. P+C-1
+    targets = input_ids[:, prompt_width:]  # [B, C]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)  # [B, C]
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1][:, prompt_width - 1 : -1]  # [B, C, H]: the states before each token
+        values = value_head(hidden)
+    return ForwardOut(logprobs=logprobs, entropy=entropy, values=values)
+
+
+def critic_forward(critic: SeparateCritic, input_ids, attention_mask, prompt_width: int) -> torch.Tensor:
+    """``V(x, y_<t)`` ``[B, C]`` of a separate critic at the positions that predict each completion token."""
+    values = critic(input_ids, attention_mask, position_ids_of(attention_mask))  # [B, L]
+    return values[:, prompt_width - 1 : -1]  # [B, C]
+
+
+@contextlib.contextmanager
+def reference_of(policy: torch.nn.Module, frozen: torch.nn.Module | None):
+    """The reference network: a frozen copy, or (LoRA) the policy with its adapters switched off."""
+    if frozen is not None:
+        yield frozen
+    else:
+        with policy.disable_adapter():
+            yield policy
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Experience:
+    """One rollout batch with everything the update needs (rows grouped by prompt, ``n`` per prompt)."""
+
+    input_ids: torch.Tensor  # [B, P+C] left-padded prompt then right-padded completion
+    attention_mask: torch.Tensor  # [B, P+C]
+    completion_mask: torch.Tensor  # [B, C] float, 1 on completion tokens (EOS / stop token included)
+    prompt_width: int  # P
+    old_logprobs: torch.Tensor | None  # [B, C] log pi_old; None when the update is on-policy
+    ref_logprobs: torch.Tensor | None  # [B, C] log ref, when a KL term is used
+    advantages: torch.Tensor  # [B, C]
+    returns: torch.Tensor | None  # [B, C] critic targets (ppo)
+    old_values: torch.Tensor | None  # [B, C] critic values at rollout (ppo)
+
+
+def load_prompt_sets(cfg: RLConfig) -> tuple[Dataset, Dataset | None]:
+    """The training and held-out prompt sets, validated before any model loads."""
+
+    def read(path: str, split: str | None) -> Dataset:
+        ds = read_data(path, kind="prompts")
+        if split is not None:
+            keep = [i for i, r in enumerate(ds.records) if r.get("split") == split]
+            if not keep:
+                raise ValueError(f"{path}: no record has split == {split!r}")
+            ds = ds.select(keep)
+        return ds
+
+    train = read(cfg.prompts, cfg.prompts_split)
+    if cfg.eval_prompts:
+        return train, read(cfg.eval_prompts, cfg.eval_prompts_split)
+    if cfg.eval_split > 0:
+        return split_data(train, cfg.eval_split, cfg.seed)
+    return train, None
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class RLTrainer:
+    """Rollout -> reward -> advantages -> clipped updates, ``num_steps`` times (module docstring)."""
+
+    def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any, stream: Any = None) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.stream = stream if stream is not None else sys.stderr
+        train_set, eval_set = load_prompt_sets(cfg)
+        self.reward_source = reward_source
+        seed_everything(cfg.seed)
+        self.precision = resolve_precision(cfg.precision, resolve_device(cfg.model.device))
+        model_cfg = copy.deepcopy(cfg.model)
+        model_cfg.dtype = weight_dtype(self.precision)  # type: ignore[assignment]
+        self.policy, self.tokenizer = load_model(model_cfg, trainable=True)
+        self.device = next(self.policy.parameters()).device
+        _disable_dropout(self.policy)
+        self.lora = cfg.model.lora.r > 0
+        # Reference: the adapter-disabled policy with LoRA; else a frozen copy of the starting weights,
+        # kept in bf16 when training in bf16 (it only ever runs forward).
+        self.ref_model = None
+        if not self.lora and self.needs_reference:
+            ref_cfg = copy.deepcopy(cfg.model)
+            ref_cfg.dtype = "float32" if self.precision == "fp32" else "bfloat16"  # type: ignore[assignment]
+            ref_cfg.lora.r = 0
+            self.ref_model, _ = load_model(ref_cfg, trainable=False)
+
+        self.value_head: ValueHead | None = None
+        self.critic: SeparateCritic | None = None
+        if cfg.estimator == "ppo":
+            if cfg.critic.kind == "shared":
+                self.value_head = ValueHead(self.policy.config.hidden_size).to(self.device)
+            else:
+                from transformers import AutoModel
+
+                backbone = AutoModel.from_pretrained(
+                    resolve_model(cfg.critic.init or cfg.model.name_or_path),
+                    dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
+                )
+                self.critic = SeparateCritic(backbone).to(self.device)
+                _disable_dropout(self.critic)
+                self.critic.train()
+
+        self.train_prompts = [render_prompt(r, self.tokenizer, cfg.chat_template) for r in train_set.records]
+        self.eval_prompts = (
+            [render_prompt(r, self.tokenizer, cfg.chat_template) for r in eval_set.records]
+            if eval_set
+            else []
+        )
+        context = getattr(self.policy.config, "max_position_embeddings", None)
+        if context is not None:
+            limit = context - cfg.sampling.max_new_tokens
+            why = (
+                f"the model's context of {context} tokens minus max_new_tokens {cfg.sampling.max_new_tokens}"
+            )
+            check_prompt_lengths(train_set, self.tokenizer, limit, cfg.chat_template, why=why)
+            if eval_set is not None:
+                check_prompt_lengths(eval_set, self.tokenizer, limit, cfg.chat_template, why=why)
+        if len(self.train_prompts) < cfg.prompts_per_step:
+            raise ValueError(
+                f"{len(self.train_prompts)} training prompts make no batch of prompts_per_step "
+                f"{cfg.prompts_per_step}"
+            )
+        self.steps_per_epoch = len(self.train_prompts) // cfg.prompts_per_step
+        self.engine = HFEngine(self.policy, self.tokenizer)
+
+        # One AdamW over the policy and the critic (own learning rate), one schedule for both.
+        self.modules = torch.nn.ModuleDict({"policy": self.policy})
+        groups = param_groups(self.policy, cfg.weight_decay)
+        critic_module = self.critic if self.critic is not None else self.value_head
+        if critic_module is not None:
+            self.modules["critic"] = critic_module
+            for group in param_groups(critic_module, cfg.weight_decay):
+                group["lr"] = cfg.critic.learning_rate or cfg.learning_rate
+                groups.append(group)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        total_updates = cfg.num_steps * cfg.updates_per_step
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_schedule, cfg.warmup_steps, total_updates)
+        self.kl_ctl = (
+            AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+            if cfg.kl.target is not None
+            else FixedKLController(cfg.kl.coef)
+        )
+        self.reward_stats = RunningMoments()
+        self.samples_dir = run.path / "samples"
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.cfg.kl.coef > 0 or self.cfg.kl.target is not None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+    @property
+    def plain_sampling(self) -> bool:
+        """Whether the engine's log-probs are the policy's own (temperature 1 divides nothing away, and no
+        top-k / top-p truncation), so they can stand in for a forward pass."""
+        s = self.cfg.sampling
+        return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0
+
+    def step_prompts(self, step: int) -> list[str]:
+        """The prompts of ``step`` (deterministic in ``step``: epoch ``e`` visits them in ``randperm(seed+e)``)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(
+            len(self.train_prompts), generator=torch.Generator().manual_seed(self.cfg.seed + epoch)
+        )
+        size = self.cfg.prompts_per_step
+        return [self.train_prompts[i] for i in order[position * size : (position + 1) * size].tolist()]
+
+    def sample(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        self.policy.eval()
+        with torch.no_grad(), self.autocast():
+            batch = self.engine.generate(prompts, sampling, seed=seed)
+        self.policy.train()
+        return batch.to(self.device)
+
+    def score(self, batch: RolloutBatch) -> torch.Tensor:
+        prompts = [batch.prompts[i] for i in batch.prompt_index.tolist()]
+        rewards = self.reward_source(prompts, list(batch.completions))
+        return torch.tensor(rewards, dtype=torch.float32, device=self.device)  # [B]
+
+    def _chunks(self, n: int):
+        size = self.cfg.micro_batch_size
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def no_grad_logprobs(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+        """``[B, C]`` log-probs of the completions under ``model``, micro-batch by micro-batch."""
+        input_ids, attention_mask, width = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+        parts = []
+        with self.autocast():
+            for s in self._chunks(len(batch)):
+                out = policy_forward(
+                    model, input_ids[s], attention_mask[s], width, self.cfg.sampling.temperature
+                )
+                parts.append(out.logprobs)
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def no_grad_values(self, batch: RolloutBatch) -> torch.Tensor:
+        input_ids, attention_mask, width = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+        parts = []
+        with self.autocast():
+            for s in self._chunks(len(batch)):
+                if self.critic is not None:
+                    parts.append(critic_forward(self.critic, input_ids[s], attention_mask[s], width))
+                else:
+                    out = policy_forward(
+                        self.policy, input_ids[s], attention_mask[s], width, 1.0, value_head=self.value_head
+                    )
+                    parts.append(out.values)
+        return torch.cat(parts)
+
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        with reference_of(self.policy, self.ref_model) as reference:
+            return self.no_grad_logprobs(reference, batch)
+
+    # ------------------------------------------------------------------------------------------ rollout
+
+    def make_experience(
+        self, batch: RolloutBatch, rewards: torch.Tensor
+    ) -> tuple[Experience, dict[str, float]]:
+        """Log-probs, KL, values and advantages of a scored rollout batch."""
+        cfg = self.cfg
+        mask = batch.completion_mask.float()  # [B, C]
+        on_policy = cfg.updates_per_step == 1
+        old_logprobs = None
+        if not on_policy:
+            old_logprobs = self.no_grad_logprobs(self.policy, batch)  # [B, C] in the training precision
+        rollout_logprobs = old_logprobs
+        ref_logprobs = None
+        kl_tokens = None  # [B, C] the estimator's per-token KL of the rollout (for the reward)
+        stats: dict[str, float] = {}
+        if self.needs_reference:
+            ref_logprobs = self.reference_logprobs(batch)
+            if rollout_logprobs is None:
+                rollout_logprobs = (
+                    batch.logprobs.float()
+                    if self.plain_sampling
+                    else self.no_grad_logprobs(self.policy, batch)
+                )
+            k1 = kl_k1(rollout_logprobs, ref_logprobs) * mask  # [B, C]
+            stats["kl"] = k1.sum(-1).mean().item()  # nats per completion: sum over tokens, mean over rows
+            kl_tokens = kl_estimate(rollout_logprobs, ref_logprobs, cfg.kl.estimator) * mask
+
+        shaped = shape_rewards(rewards, list(batch.finish_reasons), cfg.shaping, self.reward_stats)  # [B]
+        beta = self.kl_ctl.value
+        in_reward = kl_tokens is not None and cfg.kl.placement == "reward"
+        n = cfg.sampling.n
+        returns = old_values = None
+        if cfg.estimator == "ppo":
+            old_values = self.no_grad_values(batch) * mask  # [B, C]
+            token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
+            advantages, returns = gae_advantages(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask) * mask  # normaliser per batch: all real tokens
+        elif cfg.estimator == "reinforce++":
+            token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
+            advantages = reinforce_pp_advantages(token_rewards, mask, cfg.gamma)  # whitened over the batch
+        else:
+            # Outcome-level estimators: one scalar per completion, the KL penalty folded into it.
+            sequence_rewards = shaped - beta * kl_tokens.sum(-1) if in_reward else shaped  # [B]
+            if cfg.estimator == "grpo":
+                per_sequence = group_advantages(sequence_rewards, n, cfg.scale_by_std)  # [B]
+            else:
+                per_sequence = rloo_advantages(sequence_rewards, n)  # [B]
+            advantages = per_sequence.unsqueeze(-1) * mask  # [B, C]: the same for every token
+        stats["reward/shaped_mean"] = shaped.mean().item()
+        stats["advantages/mean"] = masked_mean(advantages, mask).item()
+        exp = Experience(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            completion_mask=mask,
+            prompt_width=batch.prompt_ids.shape[1],
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs if cfg.kl.placement == "loss" else None,
+            advantages=advantages,
+            returns=returns,
+            old_values=old_values,
+        )
+        return exp, stats
+
+    # ------------------------------------------------------------------------------------------ update
+
+    def loss_terms(self, exp: Experience, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """Per-token policy loss (+ KL) ``[b, C]`` and value loss of one micro-batch, with statistics."""
+        cfg = self.cfg
+        mask = exp.completion_mask[rows]
+        out = policy_forward(
+            self.policy,
+            exp.input_ids[rows],
+            exp.attention_mask[rows],
+            exp.prompt_width,
+            cfg.sampling.temperature,
+            with_entropy=True,
+            value_head=self.value_head,
+        )
+        # On-policy (one update per batch): pi_old = pi, so the ratio is 1 with the gradient of log pi.
+        old = exp.old_logprobs[rows] if exp.old_logprobs is not None else out.logprobs.detach()
+        policy_loss, stats = clipped_policy_loss(
+            out.logprobs, old, exp.advantages[rows], mask, cfg.clip_eps, cfg.clip_eps_high
+        )
+        stats = {f"policy/{k}": v for k, v in stats.items()}
+        stats["entropy"] = masked_mean(out.entropy, mask)
+        per_token = policy_loss
+        if exp.ref_logprobs is not None:  # kl.placement == "loss": beta * KL_t added per token
+            kl = kl_estimate(out.logprobs, exp.ref_logprobs[rows], cfg.kl.estimator)
+            per_token = per_token + self.kl_ctl.value * torch.where(mask != 0, kl, 0)
+        value_loss = None
+        if cfg.estimator == "ppo":
+            if self.critic is not None:
+                values = critic_forward(
+                    self.critic, exp.input_ids[rows], exp.attention_mask[rows], exp.prompt_width
+                )
+            else:
+                values = out.values
+            value_clip = cfg.critic.value_clip if cfg.critic.value_clip > 0 else float("inf")
+            value_loss = clipped_value_loss(values, exp.old_values[rows], exp.returns[rows], mask, value_clip)
+            stats["value/explained_variance"] = explained_variance(values.detach(), exp.returns[rows], mask)
+        return per_token, value_loss, stats
+
+    def update(self, exp: Experience, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes of mini-batch optimizer steps over the experience; mean statistics."""
+        cfg = self.cfg
+        rows = len(exp.input_ids)
+        mini = cfg.mini_batch_size or rows
+        norm_length = cfg.sampling.max_new_tokens
+        sums: dict[str, float] = {}
+        count = 0
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(
+                rows, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + epoch)
+            )
+            for start in range(0, rows, mini):
+                idx = order[start : start + mini].sort().values  # [mini]
+                sub = _index_experience(exp, idx)
+                # Normaliser: the units (tokens or sequences) of the whole mini-batch, counted up front, so
+                # accumulating micro-batches gives the gradient of the mini-batch's aggregate exactly.
+                units = aggregate_units(sub.completion_mask, cfg.loss_aggregation)
+                value_units = aggregate_units(sub.completion_mask, "token-mean")
+                micro_stats: dict[str, float] = {}
+                for s in self._chunks(len(idx)):
+                    mask = sub.completion_mask[s]
+                    with self.autocast():
+                        policy_tokens, value_tokens, stats = self.loss_terms(sub, s)
+                    numerator, micro_units = aggregate_sum(
+                        policy_tokens, mask, cfg.loss_aggregation, norm_length
+                    )
+                    loss = numerator / units  # this micro-batch's share of the mini-batch's mean
+                    stats["policy/loss"] = numerator.detach() / max(micro_units, 1.0)
+                    if value_tokens is not None:
+                        value_numerator, value_micro_units = aggregate_sum(value_tokens, mask, "token-mean")
+                        # Normaliser per token of the mini-batch: the critic regresses every token's return.
+                        loss = loss + cfg.critic.vf_coef * value_numerator / max(value_units, 1.0)
+                        stats["value/loss"] = value_numerator.detach() / max(value_micro_units, 1.0)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()} (not finite)")
+                    loss.backward()
+                    share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
+                    for k, v in stats.items():
+                        micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
+                grad_norm = None
+                if cfg.max_grad_norm > 0:
+                    params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                micro_stats["lr"] = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if grad_norm is not None:
+                    micro_stats["grad_norm"] = grad_norm
+                for k, v in micro_stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        return {k: v / count for k, v in sums.items()}
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out reward, KL per completion, length and repetition on fresh samples (fixed seed)."""
+        if not self.eval_prompts:
+            return {}
+        sampling = self.cfg.eval_sampling or _replace(self.cfg.sampling, n=1)
+        batch = self.sample(self.eval_prompts, sampling, seed=self.cfg.seed + 10**9)
+        rewards = self.score(batch)
+        mask = batch.completion_mask.float()
+        metrics = {
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "response_len/mean": mask.sum(-1).mean().item(),
+            "repetition": sum(repeats_ngram(t, 3, 3) for t in batch.completions) / len(batch),
+        }
+        if self.needs_reference:
+            logprobs = self.no_grad_logprobs(self.policy, batch)
+            ref = self.reference_logprobs(batch)
+            metrics["kl"] = (kl_k1(logprobs, ref) * mask).sum(-1).mean().item()
+        self.samples_dir.mkdir(exist_ok=True)
+        rows = [
+            {"prompt": batch.prompts[k], "completion": c, "reward": r, "finish_reason": f}
+            for k, c, r, f in zip(
+                batch.prompt_index.tolist(), batch.completions, rewards.tolist(), batch.finish_reasons
+            )
+        ]
+        from rlxf.train.atomic import write_jsonl_atomic
+
+        write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = self.sample(self.step_prompts(step), cfg.sampling, seed=cfg.seed * 1_000_003 + step)
+        t1 = time.perf_counter()
+        rewards = self.score(batch)
+        t2 = time.perf_counter()
+        exp, stats = self.make_experience(batch, rewards)
+        update_stats = self.update(exp, step)
+        t3 = time.perf_counter()
+        if "kl" in stats:
+            self.kl_ctl.update(stats["kl"], len(batch))
+        mask = batch.completion_mask
+        tokens = int(batch.attention_mask.sum())
+        metrics = {
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            **stats,
+            "kl_coef": self.kl_ctl.value,
+            **update_stats,
+            "response_len/mean": mask.sum(-1).float().mean().item(),
+            "response/truncated": sum(f == "length" for f in batch.finish_reasons) / len(batch),
+            "tokens_per_s": tokens / (t3 - t0),
+            "time/generate": t1 - t0,
+            "time/score": t2 - t1,
+            "time/train": t3 - t2,
+        }
+        return metrics
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        start = 0
+        if self.run.resume_checkpoint is not None:
+            ckpt = load_checkpoint(self.run.resume_checkpoint, self.modules, self.optimizer, self.scheduler)
+            start = ckpt.step
+            self.kl_ctl.load_state_dict(ckpt.extra["kl_ctl"])
+            self.reward_stats.load_state_dict(ckpt.extra["reward_stats"])
+        last: dict[str, float] = {}
+        if start == 0 and self.eval_prompts:
+            first_eval = {f"eval/{k}": v for k, v in self.evaluate(0).items()}
+            self.run.log(0, first_eval)
+            print(_describe("step 0 (before training)", first_eval), file=self.stream)
+        progress = Progress(cfg.num_steps, f"rl ({cfg.estimator})", initial=start)
+        for step in range(start, cfg.num_steps):
+            metrics = self.train_step(step)
+            done = step + 1
+            if self.eval_prompts and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.num_steps:
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate(done).items()})
+            if done % cfg.log_every == 0 or done == cfg.num_steps:
+                self.run.log(done, metrics)
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.num_steps:
+                self.save(done)
+            progress.update(1, {"reward": metrics["reward/mean"], "kl": metrics.get("kl", 0.0)})
+            last = metrics
+        progress.close()
+        if start < cfg.num_steps:
+            self.save(cfg.num_steps)
+        if self.eval_prompts:
+            final = {f"eval/{k}": v for k, v in self.evaluate(cfg.num_steps).items()}
+            self.run.log(cfg.num_steps, final)
+            last.update(final)
+            print(_describe(f"step {cfg.num_steps} (after training)", final), file=self.stream)
+        return last
+
+    def save(self, step: int) -> None:
+        save_checkpoint(
+            self.run.checkpoints_dir,
+            step,
+            self.modules,
+            self.optimizer,
+            self.scheduler,
+            extra={"kl_ctl": self.kl_ctl.state_dict(), "reward_stats": self.reward_stats.state_dict()},
+            keep_last=self.cfg.keep_last,
+        )
+
+
+def rl(cfg: RLConfig, stream: Any = None) -> dict[str, float]:
+    """Run ``rlxf rl``: train, save ``out/model``, write ``summary.json``; returns the final metrics."""
+    stream = stream if stream is not None else sys.stderr
+    print_config(cfg, "rlxf rl", stream=stream)
+    load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
+    reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
+    run = RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite, stream=stream)
+    with run:
+        trainer = RLTrainer(cfg, run, reward_source, stream=stream)
+        metrics = trainer.fit()
+        save_model(trainer.policy, trainer.tokenizer, run.model_dir)
+        run.write_summary(metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+
+
+def _index_experience(exp: Experience, idx: torch.Tensor) -> Experience:
+    pick = lambda t: None if t is None else t[idx]  # noqa: E731
+    return Experience(
+        input_ids=exp.input_ids[idx],
+        attention_mask=exp.attention_mask[idx],
+        completion_mask=exp.completion_mask[idx],
+        prompt_width=exp.prompt_width,
+        old_logprobs=pick(exp.old_logprobs),
+        ref_logprobs=pick(exp.ref_logprobs),
+        advantages=exp.advantages[idx],
+        returns=pick(exp.returns),
+        old_values=pick(exp.old_values),
+    )
+
+
+def _replace(sampling: SamplingConfig, **changes: Any) -> SamplingConfig:
+    return dataclasses.replace(sampling, **changes)
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off (as TRL does for RL): old, new and reference log-probs must come from one network."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _describe(title: str, metrics: dict[str, float]) -> str:
+    return f"{title}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+__all__ = [
+    "CriticConfig",
+    "Estimator",
+    "Experience",
+    "KLConfig",
+    "RLConfig",
+    "RLTrainer",
+    "ValueHead",
+    "policy_forward",
+    "rl",
+]

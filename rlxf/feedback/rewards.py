@@ -1,0 +1,633 @@
+"""Reward specifications -> reward sources, checked on every call, and the shaping an RL trainer applies.
+
+A *reward source* is a :class:`RewardSource`: ``source(prompts, completions) -> list[float]``, one finite
+float per completion, with a ``name`` (the specification it came from). :func:`parse_reward_spec` turns a
+specification (DESIGN.md "Reward specifications") into one:
+
+* ``model:PATH``: a trained reward model (its run folder or ``model/`` folder), scored through
+  :class:`~rlxf.feedback.reward_model.RewardModel` exactly as it was trained; an ensemble gives the mean of
+  its heads, minus ``uncertainty_penalty`` times their std when that is set (:class:`ModelReward`);
+* ``fn:module:function`` or ``fn:path/file.py:function``: a Python callable, called as
+  ``fn(prompts=..., completions=...)`` (keyword arguments, as TRL calls its reward functions);
+* ``sentiment``: the built-in VADER scorer (:class:`~rlxf.feedback.sentiment.SentimentScorer`);
+* ``judge:MODEL``: AI feedback from a language model that rates each completion 1-9
+  (:class:`JudgeScorer`; the reward is the expected rating mapped to [0, 1]);
+* ``http://...`` or ``https://...``: a remote scorer that answers a JSON POST (:class:`HttpReward`);
+* a weighted sum of these: in YAML a list of ``{source: SPEC, weight: W}`` (or bare specs, weight 1), on
+  the command line ``"0.7*sentiment + 0.3*model:runs/rm"`` (:class:`WeightedSum`).
+
+Parsing loads what a source needs (the reward or judge model, the Python module, VADER), so a bad
+specification stops a run before any work. Every call goes through :meth:`RewardSource.__call__`, which
+turns a failure, a wrong count, a non-number, NaN or an infinity into a :class:`RewardError` that names
+the source, the completion and its prompt: a broken reward never silently becomes zero.
+
+:func:`shape_rewards` (with :class:`RewardShapingConfig` and :class:`RunningMoments`) is what the trainer
+does to the rewards of a batch before computing advantages: a penalty for completions cut off at the token
+limit, normalisation (per batch or running) and clipping.
+
+Left out: per-token (process) rewards, pairwise (A vs B) judges, passing dataset columns besides prompts
+and completions to ``fn:`` sources, concurrent HTTP requests, and caching scores of repeated completions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import math
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rlxf.config import option
+from rlxf.data import encode_prompt, render_chat
+from rlxf.data.collate import pad
+from rlxf.feedback.reward_model import RewardModel
+from rlxf.feedback.sentiment import SentimentScorer, sentiment_scores
+from rlxf.models.load import Device, DType, ModelConfig, load_model
+
+SPEC_FORMS = (
+    "model:PATH (a trained reward model), fn:module:function or fn:path/file.py:function (a Python "
+    "callable), sentiment (the built-in VADER scorer), judge:MODEL (AI feedback), an http:// or https:// "
+    "URL (a remote scorer), or a weighted sum: '0.7*sentiment + 0.3*model:PATH' (in YAML a list of "
+    "{source: SPEC, weight: W})"
+)
+"""The accepted specification forms, as error messages list them."""
+
+ScoreFn = Callable[[list[str], list[str]], Any]
+"""What a source wraps: prompts and completions in, one number per completion out (checked by the source)."""
+
+
+class RewardError(RuntimeError):
+    """A reward source failed or returned something other than one finite number per completion."""
+
+
+# ---------------------------------------------------------------------------------------------- the source
+
+
+def _excerpt(text: Any, limit: int = 60) -> str:
+    text = str(text)
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+class RewardSource:
+    """A named reward source: ``source(prompts, completions) -> list[float]``, checked on every call.
+
+    ``scorer`` does the work (one of the scorer classes of this module, a user's function, ...); the source
+    makes sure that what comes back is one finite float per completion and names itself when it is not.
+    """
+
+    def __init__(self, name: str, scorer: ScoreFn) -> None:
+        self.name = name
+        self.scorer = scorer
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """One finite float per completion; raises :class:`RewardError` naming this source otherwise."""
+        prompts, completions = list(prompts), list(completions)
+        if len(prompts) != len(completions):  # the caller's mistake, not the source's
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if not completions:  # nothing to score: do not ask a model or a server about an empty batch
+            return []
+        try:
+            result = self.scorer(prompts, completions)
+        except RewardError:  # a part of a weighted sum: its message already names the culprit
+            raise
+        except Exception as exc:
+            raise RewardError(f"reward source {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        return self._check(result, prompts)
+
+    def _check(self, result: Any, prompts: list[str]) -> list[float]:
+        n = len(prompts)
+        if isinstance(result, (torch.Tensor, np.ndarray)):  # as python numbers, checked like a list's
+            result = result.tolist()
+        if isinstance(result, (str, bytes)) or not isinstance(result, Sequence):
+            raise RewardError(
+                f"reward source {self.name!r} returned a {type(result).__name__}, expected a list of {n} numbers"
+            )
+        if len(result) != n:
+            raise RewardError(
+                f"reward source {self.name!r} returned {len(result)} values for {n} completions"
+            )
+        rewards = []
+        for i, value in enumerate(result):
+            where = f"for completion {i} of {n} (prompt {_excerpt(prompts[i])})"
+            if not isinstance(value, Real):
+                raise RewardError(
+                    f"reward source {self.name!r} returned {value!r} ({type(value).__name__}, not a number) "
+                    f"{where}"
+                )
+            value = float(value)
+            if not math.isfinite(value):
+                raise RewardError(f"reward source {self.name!r} returned {value} {where}")
+            rewards.append(value)
+        return rewards
+
+    def __repr__(self) -> str:
+        return f"RewardSource({self.name!r})"
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+DEFAULT_JUDGE_TEMPLATE = (
+    "Rate the response below to the prompt for quality and helpfulness: is it relevant, correct, clear "
+    "and fluent? Use a scale from 1 (very poor) to 9 (excellent).\n\n"
+    "Prompt:\n{prompt}\n\n"
+    "Response:\n{completion}\n\n"
+    "Reply with a single digit from 1 to 9."
+)
+"""The judge's default rubric; ``{prompt}`` and ``{completion}`` are filled in."""
+
+
+@dataclass
+class RewardOptions:
+    """How the sources of a reward specification run (the parts of a weighted sum share these)."""
+
+    device: Device = option("auto", help="where model: and judge: models run; auto = cuda if available")
+    dtype: DType = option(
+        "auto", help="precision of model: and judge: models; auto = bfloat16 where native, else float32"
+    )
+    batch_size: int = option(16, help="texts per forward pass of model: and judge: sources")
+    uncertainty_penalty: float = option(
+        0.0, help="model: with an ensemble: reward = mean - k * std across its heads (pessimism where unsure)"
+    )
+    judge_template: str = option(
+        DEFAULT_JUDGE_TEMPLATE, help="judge: the rubric, with {prompt} and {completion} placeholders"
+    )
+    timeout: float = option(60.0, help="http(s): seconds to wait for the scorer's answer")
+    retries: int = option(2, help="http(s): attempts after the first when the connection fails")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.uncertainty_penalty < 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        check_judge_template(self.judge_template)
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+
+
+class ModelReward:
+    """``model:PATH``: a trained reward model's reward (the mean over an ensemble's heads), optionally minus
+    ``uncertainty_penalty * std`` across the heads: an ensemble disagrees most where the policy has left
+    the reward model's data, which is where over-optimisation happens (Coste et al. 2024)."""
+
+    def __init__(self, model: Any, uncertainty_penalty: float = 0.0) -> None:
+        if uncertainty_penalty and model.head.ensemble_size == 1:
+            raise ValueError("uncertainty_penalty needs an ensemble reward model (ensemble_size > 1)")
+        self.model = model
+        self.uncertainty_penalty = uncertainty_penalty
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        scores = self.model.score(prompts, completions)
+        reward = scores.reward
+        if self.uncertainty_penalty:
+            reward = reward - self.uncertainty_penalty * scores.std
+        return reward.tolist()
+
+
+class KeywordFunction:
+    """``fn:...``: a user's callable, called with keyword arguments as TRL calls its reward functions, so
+    the same function serves both (it may take ``**kwargs`` and return floats)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> Any:
+        return self.fn(prompts=prompts, completions=completions)
+
+
+class HttpReward:
+    """A remote scorer: POST ``{"prompts": [...], "completions": [...]}`` as JSON, expect
+    ``{"rewards": [...]}`` back. A refused or dropped connection is retried ``retries`` times (with a short
+    growing pause, for a server that is restarting); an HTTP error status is not, since asking again gets
+    the same answer."""
+
+    def __init__(self, url: str, timeout: float = 60.0, retries: int = 2) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> Any:
+        body = json.dumps({"prompts": prompts, "completions": completions}).encode()
+        request = urllib.request.Request(
+            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    payload = response.read()
+                break
+            except urllib.error.HTTPError as exc:  # before URLError: it is one, but the server did answer
+                detail = exc.read()[:200].decode(errors="replace")
+                raise RuntimeError(f"HTTP {exc.code} {exc.reason}: {detail}") from exc
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        try:
+            answer = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the answer is not JSON: {payload[:200]!r}") from exc
+        if not isinstance(answer, dict) or "rewards" not in answer:
+            raise ValueError(f'the answer has no "rewards" field: {payload[:200]!r}')
+        return answer["rewards"]
+
+
+class WeightedSum:
+    """``sum_k w_k * source_k``: each part is a checked :class:`RewardSource`, so a bad part is named."""
+
+    def __init__(self, parts: Sequence[tuple[float, RewardSource]]) -> None:
+        if not parts:
+            raise ValueError("a weighted sum needs at least one reward source")
+        self.parts = list(parts)
+
+    @property
+    def name(self) -> str:
+        return " + ".join(f"{weight:g}*{source.name}" for weight, source in self.parts)
+
+    def score_parts(self, prompts: list[str], completions: list[str]) -> dict[str, list[float]]:
+        """Each part's (unweighted) rewards by name, e.g. to log them apart."""
+        return {source.name: source(prompts, completions) for _, source in self.parts}
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        total = [0.0] * len(completions)
+        for weight, source in self.parts:
+            total = [t + weight * r for t, r in zip(total, source(prompts, completions))]
+        return total
+
+
+# ---------------------------------------------------------------------------------------------- the judge
+
+
+JUDGE_PLAIN_SUFFIX = "\nRating:"
+"""Appended to the rubric for a judge without a chat template, so its next token is the rating."""
+
+
+def check_judge_template(template: str) -> None:
+    """Raise ``ValueError`` unless ``template`` formats with exactly ``{prompt}`` and ``{completion}``."""
+    try:
+        template.format(prompt="", completion="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"the judge template must use only {{prompt}} and {{completion}} (write {{{{ }}}} for a literal "
+            f"brace): {exc!r} in {template!r}"
+        ) from exc
+    for field in ("{prompt}", "{completion}"):
+        if field not in template:
+            raise ValueError(f"the judge template has no {field} placeholder: {template!r}")
+
+
+def digit_token_ids(tokenizer: Any) -> list[list[int]]:
+    """For each digit 1..9, the ids of the single tokens that spell it (``"7"``, and ``" 7"`` where the
+    vocabulary has it: a model continuing ``"Rating:"`` writes the space with the digit)."""
+    ids: list[list[int]] = []
+    for digit in "123456789":
+        found: list[int] = []
+        for text in (digit, " " + digit):
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded) == 1 and encoded[0] not in found:
+                found.append(encoded[0])
+        if not found:
+            raise ValueError(f"the judge's tokenizer has no single token for the digit {digit}")
+        ids.append(found)
+    flat = [i for group in ids for i in group]
+    if len(set(flat)) != len(flat):
+        raise ValueError("the judge's tokenizer spells two digits with the same token")
+    return ids
+
+
+@dataclass
+class JudgeRatings:
+    """A judge's ratings of N completions: ``probs`` ``[N, 9]`` (P(rating = 1..9), renormalised over the
+    digits), ``expected`` ``[N]`` (sum_d d * P(d), in [1, 9]) and ``confidence`` ``[N]`` (the probability
+    mass the judge put on the digits before renormalising: low means it wanted to say something else)."""
+
+    probs: torch.Tensor
+    expected: torch.Tensor
+    confidence: torch.Tensor
+
+
+class JudgeScorer:
+    """``judge:MODEL``: a language model rates each completion 1-9 from a rubric (pointwise AI feedback).
+
+    The rubric (``template``, default :data:`DEFAULT_JUDGE_TEMPLATE`) is filled with the prompt and the
+    completion and given as one user turn through the judge's chat template (or as plain text followed by
+    :data:`JUDGE_PLAIN_SUFFIX` when it has none). One forward pass reads the judge's next-token distribution
+    and keeps the tokens of the digits 1..9, renormalised: the rating is their expected value, a smooth
+    score that separates completions a sampled or argmax digit would tie (as G-Eval, Liu et al. 2023, does
+    with sampled ratings). The reward is ``(expected - 1) / 8``, in [0, 1], so judges with other scales
+    compose the same way in a weighted sum. No sampling: the score is deterministic.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, template: str = DEFAULT_JUDGE_TEMPLATE, batch_size: int = 16
+    ) -> None:
+        check_judge_template(template)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.batch_size = batch_size
+        self.digit_ids = digit_token_ids(tokenizer)
+
+    @classmethod
+    def load(
+        cls,
+        ref: str,
+        *,
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        device: Device = "auto",
+        dtype: DType = "auto",
+        batch_size: int = 16,
+    ) -> JudgeScorer:
+        """Load the judge from a model reference (registry name, local HF folder or ``.gguf`` file)."""
+        model, tokenizer = load_model(ModelConfig(name_or_path=ref, device=device, dtype=dtype))
+        return cls(model, tokenizer, template=template, batch_size=batch_size)
+
+    def render(self, prompt: str, completion: str) -> str:
+        """The text the judge reads for one completion; its next token is the rating."""
+        rubric = self.template.format(prompt=prompt, completion=completion)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            return rubric + JUDGE_PLAIN_SUFFIX
+        return render_chat([{"role": "user", "content": rubric}], self.tokenizer, add_generation_prompt=True)
+
+    @torch.no_grad()
+    def rate(self, prompts: Sequence[str], completions: Sequence[str]) -> JudgeRatings:
+        """The judge's ratings of ``completions[i]`` as answers to ``prompts[i]``."""
+        device = next(self.model.parameters()).device
+        rows = [encode_prompt(self.tokenizer, self.render(p, c)) for p, c in zip(prompts, completions)]
+        digit_probs, mass = [], []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            # Left padding puts every row's last token in the last column, where the next token is read.
+            input_ids = pad(batch, int(self.tokenizer.pad_token_id), "left").to(device)  # [b, T]
+            lengths = torch.tensor([len(r) for r in batch], device=device)
+            width = input_ids.shape[1]
+            mask = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]  # [b, T]
+            # Positions count from each row's first real token, so a padded row is read as if unpadded.
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=input_ids, attention_mask=mask.long(), position_ids=positions, use_cache=False
+            ).logits[:, -1, :]  # [b, V]
+            probs = logits.float().softmax(dim=-1)
+            # P(digit d) sums the probabilities of the tokens that spell d ("7" and " 7")
+            per_digit = torch.stack([probs[:, ids].sum(dim=-1) for ids in self.digit_ids], dim=-1)  # [b, 9]
+            digit_probs.append(per_digit.cpu())
+            mass.append(per_digit.sum(dim=-1).cpu())
+        confidence = torch.cat(mass)  # [N]
+        renormalised = torch.cat(digit_probs) / confidence[:, None]  # [N, 9]
+        expected = renormalised @ torch.arange(1, 10, dtype=renormalised.dtype)
+        return JudgeRatings(probs=renormalised, expected=expected, confidence=confidence)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return ((self.rate(prompts, completions).expected - 1) / 8).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+_WEIGHTED_TERM = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*(\S.*)$")
+
+
+def _load_function(spec: str) -> Callable[..., Any]:
+    """The callable of ``fn:module:function`` or ``fn:path/file.py:function``."""
+    target, _, name = spec.removeprefix("fn:").rpartition(":")
+    if not target or not name:
+        raise ValueError(f"reward spec {spec!r}: expected fn:module:function or fn:path/file.py:function")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise ValueError(f"reward spec {spec!r}: no such file {path}")
+        # A name unique to the file, registered before running it (dataclasses and pickling look it up)
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        module_spec = importlib.util.spec_from_file_location(f"rlxf_reward_fn_{path.stem}_{digest}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_spec.name]
+            raise ValueError(
+                f"reward spec {spec!r}: running {path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        where = f"file {path}"
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise ValueError(
+                f"reward spec {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}"
+            ) from exc
+        where = f"module {target}"
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"reward spec {spec!r}: {where} has no function {name!r}")
+    return fn
+
+
+def _parse_one(spec: str, options: RewardOptions) -> RewardSource:
+    """One specification that is not a weighted sum."""
+    if spec.startswith("model:"):
+        try:
+            model = RewardModel.load(
+                spec.removeprefix("model:"),
+                device=options.device,
+                dtype=options.dtype,
+                batch_size=options.batch_size,
+            )
+            return RewardSource(spec, ModelReward(model, options.uncertainty_penalty))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"reward spec {spec!r}: {exc}") from exc
+    if spec.startswith("fn:"):
+        return RewardSource(spec, KeywordFunction(_load_function(spec)))
+    if spec == "sentiment":
+        sentiment_scores([])  # loads VADER now: a missing package stops the run before any work
+        return RewardSource(spec, SentimentScorer())
+    if spec.startswith("judge:"):
+        try:
+            judge = JudgeScorer.load(
+                spec.removeprefix("judge:"),
+                template=options.judge_template,
+                device=options.device,
+                dtype=options.dtype,
+                batch_size=options.batch_size,
+            )
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"reward spec {spec!r}: {exc}") from exc
+        return RewardSource(spec, judge)
+    if spec.startswith(("http://", "https://")):
+        return RewardSource(spec, HttpReward(spec, timeout=options.timeout, retries=options.retries))
+    raise ValueError(f"unknown reward spec {spec!r}; expected one of: {SPEC_FORMS}")
+
+
+def _list_term(item: Any) -> tuple[float, str]:
+    """``(weight, spec)`` of one YAML list item: a spec string or ``{source: SPEC, weight: W}``."""
+    if isinstance(item, str):
+        return 1.0, item.strip()
+    if not isinstance(item, Mapping) or not isinstance(item.get("source"), str):
+        raise ValueError(
+            f"a weighted reward item must be a spec or {{source: SPEC, weight: W}}, got {item!r}"
+        )
+    unknown = set(item) - {"source", "weight"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} in weighted reward item {dict(item)!r}")
+    weight = item.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, Real) or not math.isfinite(weight):
+        raise ValueError(f"the weight of {item['source']!r} must be a finite number, got {weight!r}")
+    return float(weight), item["source"].strip()
+
+
+def _string_term(term: str) -> tuple[float, str]:
+    """``(weight, spec)`` of ``W*SPEC`` or ``SPEC`` (weight 1)."""
+    match = _WEIGHTED_TERM.match(term.strip())
+    return (float(match[1]), match[2].strip()) if match else (1.0, term.strip())
+
+
+def parse_reward_spec(
+    spec: str | Sequence[str | Mapping[str, Any]], options: RewardOptions | None = None
+) -> RewardSource:
+    """The reward source a specification names (see the module docstring for the forms).
+
+    ``spec`` is a string (``"sentiment"``, ``"0.7*sentiment + 0.3*model:runs/rm"``) or, from YAML, a list
+    of specs and ``{source: SPEC, weight: W}`` items. Models, modules and VADER are loaded here, so a bad
+    specification raises ``ValueError`` (naming it) before any training. The source's ``name`` is the
+    specification; a weighted sum's is written ``W*SPEC + ...``.
+    """
+    options = options or RewardOptions()
+    if isinstance(spec, str):
+        spec = spec.strip()
+        terms = [_string_term(term) for term in spec.split(" + ")]
+        if len(terms) == 1 and not _WEIGHTED_TERM.match(spec):
+            return _parse_one(spec, options)
+    elif isinstance(spec, Sequence):
+        if not spec:
+            raise ValueError(f"the weighted reward list is empty; expected one of: {SPEC_FORMS}")
+        terms = [_list_term(item) for item in spec]
+    else:
+        raise TypeError(f"a reward spec is a string or a list, got {type(spec).__name__}")
+    total = WeightedSum([(weight, _parse_one(part, options)) for weight, part in terms])
+    return RewardSource(total.name, total)
+
+
+# ---------------------------------------------------------------------------------------------- shaping
+
+
+NORMALIZE_EPS = 1e-8  # keeps a constant batch (std 0) finite: it normalises to zeros
+
+
+@dataclass
+class RewardShapingConfig:
+    """What the trainer does to a batch's rewards before computing advantages (:func:`shape_rewards`)."""
+
+    normalize: Literal["none", "batch", "running"] = option(
+        "none",
+        help="none; batch: (r - mean) / std over the batch; running: with a mean and std over all batches so far",
+    )
+    clip: float | None = option(
+        None, help="clip the (normalised) reward to [-clip, clip]; unset: no clipping"
+    )
+    length_penalty: float = option(
+        0.0, help="subtracted from the reward of a completion cut off at the token limit (no EOS or stop)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0 (or unset), got {self.clip}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations of every value seen, merged batch by batch (Chan et al.
+    1979), in float64: the same mean and (unbiased) std as one pass over all the values, with no drift
+    from a long run's many small updates. :meth:`state_dict` is saved with a checkpoint, so a resumed run
+    normalises exactly as the uninterrupted one would."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.detach().double().flatten().cpu()
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean = values.mean().item()
+        batch_m2 = (values - batch_mean).square().sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Unbiased standard deviation of the values seen (0 before two values)."""
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.count = int(state["count"])
+        self.mean = float(state["mean"])
+        self.m2 = float(state["m2"])
+
+
+def shape_rewards(
+    rewards: torch.Tensor,
+    finish_reasons: Sequence[str],
+    cfg: RewardShapingConfig,
+    stats: RunningMoments | None = None,
+) -> torch.Tensor:
+    """Shaped rewards ``[N]``: length penalty, then normalisation, then clipping (each as ``cfg`` asks).
+
+    ``finish_reasons[i]`` is the rollout's (``"eos"``, ``"stop"`` or ``"length"``). ``stats`` is the
+    running mean and std, needed (and updated with this batch) when ``cfg.normalize == "running"``.
+    """
+    if rewards.dim() != 1 or len(finish_reasons) != rewards.shape[0]:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and {len(finish_reasons)} finish reasons do not match"
+        )
+    if cfg.normalize == "running" and stats is None:
+        raise ValueError("normalize=running needs the RunningMoments to update (stats)")
+    out = rewards.double()
+    # 1. A completion that hit the token limit was cut off mid-text; penalising it (in the raw reward's
+    #    units, before normalising) teaches the policy to finish within the budget rather than be rewarded
+    #    for a fragment that happened to score well.
+    if cfg.length_penalty:
+        truncated = torch.tensor([reason == "length" for reason in finish_reasons], device=out.device)
+        out = out - cfg.length_penalty * truncated
+    # 2. Normalising puts rewards of any source on one scale, so the learning rate and KL coefficient
+    #    mean the same thing whatever the scorer. Batch: each batch is whitened on its own (a batch of
+    #    one has no spread and becomes 0). Running: the statistics of all batches so far (this one
+    #    included, so the first batch is not divided by an empty history) keep the scale steady from step
+    #    to step while still following a reward that drifts as the policy improves.
+    if cfg.normalize == "batch":
+        std = out.std() if out.numel() > 1 else out.new_zeros(())
+        out = (out - out.mean()) / (std + NORMALIZE_EPS)
+    elif cfg.normalize == "running":
+        stats.update(out)
+        out = (out - stats.mean) / (stats.std + NORMALIZE_EPS)
+    # 3. Clipping last bounds what the learner sees: one outlier (a reward-model spike on an odd
+    #    completion) cannot dominate the batch's gradient.
+    if cfg.clip is not None:
+        out = out.clamp(-cfg.clip, cfg.clip)
+    return out.to(rewards.dtype)

@@ -1,0 +1,247 @@
+"""The online RL trainer (`rlxf rl`, rlxf/algos/ppo.py) on a tiny random model.
+
+* every estimator (ppo with a separate and a shared critic, grpo, rloo, reinforce++) runs, changes the
+  policy, logs finite metrics under their documented names and saves a model plain transformers loads;
+* on-policy: at step 0 the policy equals the reference, so the logged KL is 0 (engine log-probs agree with
+  the training forward); the ratio is 1, nothing is clipped;
+* one mini-batch of 8 equals 8 accumulated micro-batches of 1 (same update);
+* resume after an interruption continues exactly (the same metrics and final weights);
+* a reward source that returns NaN stops the step with a message naming the source;
+* a bad reward spec or prompt file stops before the run folder is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlxf.algos.ppo import RLConfig, RLTrainer, rl
+from rlxf.config import load_config
+from rlxf.train.metrics import read_metrics
+
+REWARD_FILE = """
+def score(prompts, completions):
+    # Deterministic, varied: the share of the letter "e" among the completion's characters.
+    return [c.count("e") / max(len(c), 1) for c in completions]
+
+
+def nan_reward(prompts, completions):
+    return [float("nan")] * len(completions)
+"""
+
+PROMPTS = [
+    "The movie was",
+    "Our trip to the coast",
+    "The restaurant served",
+    "This book is",
+    "Customer service answered",
+    "The product broke",
+    "The cast was",
+    "The ending",
+]
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": p, "split": "train" if i < 6 else "test"}) + "\n"
+            for i, p in enumerate(PROMPTS)
+        )
+    )
+    reward = tmp_path / "reward_fn.py"
+    reward.write_text(REWARD_FILE)
+    return tmp_path, prompts, reward, tiny_model_dir
+
+
+def make_config(setup, **overrides) -> RLConfig:
+    tmp_path, prompts, reward, model_dir = setup
+    base = {
+        "model": {"name_or_path": str(model_dir)},
+        "prompts": str(prompts),
+        "prompts_split": "train",
+        "eval_prompts": str(prompts),
+        "eval_prompts_split": "test",
+        "reward": f"fn:{reward}:score",
+        "out": str(tmp_path / "run"),
+        "estimator": "grpo",
+        "sampling": {"n": 2, "max_new_tokens": 6, "batch_size": 8},
+        "prompts_per_step": 4,
+        "num_steps": 2,
+        "micro_batch_size": 4,
+        "learning_rate": 1e-2,
+        "precision": "fp32",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_config(RLConfig, overrides=base)
+
+
+def initial_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def saved_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model" / "model.safetensors")
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if k in b)
+
+
+ESTIMATORS = [
+    ("grpo", {}),
+    ("rloo", {}),
+    ("reinforce++", {}),
+    ("ppo", {"critic": {"kind": "separate"}, "ppo_epochs": 2, "mini_batch_size": 4}),
+    ("ppo", {"critic": {"kind": "shared"}}),
+]
+
+
+@pytest.mark.parametrize(
+    ("estimator", "extra"), ESTIMATORS, ids=["grpo", "rloo", "reinforce++", "ppo", "ppo-shared"]
+)
+def test_each_estimator_trains_and_saves(setup, estimator, extra):
+    cfg = make_config(setup, estimator=estimator, **extra)
+    final = rl(cfg)
+    out = Path(cfg.out)
+    records = read_metrics(out / "metrics.jsonl")
+    train_records = [r for r in records if "reward/mean" in r]
+    assert [r["step"] for r in train_records] == [1, 2]
+    expected = {
+        "reward/mean",
+        "reward/std",
+        "kl",
+        "kl_coef",
+        "entropy",
+        "loss" if False else "policy/loss",
+        "policy/clip_frac",
+        "response_len/mean",
+        "tokens_per_s",
+        "time/generate",
+        "time/score",
+        "time/train",
+        "lr",
+        "grad_norm",
+    }
+    if estimator == "ppo":
+        expected |= {"value/loss", "value/explained_variance"}
+    for record in train_records:
+        missing = expected - set(record)
+        assert not missing, missing
+        for name in expected - {"value/explained_variance"}:
+            assert math.isfinite(record[name]), (name, record[name])
+    assert "eval/reward/mean" in records[0] and records[0]["step"] == 0  # held-out before training
+    assert "eval/reward/mean" in final and "eval/kl" in final and "eval/repetition" in final
+    assert (out / "samples" / "step-000000.jsonl").is_file()
+    assert (out / "samples" / "step-000002.jsonl").is_file()
+    assert max_difference(saved_weights(out), initial_weights(Path(cfg.model.name_or_path))) > 1e-4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished"
+
+
+def test_saved_model_loads_with_plain_transformers(setup):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = make_config(setup, num_steps=1)
+    rl(cfg)
+    model = AutoModelForCausalLM.from_pretrained(Path(cfg.out) / "model")
+    tokenizer = AutoTokenizer.from_pretrained(Path(cfg.out) / "model")
+    ids = tokenizer("The movie was", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_on_policy_first_step_has_zero_kl_and_no_clipping(setup):
+    cfg = make_config(setup, num_steps=1, kl={"coef": 0.1})
+    rl(cfg)
+    record = [r for r in read_metrics(Path(cfg.out) / "metrics.jsonl") if r["step"] == 1][0]
+    # The policy IS the reference before its first update: engine log-probs vs reference forward.
+    assert abs(record["kl"]) < 1e-4
+    assert record["policy/clip_frac"] == 0.0
+    assert record["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_micro_batches_accumulate_to_the_same_update(setup, tmp_path):
+    runs = {}
+    for micro in (8, 1):
+        cfg = make_config(
+            setup, num_steps=1, micro_batch_size=micro, out=str(tmp_path / f"micro{micro}"), kl={"coef": 0.1}
+        )
+        rl(cfg)
+        runs[micro] = saved_weights(Path(cfg.out))
+    assert max_difference(runs[8], runs[1]) < 1e-5
+
+
+def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
+    cfg_a = make_config(
+        setup, num_steps=4, out=str(tmp_path / "a"), estimator="ppo", ppo_epochs=2, mini_batch_size=4
+    )
+    rl(cfg_a)
+    records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
+
+    cfg_b = dataclasses.replace(cfg_a, out=str(tmp_path / "b"), save_every=2)
+    original = RLTrainer.train_step
+
+    def interrupted(self, step):
+        if step == 3:  # after the checkpoint of step 2, during step 4 (step 3 logged, not saved)
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(RLTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rl(cfg_b)
+    monkeypatch.setattr(RLTrainer, "train_step", original)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*")] == ["step-000002"]
+
+    rl(dataclasses.replace(cfg_b, resume=True))
+    records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in records_b] == [0, 1, 2, 3, 4, 4]  # eval at 0; step 4 + final eval
+    assert [sorted(r) for r in records_b] == [sorted(r) for r in records_a]
+    for record, reference in zip(records_b, records_a):
+        for name in ("reward/mean", "kl", "policy/loss", "value/loss", "eval/reward/mean", "eval/kl"):
+            if name in record:
+                assert record[name] == pytest.approx(reference[name], abs=1e-5), (record["step"], name)
+    assert max_difference(saved_weights(tmp_path / "b"), saved_weights(tmp_path / "a")) < 1e-5
+
+
+def test_nan_reward_names_the_source(setup):
+    tmp_path, _, reward, _ = setup
+    cfg = make_config(setup, reward=f"fn:{reward}:nan_reward")
+    with pytest.raises(Exception, match="nan_reward"):
+        rl(cfg)
+
+
+def test_bad_spec_or_prompts_stop_before_the_run_folder(setup, tmp_path):
+    cfg = make_config(setup, reward="no-such-scorer")
+    with pytest.raises(ValueError, match="no-such-scorer"):
+        rl(cfg)
+    assert not Path(cfg.out).exists()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
+    cfg = make_config(setup, prompts=str(bad), prompts_split=None)
+    with pytest.raises(Exception, match="bad.jsonl"):
+        rl(cfg)
+    assert not Path(cfg.out).exists()
+
+
+def test_config_checks_before_any_model_loads(setup):
+    with pytest.raises(ValueError, match="sampling.n >= 2"):
+        make_config(setup, sampling={"n": 1})
+    with pytest.raises(ValueError, match="micro-batches"):
+        make_config(setup, micro_batch_size=3)
+    with pytest.raises(Exception, match="estimator"):
+        make_config(setup, estimator="a2c")
