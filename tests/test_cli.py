@@ -208,3 +208,46 @@ def test_training_commands_through_the_cli(capsys, tiny_model_dir, tmp_path):
     )
     assert code == 0, err
     assert "beta: 0.2" in (tmp_path / "dpo" / "config.yaml").read_text()
+
+
+def test_rl_through_the_cli(capsys, tiny_model_dir, tmp_path):
+    """`rlxf rl` with the shared flags and dotted overrides; a bad reward spec is one clear line, exit 2."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Review {i}: the film was"}) + "\n" for i in range(8)))
+    args = [
+        "rl",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--reward",
+        "sentiment",
+        "--estimator",
+        "rloo",
+        "--steps",
+        "1",
+        "-n",
+        "2",
+        "--prompts-per-step",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--precision",
+        "fp32",
+        "--out",
+        str(tmp_path / "rl"),
+        "micro_batch_size=8",
+        "kl.coef=0.1",
+    ]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert (tmp_path / "rl" / "model" / "config.json").is_file() and "run folder" in err
+    record = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and "reward/mean" in record and record["kl_coef"] == 0.1
+
+    out_at = args.index("--out") + 1
+    bad = [a if a != "sentiment" else "fn:missing_file.py:score" for a in args]
+    bad[out_at] = str(tmp_path / "x")
+    code, _, err = run_cli(capsys, *bad)
+    assert code == 2 and "missing_file.py" in err
+    assert not (tmp_path / "x").exists()
