@@ -721,16 +721,22 @@ class RLTrainer:
                     share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
                     for k, v in stats.items():
                         micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
-                grad_norm = None
                 if cfg.max_grad_norm > 0:
-                    params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                    # Policy and critic are clipped apart (as with two optimizers): a large value-loss
+                    # gradient early in training must not shrink the policy's step.
+                    micro_stats["grad_norm"] = float(
+                        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                    )
+                    if "critic" in self.modules:
+                        micro_stats["value/grad_norm"] = float(
+                            torch.nn.utils.clip_grad_norm_(
+                                self.modules["critic"].parameters(), cfg.max_grad_norm
+                            )
+                        )
                 micro_stats["lr"] = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if grad_norm is not None:
-                    micro_stats["grad_norm"] = grad_norm
                 for k, v in micro_stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
