@@ -89,7 +89,7 @@ from rlxf.data import (
     tokenize_preference,
 )
 from rlxf.data.collate import collate_preferences, pad
-from rlxf.models.load import load_model, load_tokenizer, resolve_device, save_model
+from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
 from rlxf.models.registry import resolve_model
 from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig, resolve_precision, weight_dtype
 from rlxf.train.progress import Progress
@@ -267,13 +267,6 @@ def reference_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     else:
         yield model
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every ``nn.Dropout`` (LoRA's included) to p=0, as TRL's ``disable_dropout`` does."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

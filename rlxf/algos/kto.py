@@ -54,7 +54,6 @@ import torch
 
 from rlxf.algos.dpo import (
     PreferenceRunConfig,
-    disable_dropout,
     read_train_eval,
     reference_model,
     score_completions,
@@ -64,7 +63,7 @@ from rlxf.config import option
 from rlxf.data import ChatTemplateMode, DataError, Dataset, Truncation, pad_token_id
 from rlxf.data.collate import pad
 from rlxf.data.tokenize import completion_token_ids, prompt_field, prompt_token_ids
-from rlxf.models.load import load_model, load_tokenizer, resolve_device, save_model
+from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
 from rlxf.models.registry import resolve_model
 from rlxf.train.loop import LossOutput, Trainer, resolve_precision, weight_dtype
 from rlxf.train.run import RunDir, print_config

@@ -111,9 +111,10 @@ from rlxf.feedback.rewards import (
     parse_reward_spec,
     shape_rewards,
 )
-from rlxf.models.load import ModelConfig, load_model, resolve_device, save_model
+from rlxf.models.load import ModelConfig, disable_dropout, load_model, resolve_device, save_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
 from rlxf.train.loop import Precision, resolve_precision, weight_dtype
 from rlxf.train.optim import ScheduleKind, build_scheduler, param_groups
@@ -433,7 +434,7 @@ class RLTrainer:
         model_cfg.dtype = weight_dtype(self.precision)  # type: ignore[assignment]
         self.policy, self.tokenizer = load_model(model_cfg, trainable=True)
         self.device = next(self.policy.parameters()).device
-        _disable_dropout(self.policy)
+        disable_dropout(self.policy)
         self.lora = cfg.model.lora.r > 0
         # Reference: the adapter-disabled policy with LoRA; else a frozen copy of the starting weights in
         # the policy's own dtype, run under the same autocast. (Under bf16-mixed a copy stored in bf16 would
@@ -458,7 +459,7 @@ class RLTrainer:
                     dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
                 )
                 self.critic = SeparateCritic(backbone).to(self.device)
-                _disable_dropout(self.critic)
+                disable_dropout(self.critic)
                 self.critic.train()
 
         self.train_prompts = [render_prompt(r, self.tokenizer, cfg.chat_template) for r in train_set.records]
@@ -748,7 +749,7 @@ class RLTrainer:
         """Held-out reward, KL per completion, length and repetition on fresh samples (fixed seed)."""
         if not self.eval_prompts:
             return {}
-        sampling = self.cfg.eval_sampling or _replace(self.cfg.sampling, n=1)
+        sampling = self.cfg.eval_sampling or dataclasses.replace(self.cfg.sampling, n=1)
         batch = self.sample(self.eval_prompts, sampling, seed=self.cfg.seed + 10**9)
         rewards = self.score(batch)
         mask = batch.completion_mask.float()
@@ -769,8 +770,6 @@ class RLTrainer:
                 batch.prompt_index.tolist(), batch.completions, rewards.tolist(), batch.finish_reasons
             )
         ]
-        from rlxf.train.atomic import write_jsonl_atomic
-
         write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
         return metrics
 
@@ -883,17 +882,6 @@ def _index_experience(exp: Experience, idx: torch.Tensor) -> Experience:
         returns=pick(exp.returns),
         old_values=pick(exp.old_values),
     )
-
-
-def _replace(sampling: SamplingConfig, **changes: Any) -> SamplingConfig:
-    return dataclasses.replace(sampling, **changes)
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    """Dropout off (as TRL does for RL): old, new and reference log-probs must come from one network."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def _describe(title: str, metrics: dict[str, float]) -> str:

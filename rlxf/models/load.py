@@ -171,3 +171,13 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def disable_dropout(model: Any) -> None:
+    """Set every ``nn.Dropout`` (LoRA's included) to p=0, as TRL's ``disable_dropout`` does: a policy and its
+    reference (or old and new log-probs) must come from the same deterministic network."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
