@@ -23,6 +23,7 @@ import torch
 from rlxf.algos.ppo import RLConfig, RLTrainer, rl
 from rlxf.config import load_config
 from rlxf.train.metrics import read_metrics
+from rlxf.train.run import RunDir
 
 REWARD_FILE = """
 def score(prompts, completions):
@@ -32,6 +33,7 @@ def score(prompts, completions):
 
 def nan_reward(prompts, completions):
     return [float("nan")] * len(completions)
+
 """
 
 PROMPTS = [
@@ -222,6 +224,25 @@ def test_nan_reward_names_the_source(setup):
     cfg = make_config(setup, reward=f"fn:{reward}:nan_reward")
     with pytest.raises(Exception, match="nan_reward"):
         rl(cfg)
+
+
+def test_each_completion_is_scored_with_its_own_prompt(setup):
+    """With n samples per prompt, row k of the batch belongs to prompt k // n: the reward source must see
+    that prompt beside the completion (a reward model reads both)."""
+    calls = []
+
+    def recorder(prompts, completions):
+        calls.append((list(prompts), list(completions)))
+        return [0.0] * len(completions)
+
+    cfg = make_config(setup, num_steps=1, sampling={"n": 3})
+    with RunDir.create(cfg.out, cfg) as run:
+        trainer = RLTrainer(cfg, run, recorder)
+        batch = trainer.sample(trainer.step_prompts(0), cfg.sampling, seed=0)
+        trainer.score(batch)
+    prompts, completions = calls[-1]
+    assert prompts == [p for p in trainer.step_prompts(0) for _ in range(3)]
+    assert completions == list(batch.completions)
 
 
 def test_bad_spec_or_prompts_stop_before_the_run_folder(setup, tmp_path):

@@ -114,6 +114,7 @@ from rlxf.feedback.rewards import (
 from rlxf.models.load import ModelConfig, disable_dropout, load_model, resolve_device, save_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_ids_of
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
 from rlxf.train.loop import Precision, resolve_precision, weight_dtype
@@ -310,11 +311,6 @@ class SeparateCritic(torch.nn.Module):
         return self.head(hidden)  # [B, L]
 
 
-def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (left padding), as ``generate`` numbers them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
-
-
 @dataclass
 class ForwardOut:
     logprobs: torch.Tensor  # [B, C] log pi(y_t | x, y_<t) of the completion tokens (float32)
@@ -339,18 +335,14 @@ def policy_forward(
     Logits are divided by the sampling temperature: the policy being optimised is the distribution the
     completions were sampled from.
     """
-    completion_width = input_ids.shape[1] - prompt_width
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_of(attention_mask),
-        logits_to_keep=completion_width + 1,
+    logprobs, logits, out = completion_forward(
+        model,
+        input_ids,
+        attention_mask,
+        prompt_width,
+        temperature,
         output_hidden_states=value_head is not None,
-        use_cache=False,
     )
-    logits = out.logits[:, :-1].float() / temperature  # [B, C, V]: predict tokens P .. P+C-1
-    targets = input_ids[:, prompt_width:]  # [B, C]
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
@@ -538,26 +530,19 @@ class RLTrainer:
         return batch.to(self.device)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
-        prompts = [batch.prompts[i] for i in batch.prompt_index.tolist()]
-        rewards = self.reward_source(prompts, list(batch.completions))
+        # batch.prompts holds each row's own prompt text (prompts x samples rows), aligned with completions.
+        rewards = self.reward_source(list(batch.prompts), list(batch.completions))
         return torch.tensor(rewards, dtype=torch.float32, device=self.device)  # [B]
 
     def _chunks(self, n: int):
         size = self.cfg.micro_batch_size
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
-    @torch.no_grad()
     def no_grad_logprobs(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         """``[B, C]`` log-probs of the completions under ``model``, micro-batch by micro-batch."""
-        input_ids, attention_mask, width = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
-        parts = []
-        with self.autocast():
-            for s in self._chunks(len(batch)):
-                out = policy_forward(
-                    model, input_ids[s], attention_mask[s], width, self.cfg.sampling.temperature
-                )
-                parts.append(out.logprobs)
-        return torch.cat(parts)
+        return batch_logprobs(
+            model, batch, self.cfg.sampling.temperature, self.cfg.micro_batch_size, self.autocast()
+        )
 
     @torch.no_grad()
     def no_grad_values(self, batch: RolloutBatch) -> torch.Tensor:
@@ -765,10 +750,8 @@ class RLTrainer:
             metrics["kl"] = (kl_k1(logprobs, ref) * mask).sum(-1).mean().item()
         self.samples_dir.mkdir(exist_ok=True)
         rows = [
-            {"prompt": batch.prompts[k], "completion": c, "reward": r, "finish_reason": f}
-            for k, c, r, f in zip(
-                batch.prompt_index.tolist(), batch.completions, rewards.tolist(), batch.finish_reasons
-            )
+            {"prompt": p, "completion": c, "reward": r, "finish_reason": f}
+            for p, c, r, f in zip(batch.prompts, batch.completions, rewards.tolist(), batch.finish_reasons)
         ]
         write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
         return metrics

@@ -1,0 +1,392 @@
+"""``rlxf eval``: what changed between a policy ``A`` and its baseline ``B`` on held-out prompts.
+
+Both models sample ``n`` completions for every prompt with the same settings and seed; then:
+
+* **reward** (the gold scorer, ``--reward``): mean and standard deviation over completions for each model,
+  the difference, and the *share of prompts improved* (A's mean reward over the prompt's samples above
+  B's; a tie counts one half). Standard errors are over prompts (the samples of one prompt are not
+  independent).
+* **KL(A || B)** from A's samples, the unbiased k1 estimator summed over each completion's tokens:
+  ``KL = E_{y~A}[ sum_t log A(y_t | x, y_<t) - log B(y_t | x, y_<t) ]`` nats per completion, with the
+  distributions as sampled (logits / temperature). A's log-probs are the ones the engine recorded while
+  sampling (exact with plain sampling: no top-k / top-p); B's come from one forward pass. Needs the same
+  tokenizer on both sides (otherwise reported as unavailable).
+* **win rate** of A over B: sample ``j`` of prompt ``i`` from A against sample ``j`` from B, scored by the
+  win-rate judge (a reward spec, ``--win-reward``; the gold reward by default): 1 win, 1/2 tie, 0 loss;
+  mean over prompts of the per-prompt mean, with its standard error.
+* **fluency**: perplexity under B (at temperature 1) of A's completions, next to that of B's own: a policy
+  that drifted into text its starting model finds unlikely shows here first.
+* **diversity**: distinct-1 / distinct-2 (Li et al. 2016) over all completions, and the share that repeat
+  one word 3-gram 3+ times (:mod:`rlxf.eval.text`); **length**: mean completion tokens, share truncated.
+
+Writes into ``--out``: ``config.yaml``, ``samples.jsonl`` (A's and B's completion side by side with their
+rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.report`: plots of the training
+run's reward and KL per step when the policy comes from an rlxf run folder, reward against KL, length
+histograms, sample table). Leaves out: a pairwise LM judge for the win rate (a pointwise reward spec,
+which may be ``judge:MODEL``, decides it), several baselines at once, and bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from rlxf.config import option
+from rlxf.data import ChatTemplateMode, read_data, render_prompt
+from rlxf.eval.text import distinct_n, repeats_ngram
+from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
+from rlxf.models import ModelConfig, load_model
+from rlxf.models.registry import resolve_model
+from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.logprobs import batch_logprobs
+from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
+from rlxf.train.loop import Precision, resolve_precision
+from rlxf.train.run import config_yaml, print_config
+
+
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=48, n=4, batch_size=32)
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``rlxf eval``."""
+
+    model: ModelConfig = field(
+        default_factory=ModelConfig
+    )  # the policy A: a model reference or rlxf run folder
+    baseline: str | None = option(
+        None,
+        help="model reference B to compare with; unset: the starting model of the run --model comes from "
+        "(its config.yaml), else the model itself is only described",
+    )
+    prompts: str = option("", help="held-out prompts file (JSONL, CSV, Parquet or a datasets folder)")
+    prompts_split: str | None = option(None, help="use only prompt records whose `split` equals this")
+    max_prompts: int | None = option(None, help="evaluate the first N prompts only")
+    chat_template: ChatTemplateMode = option(
+        "auto", help="auto: messages use the chat template, plain prompts are continued raw; always; never"
+    )
+    reward: str = option(
+        "sentiment", help="gold reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL"
+    )
+    win_reward: str | None = option(
+        None, help="reward spec that decides the win rate; unset: the gold reward"
+    )
+    reward_options: RewardOptions = field(default_factory=RewardOptions)
+    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    precision: Precision = option(
+        "auto", help="auto (bf16-mixed where the CPU/GPU has native bf16), fp32, bf16-mixed"
+    )
+    micro_batch_size: int = option(16, help="rows per forward pass when computing log-probs")
+    run: str | None = option(
+        None,
+        help="training run folder whose metrics.jsonl the report plots; unset: the run of --model, if any",
+    )
+    num_examples: int = option(12, help="prompts shown side by side in the report")
+    seed: int = option(0, help="sampling seed (the same for A and B)")
+    out: str = option("", help="output folder: summary.json, report.html, samples.jsonl, config.yaml")
+    overwrite: bool = option(False, help="replace an evaluation already in --out")
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("give the held-out prompts: --prompts FILE")
+        if not self.out:
+            raise ValueError("give an output folder: --out DIR")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.num_examples < 0:
+            raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
+        if self.precision == "bf16":
+            raise ValueError("precision bf16 (pure bf16 weights) is for training; use bf16-mixed or fp32")
+        if self.sampling.greedy and self.sampling.n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives the same completion n times: set n=1")
+
+
+def run_folder_of(ref: str) -> Path | None:
+    """The rlxf run folder a model reference points into (``RUN`` or ``RUN/model``), if it is one."""
+    path = Path(ref).expanduser()
+    for candidate in (path, path.parent):
+        if (candidate / "config.yaml").is_file() and (candidate / "model" / "config.json").is_file():
+            return candidate
+    return None
+
+
+def _model_ref(ref: str) -> str:
+    """``RUN`` -> ``RUN/model`` for an rlxf run folder; anything else unchanged."""
+    path = Path(ref).expanduser()
+    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        return str(path / "model")
+    return ref
+
+
+def starting_model(run: Path) -> str | None:
+    """The model reference a run started from (``model.name_or_path`` of its ``config.yaml``)."""
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    model = config.get("model")
+    ref = model.get("name_or_path") if isinstance(model, dict) else None
+    return str(ref) if ref else None
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n); 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def per_prompt(values: list[float], n: int) -> list[float]:
+    """Means of consecutive groups of ``n`` (rows are grouped prompt by prompt)."""
+    return [sum(values[i : i + n]) / n for i in range(0, len(values), n)]
+
+
+def text_stats(batch: RolloutBatch) -> dict[str, float]:
+    """Length, truncation, diversity and repetition of a batch's completions."""
+    texts = list(batch.completions)
+    return {
+        "length_mean": batch.completion_mask.float().sum(-1).mean().item(),
+        "truncated": sum(r == "length" for r in batch.finish_reasons) / len(batch),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "repetition": sum(repeats_ngram(t, 3, 3) for t in texts) / len(texts),
+    }
+
+
+def perplexity(logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """exp of the mean negative log-likelihood per completion token (normaliser: all tokens of the set)."""
+    return math.exp(-(logprobs * mask).sum().item() / max(mask.sum().item(), 1.0))
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, Any]  # what summary.json holds
+    samples: list[dict[str, Any]]  # what samples.jsonl holds
+    out: Path
+
+
+class _Models:
+    """A and B, loaded once, sampling and scoring under one precision."""
+
+    def __init__(self, cfg: EvalConfig, policy_ref: str, baseline_ref: str | None) -> None:
+        model_cfg = dataclasses.replace(cfg.model, name_or_path=policy_ref, dtype="float32")
+        self.policy, self.tokenizer = load_model(model_cfg)
+        self.device = next(self.policy.parameters()).device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.baseline = self.baseline_tokenizer = None
+        if baseline_ref is not None:
+            base_cfg = dataclasses.replace(model_cfg, name_or_path=baseline_ref)
+            self.baseline, self.baseline_tokenizer = load_model(base_cfg)
+        self.cfg = cfg
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+    @property
+    def same_tokenizer(self) -> bool:
+        return self.baseline_tokenizer is not None and (
+            self.baseline_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+        )
+
+    def sample(self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> RolloutBatch:
+        with torch.no_grad(), self.autocast():
+            return HFEngine(model, tokenizer).generate(prompts, self.cfg.sampling, seed=self.cfg.seed)
+
+    def logprobs(self, model: torch.nn.Module, batch: RolloutBatch, temperature: float) -> torch.Tensor:
+        return batch_logprobs(model, batch, temperature, self.cfg.micro_batch_size, self.autocast())
+
+
+def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
+    """Run ``rlxf eval`` (module docstring); returns what it wrote."""
+    from rlxf.eval.report import read_metrics, render_report
+
+    stream = stream if stream is not None else sys.stderr
+    started = time.monotonic()
+    print_config(cfg, "rlxf eval", stream=stream)
+    # Everything that can be wrong with the input is checked before a model loads or a file is written.
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{out} already holds an evaluation; choose another --out or pass overwrite=true"
+        )
+    records = read_data(cfg.prompts, kind="prompts")
+    if cfg.prompts_split is not None:
+        keep = [i for i, r in enumerate(records.records) if r.get("split") == cfg.prompts_split]
+        if not keep:
+            raise ValueError(f"{cfg.prompts}: no record has split == {cfg.prompts_split!r}")
+        records = records.select(keep)
+    if cfg.max_prompts is not None:
+        records = records.select(range(min(cfg.max_prompts, len(records))))
+    gold = parse_reward_spec(cfg.reward, cfg.reward_options)
+    judge = parse_reward_spec(cfg.win_reward, cfg.reward_options) if cfg.win_reward else gold
+    run = Path(cfg.run) if cfg.run else run_folder_of(cfg.model.name_or_path)
+    if cfg.run and not (run / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"--run {run}: no metrics.jsonl there")
+    policy_ref = _model_ref(cfg.model.name_or_path)
+    baseline_ref = cfg.baseline or (starting_model(run) if run is not None else None)
+    if baseline_ref is not None:
+        baseline_ref = _model_ref(baseline_ref)
+        resolve_model(baseline_ref)  # a missing baseline fails here, before the policy loads
+    resolve_model(policy_ref)
+
+    models = _Models(cfg, policy_ref, baseline_ref)
+    prompts = [render_prompt(r, models.tokenizer, cfg.chat_template) for r in records.records]
+    raw_prompts = [r.get("messages", r.get("prompt")) for r in records.records]
+    n = cfg.sampling.n
+    temperature = cfg.sampling.temperature if not cfg.sampling.greedy else 1.0
+    plain = cfg.sampling.top_k == 0 and cfg.sampling.top_p == 1.0 and not cfg.sampling.greedy
+
+    print(f"sampling {len(prompts)} prompts x {n} from the policy {policy_ref}", file=stream)
+    batch_a = models.sample(models.policy, models.tokenizer, prompts)
+    rewards_a = gold(list(batch_a.prompts), list(batch_a.completions))
+    summary: dict[str, Any] = {
+        "policy": policy_ref,
+        "baseline": baseline_ref,
+        "prompts": cfg.prompts,
+        "num_prompts": len(prompts),
+        "samples_per_prompt": n,
+        "reward_spec": gold.name,
+        "precision": models.precision,
+    }
+    policy_stats = text_stats(batch_a)
+    reward_a_mean, reward_a_se = mean_se(per_prompt(rewards_a, n))
+    reward: dict[str, Any] = {
+        "policy": {"mean": reward_a_mean, "se": reward_a_se, "std": _std(rewards_a)},
+    }
+    samples = [
+        {
+            "prompt": raw_prompts[i // n],
+            "sample": i % n,
+            "policy": batch_a.completions[i],
+            "policy_reward": rewards_a[i],
+        }
+        for i in range(len(batch_a))
+    ]
+    lengths: dict[str, list[float]] = {"policy": batch_a.completion_mask.sum(-1).tolist()}
+
+    if models.baseline is not None:
+        print(f"sampling {len(prompts)} prompts x {n} from the baseline {baseline_ref}", file=stream)
+        batch_b = models.sample(models.baseline, models.baseline_tokenizer, prompts)
+        rewards_b = gold(list(batch_b.prompts), list(batch_b.completions))
+        base_prompt_means = per_prompt(rewards_b, n)
+        reward_b_mean, reward_b_se = mean_se(base_prompt_means)
+        reward["baseline"] = {"mean": reward_b_mean, "se": reward_b_se, "std": _std(rewards_b)}
+        deltas = [a - b for a, b in zip(per_prompt(rewards_a, n), base_prompt_means)]
+        reward["delta"], reward["delta_se"] = mean_se(deltas)
+        reward["share_improved"] = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in deltas) / len(deltas)
+
+        judge_a = rewards_a if judge is gold else judge(list(batch_a.prompts), list(batch_a.completions))
+        judge_b = rewards_b if judge is gold else judge(list(batch_b.prompts), list(batch_b.completions))
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(judge_a, judge_b)]
+        win_rate, win_se = mean_se(per_prompt(wins, n))
+        summary["win_rate"] = {
+            "value": win_rate,
+            "se": win_se,
+            "ties": sum(w == 0.5 for w in wins) / len(wins),
+            "judge": judge.name,
+        }
+        lengths["baseline"] = batch_b.completion_mask.sum(-1).tolist()
+        for i, row in enumerate(samples):
+            row["baseline"] = batch_b.completions[i]
+            row["baseline_reward"] = rewards_b[i]
+
+        if models.same_tokenizer:
+            print("log-probs of the policy's samples under the baseline (KL, perplexity)", file=stream)
+            mask_a = batch_a.completion_mask.float()
+            logp_a = (
+                batch_a.logprobs.float() if plain else models.logprobs(models.policy, batch_a, temperature)
+            )
+            logp_b_on_a = models.logprobs(models.baseline, batch_a, temperature)
+            kl_rows = ((logp_a - logp_b_on_a) * mask_a).sum(-1).tolist()  # [B] k1 per completion
+            kl_mean, kl_se = mean_se(per_prompt(kl_rows, n))
+            summary["kl"] = {
+                "mean": kl_mean,
+                "se": kl_se,
+                "estimator": "k1 summed over tokens, nats per completion, from the policy's samples",
+            }
+            for i, row in enumerate(samples):
+                row["kl"] = kl_rows[i]
+            # Perplexity is the model's own distribution (temperature 1), whatever the sampling temperature.
+            logp_b_on_a_t1 = (
+                logp_b_on_a if temperature == 1.0 else models.logprobs(models.baseline, batch_a, 1.0)
+            )
+            mask_b = batch_b.completion_mask.float()
+            logp_b_on_b = (
+                batch_b.logprobs.float()
+                if plain and temperature == 1.0
+                else models.logprobs(models.baseline, batch_b, 1.0)
+            )
+            summary["perplexity_under_baseline"] = {
+                "policy": perplexity(logp_b_on_a_t1, mask_a),
+                "baseline": perplexity(logp_b_on_b, mask_b),
+            }
+        else:
+            summary["kl"] = None
+            summary["note"] = "policy and baseline tokenizers differ: no KL or perplexity under the baseline"
+        summary["text"] = {"policy": policy_stats, "baseline": text_stats(batch_b)}
+    else:
+        summary["text"] = {"policy": policy_stats}
+    summary["reward"] = reward
+    summary["run"] = str(run) if run is not None else None
+    summary["wall_time_s"] = round(time.monotonic() - started, 3)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", config_yaml(cfg))
+    write_jsonl_atomic(out / "samples.jsonl", samples)
+    metrics = (
+        read_metrics(run / "metrics.jsonl") if run is not None and (run / "metrics.jsonl").is_file() else []
+    )
+    html = render_report(summary, samples, metrics, lengths, num_examples=cfg.num_examples)
+    write_text_atomic(out / "report.html", html)
+    # summary.json last: its presence marks a finished evaluation.
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    print(describe_summary(summary), file=stream)
+    print(f"report: {out / 'report.html'}", file=stream)
+    return EvalResult(summary=summary, samples=samples, out=out)
+
+
+def _std(values: list[float]) -> float:
+    return float(torch.tensor(values).std().item()) if len(values) > 1 else 0.0
+
+
+def describe_summary(summary: dict[str, Any]) -> str:
+    """A few lines a person reads at the end of ``rlxf eval``."""
+    r = summary["reward"]
+    lines = [
+        f"reward ({summary['reward_spec']}): policy {r['policy']['mean']:.3f} +- {r['policy']['se']:.3f}"
+    ]
+    if "baseline" in r:
+        lines[0] += (
+            f", baseline {r['baseline']['mean']:.3f} +- {r['baseline']['se']:.3f}, "
+            f"delta {r['delta']:+.3f} +- {r['delta_se']:.3f}, prompts improved {r['share_improved']:.0%}"
+        )
+        w = summary["win_rate"]
+        lines.append(f"win rate over the baseline: {w['value']:.3f} +- {w['se']:.3f} (judge {w['judge']})")
+    if summary.get("kl"):
+        lines.append(f"KL(policy || baseline): {summary['kl']['mean']:.3f} +- {summary['kl']['se']:.3f} nats")
+    if summary.get("perplexity_under_baseline"):
+        p = summary["perplexity_under_baseline"]
+        lines.append(f"perplexity under the baseline: policy {p['policy']:.2f}, baseline {p['baseline']:.2f}")
+    t = summary["text"]["policy"]
+    lines.append(
+        f"policy text: length {t['length_mean']:.1f} tokens, distinct-2 {t['distinct_2']:.3f}, "
+        f"repetition {t['repetition']:.1%}"
+    )
+    return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "EvalResult", "describe_summary", "evaluate", "mean_se", "run_folder_of"]

@@ -1,0 +1,304 @@
+"""``report.html``: one self-contained page a person reads in a minute.
+
+What it holds, top to bottom: the headline figures (reward before and after with standard errors, win
+rate, KL, perplexity under the baseline, diversity, length), the training curves when the policy comes
+from an rlxf run (reward and KL per step from its ``metrics.jsonl``, held-out points where it evaluated),
+reward against KL (the trade-off RLHF makes: how much reward each nat of drift from the reference buys),
+histograms of completion length and reward before and after, and a table of samples side by side.
+
+Self-contained: the plots are PNGs drawn by matplotlib (Agg backend, no display) embedded as ``data:``
+URIs, the style is inline; the page loads nothing else (no scripts, fonts or style sheets from anywhere),
+so it can be mailed, archived or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from rlxf.train.metrics import read_metrics
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 10px; }
+.sub { color: #5b6475; margin: 0 0 18px; word-break: break-all; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 10px; }
+.card { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 10px 12px; }
+.card .k { color: #5b6475; font-size: 13px; overflow-wrap: anywhere; } .card .v { font-size: 20px; font-weight: 600; }
+.card .d { font-size: 13px; color: #5b6475; }
+.good { color: #157a3c; } .bad { color: #b3261e; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 12px; }
+figure { margin: 0; background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 8px; }
+figure.wide { grid-column: 1 / -1; }
+figure img { width: 100%; height: auto; display: block; }
+figcaption { font-size: 13px; color: #5b6475; padding: 4px 4px 0; }
+table { width: 100%; border-collapse: collapse; background: #fff; font-size: 14px; }
+th, td { border: 1px solid #dde1e8; padding: 6px 8px; vertical-align: top; text-align: left; }
+th { background: #eef0f4; } td.r { white-space: nowrap; text-align: right; font-variant-numeric: tabular-nums; }
+td.t { white-space: pre-wrap; }
+"""
+
+
+def _png(fig: Any) -> str:
+    """A matplotlib figure as a ``data:image/png;base64`` URI (and the figure closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def training_curves(records: Sequence[dict[str, Any]]) -> str | None:
+    """Reward (train batches and held-out evaluations) and KL per step; ``None`` without such records."""
+    import matplotlib.pyplot as plt
+
+    steps, reward = _series(records, "reward/mean")
+    if not steps:
+        return None
+    fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 3.0))
+    ax_r.plot(steps, reward, color="#3566c8", lw=1.4, label="training batches")
+    eval_steps, eval_reward = _series(records, "eval/reward/mean")
+    if eval_steps:
+        ax_r.plot(eval_steps, eval_reward, "o-", color="#d9822b", label="held-out")
+    ax_r.set(xlabel="step", ylabel="reward (mean)", title="reward")
+    ax_r.legend(frameon=False, fontsize=8)
+    kl_steps, kl = _series(records, "kl")
+    if kl_steps:
+        ax_k.plot(kl_steps, kl, color="#7a3ec8", lw=1.4, label="training batches")
+    eval_kl_steps, eval_kl = _series(records, "eval/kl")
+    if eval_kl_steps:
+        ax_k.plot(eval_kl_steps, eval_kl, "o-", color="#d9822b", label="held-out")
+    ax_k.set(xlabel="step", ylabel="KL to reference (nats / completion)", title="KL")
+    if kl_steps or eval_kl_steps:
+        ax_k.legend(frameon=False, fontsize=8)
+    for ax in (ax_r, ax_k):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def reward_vs_kl(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+    """Reward against KL: the run's training batches (coloured by step) and this evaluation's two points."""
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records if "kl" in r and "reward/mean" in r]
+    kl = [r["kl"] for r in records if "kl" in r and "reward/mean" in r]
+    reward = [r["reward/mean"] for r in records if "kl" in r and "reward/mean" in r]
+    evaluated = summary.get("kl") and "baseline" in summary["reward"]
+    if not steps and not evaluated:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    if steps:
+        points = ax.scatter(kl, reward, c=steps, cmap="viridis", s=14, label="training batches")
+        fig.colorbar(points, ax=ax, label="step")
+    if evaluated:
+        r = summary["reward"]
+        ax.errorbar(
+            [0.0],
+            [r["baseline"]["mean"]],
+            yerr=[r["baseline"]["se"]],
+            fmt="s",
+            color="#555",
+            label="baseline",
+        )
+        ax.errorbar(
+            [summary["kl"]["mean"]],
+            [r["policy"]["mean"]],
+            xerr=[summary["kl"]["se"]],
+            yerr=[r["policy"]["se"]],
+            fmt="D",
+            color="#d9822b",
+            label="policy (held-out)",
+        )
+    ax.set(xlabel="KL to reference (nats / completion)", ylabel="reward (mean)", title="reward vs KL")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def histograms(values: dict[str, list[float]], xlabel: str, title: str) -> str | None:
+    """Overlaid histograms of ``{label: values}`` (policy vs baseline) on shared bins."""
+    import matplotlib.pyplot as plt
+
+    present = {k: v for k, v in values.items() if v}
+    if not present:
+        return None
+    low = min(min(v) for v in present.values())
+    high = max(max(v) for v in present.values())
+    bins = 20 if high > low else 1
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    colors = {"baseline": "#888", "policy": "#3566c8"}
+    for label, v in present.items():
+        ax.hist(
+            v,
+            bins=bins,
+            range=(low, high if high > low else low + 1),
+            alpha=0.55,
+            label=label,
+            color=colors.get(label),
+        )
+    ax.set(xlabel=xlabel, ylabel="completions", title=title)
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _card(key: str, value: str, detail: str = "", tone: str = "") -> str:
+    cls = f"v {tone}".strip()
+    return (
+        f'<div class="card"><div class="k">{html.escape(key)}</div><div class="{cls}">{html.escape(value)}</div>'
+        f'<div class="d">{html.escape(detail)}</div></div>'
+    )
+
+
+def _cards(summary: dict[str, Any]) -> str:
+    r = summary["reward"]
+    cards = []
+    policy = f"{r['policy']['mean']:.3f} ± {r['policy']['se']:.3f}"
+    if "baseline" in r:
+        tone = "good" if r["delta"] > 0 else "bad" if r["delta"] < 0 else ""
+        cards.append(
+            _card(
+                f"reward ({summary['reward_spec']})",
+                f"{r['baseline']['mean']:.3f} → {r['policy']['mean']:.3f}",
+                f"change {r['delta']:+.3f} ± {r['delta_se']:.3f}; {r['share_improved']:.0%} of prompts improved",
+                tone,
+            )
+        )
+        w = summary["win_rate"]
+        cards.append(
+            _card("win rate over baseline", f"{w['value']:.1%}", f"± {w['se']:.1%}; ties {w['ties']:.0%}")
+        )
+    else:
+        cards.append(_card(f"reward ({summary['reward_spec']})", policy))
+    if summary.get("kl"):
+        k = summary["kl"]
+        cards.append(
+            _card("KL(policy ‖ baseline)", f"{k['mean']:.2f} nats", f"± {k['se']:.2f} per completion")
+        )
+    if summary.get("perplexity_under_baseline"):
+        p = summary["perplexity_under_baseline"]
+        cards.append(
+            _card(
+                "perplexity under baseline",
+                f"{p['policy']:.1f}",
+                f"baseline's own samples {p['baseline']:.1f}",
+            )
+        )
+    text = summary["text"]
+    base = text.get("baseline")
+    t = text["policy"]
+    cards.append(
+        _card("distinct-2", f"{t['distinct_2']:.3f}", f"baseline {base['distinct_2']:.3f}" if base else "")
+    )
+    cards.append(
+        _card(
+            "repetition (3-gram ×3)",
+            f"{t['repetition']:.1%}",
+            f"baseline {base['repetition']:.1%}" if base else "",
+            "bad" if t["repetition"] > 0.1 else "",
+        )
+    )
+    cards.append(
+        _card(
+            "length (tokens)",
+            f"{t['length_mean']:.1f}",
+            (f"baseline {base['length_mean']:.1f}; " if base else "") + f"truncated {t['truncated']:.0%}",
+        )
+    )
+    return '<div class="cards">' + "".join(cards) + "</div>"
+
+
+def _samples_table(samples: Sequence[dict[str, Any]], num_examples: int) -> str:
+    first = [s for s in samples if s.get("sample", 0) == 0][:num_examples]
+    if not first:
+        return ""
+    with_baseline = "baseline" in first[0]
+    head = "<tr><th>prompt</th>"
+    head += "<th>baseline</th><th>reward</th>" if with_baseline else ""
+    head += "<th>policy</th><th>reward</th>" + ("<th>KL</th>" if "kl" in first[0] else "") + "</tr>"
+    rows = []
+    for s in first:
+        prompt = s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1].get("content", "")
+        cells = f'<td class="t">{html.escape(str(prompt))}</td>'
+        if with_baseline:
+            cells += f'<td class="t">{html.escape(s["baseline"])}</td><td class="r">{s["baseline_reward"]:+.3f}</td>'
+        cells += f'<td class="t">{html.escape(s["policy"])}</td><td class="r">{s["policy_reward"]:+.3f}</td>'
+        if "kl" in s:
+            cells += f'<td class="r">{s["kl"]:.2f}</td>'
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def render_report(
+    summary: dict[str, Any],
+    samples: Sequence[dict[str, Any]],
+    metrics: Sequence[dict[str, Any]],
+    lengths: dict[str, list[float]],
+    num_examples: int = 12,
+) -> str:
+    """The HTML of ``report.html`` (module docstring) from what :func:`rlxf.eval.evaluate.evaluate` found."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: draw into memory
+
+    figures = []
+    curves = training_curves(metrics)
+    if curves:
+        figures.append(
+            (curves, f"Training run {summary.get('run')}: reward and KL per step (metrics.jsonl).")
+        )
+    frontier = reward_vs_kl(metrics, summary)
+    if frontier:
+        figures.append(
+            (frontier, "Reward against KL: each nat of drift from the reference, and what it bought.")
+        )
+    length_plot = histograms(lengths, "completion length (tokens)", "length")
+    if length_plot:
+        figures.append((length_plot, "Completion lengths, before (baseline) and after (policy).", ""))
+    rewards = {"policy": [s["policy_reward"] for s in samples]}
+    if samples and "baseline_reward" in samples[0]:
+        rewards = {"baseline": [s["baseline_reward"] for s in samples], **rewards}
+    reward_plot = histograms(rewards, "reward", "reward per completion")
+    if reward_plot:
+        figures.append((reward_plot, "Rewards of every held-out completion, before and after.", ""))
+    plots = "".join(
+        f'<figure class="{css}"><img alt="{html.escape(caption)}" src="{uri}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for uri, caption, css in figures
+    )
+    title = "rlxf evaluation"
+    who = f"policy {summary['policy']}" + (
+        f" vs baseline {summary['baseline']}" if summary.get("baseline") else ""
+    )
+    meta = (
+        f"{summary['num_prompts']} held-out prompts from {summary['prompts']} × {summary['samples_per_prompt']} "
+        f"samples; precision {summary['precision']}; {summary['wall_time_s']:.0f} s"
+    )
+    note = f'<p class="sub">{html.escape(summary["note"])}</p>' if summary.get("note") else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{STYLE}</style></head>
+<body><main>
+<h1>{title}</h1><p class="sub">{html.escape(who)}<br>{html.escape(meta)}</p>{note}
+{_cards(summary)}
+<h2>Plots</h2><div class="plots">{plots}</div>
+<h2>Samples (first sample of each prompt)</h2>
+{_samples_table(samples, num_examples)}
+</main></body></html>
+"""
+
+
+__all__ = ["read_metrics", "render_report"]
