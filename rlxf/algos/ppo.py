@@ -118,7 +118,7 @@ from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_i
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
 from rlxf.train.loop import Precision, resolve_precision, weight_dtype
-from rlxf.train.optim import ScheduleKind, build_scheduler, param_groups
+from rlxf.train.optim import ScheduleKind, adamw, build_scheduler, param_groups
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
@@ -486,7 +486,7 @@ class RLTrainer:
             for group in param_groups(critic_module, cfg.weight_decay):
                 group["lr"] = cfg.critic.learning_rate or cfg.learning_rate
                 groups.append(group)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        self.optimizer = adamw(groups, lr=cfg.learning_rate)
         total_updates = cfg.num_steps * cfg.updates_per_step
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_schedule, cfg.warmup_steps, total_updates)
         self.kl_ctl = (
