@@ -25,8 +25,10 @@ the source, the completion and its prompt: a broken reward never silently become
 does to the rewards of a batch before computing advantages: a penalty for completions cut off at the token
 limit, normalisation (per batch or running) and clipping.
 
-Left out: per-token (process) rewards, pairwise (A vs B) judges, passing dataset columns besides prompts
-and completions to ``fn:`` sources, concurrent HTTP requests, and caching scores of repeated completions.
+Pairwise (A vs B) judges live in :mod:`rlxf.feedback.judge`, which shares :func:`next_token_probs`.
+
+Left out: per-token (process) rewards, passing dataset columns besides prompts and completions to ``fn:``
+sources, concurrent HTTP requests, and caching scores of repeated completions.
 """
 
 from __future__ import annotations
@@ -313,6 +315,40 @@ def digit_token_ids(tokenizer: Any) -> list[list[int]]:
     return ids
 
 
+@torch.no_grad()
+def next_token_probs(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    token_groups: Sequence[Sequence[int]],
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """``[N, K]``: for each text, the probability that the model's next token is one of ``token_groups[k]``
+    (the summed probabilities of that group's ids), read from one forward pass per batch of texts.
+
+    The pointwise judge reads the digits 1..9 with it and the pairwise judge (:mod:`rlxf.feedback.judge`)
+    the letters A and B. Texts are encoded as prompts (:func:`~rlxf.data.encode_prompt`) and left-padded.
+    """
+    device = next(model.parameters()).device
+    rows = [encode_prompt(tokenizer, text) for text in texts]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        # Left padding puts every row's last token in the last column, where the next token is read.
+        input_ids = pad(batch, int(tokenizer.pad_token_id), "left").to(device)  # [b, T]
+        lengths = torch.tensor([len(r) for r in batch], device=device)
+        width = input_ids.shape[1]
+        mask = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]  # [b, T]
+        # Positions count from each row's first real token, so a padded row is read as if unpadded.
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=input_ids, attention_mask=mask.long(), position_ids=positions, use_cache=False
+        ).logits[:, -1, :]  # [b, V]
+        probs = logits.float().softmax(dim=-1)
+        out.append(torch.stack([probs[:, list(ids)].sum(dim=-1) for ids in token_groups], dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(token_groups))
+
+
 @dataclass
 class JudgeRatings:
     """A judge's ratings of N completions: ``probs`` ``[N, 9]`` (P(rating = 1..9), renormalised over the
@@ -367,31 +403,13 @@ class JudgeScorer:
             return rubric + JUDGE_PLAIN_SUFFIX
         return render_chat([{"role": "user", "content": rubric}], self.tokenizer, add_generation_prompt=True)
 
-    @torch.no_grad()
     def rate(self, prompts: Sequence[str], completions: Sequence[str]) -> JudgeRatings:
         """The judge's ratings of ``completions[i]`` as answers to ``prompts[i]``."""
-        device = next(self.model.parameters()).device
-        rows = [encode_prompt(self.tokenizer, self.render(p, c)) for p, c in zip(prompts, completions)]
-        digit_probs, mass = [], []
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            # Left padding puts every row's last token in the last column, where the next token is read.
-            input_ids = pad(batch, int(self.tokenizer.pad_token_id), "left").to(device)  # [b, T]
-            lengths = torch.tensor([len(r) for r in batch], device=device)
-            width = input_ids.shape[1]
-            mask = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]  # [b, T]
-            # Positions count from each row's first real token, so a padded row is read as if unpadded.
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(
-                input_ids=input_ids, attention_mask=mask.long(), position_ids=positions, use_cache=False
-            ).logits[:, -1, :]  # [b, V]
-            probs = logits.float().softmax(dim=-1)
-            # P(digit d) sums the probabilities of the tokens that spell d ("7" and " 7")
-            per_digit = torch.stack([probs[:, ids].sum(dim=-1) for ids in self.digit_ids], dim=-1)  # [b, 9]
-            digit_probs.append(per_digit.cpu())
-            mass.append(per_digit.sum(dim=-1).cpu())
-        confidence = torch.cat(mass)  # [N]
-        renormalised = torch.cat(digit_probs) / confidence[:, None]  # [N, 9]
+        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
+        # P(digit d) sums the probabilities of the tokens that spell d ("7" and " 7")
+        per_digit = next_token_probs(self.model, self.tokenizer, texts, self.digit_ids, self.batch_size)
+        confidence = per_digit.sum(dim=-1)  # [N]
+        renormalised = per_digit / confidence[:, None]  # [N, 9]
         expected = renormalised @ torch.arange(1, 10, dtype=renormalised.dtype)
         return JudgeRatings(probs=renormalised, expected=expected, confidence=confidence)
 
