@@ -172,6 +172,23 @@ def _commands() -> list[Command]:
     from rlxf.algos.reward_model import RewardTrainConfig, reward_train
     from rlxf.algos.sft import SFTConfig, sft
     from rlxf.demo import DemoConfig
+    from rlxf.eval.evaluate import EvalConfig, evaluate
+    from rlxf.feedback.judge import JudgeConfig, judge
+    from rlxf.feedback.label.commands import (
+        LabelExportConfig,
+        LabelProjectCreateConfig,
+        LabelPushConfig,
+        LabelServeConfig,
+        LabelUserAddConfig,
+        label_export,
+        label_project_create,
+        label_push,
+        label_serve,
+        label_user_add,
+    )
+    from rlxf.feedback.simulate import SimulateConfig, simulate
+    from rlxf.pipeline import PipelineConfig, run_pipeline
+    from rlxf.rollout.candidates import SampleConfig, sample_candidates
     from rlxf.rollout.generate import GenerateConfig
 
     model_flags = [
@@ -211,6 +228,17 @@ def _commands() -> list[Command]:
         Flag(("--data",), "data", "data file"),
         Flag(("--batch-size",), "batch_size", "inputs per forward pass", int),
         Flag(("--device",), "device", "auto, cpu or cuda"),
+    ]
+    label_project_flags = [
+        Flag(("--db",), "db", "database URL (sqlite:///FILE, postgresql://...) or SQLite path"),
+        Flag(("--name",), "name", "project name (unique)"),
+        Flag(("--kind",), "kind", "pairwise, ranking or rating"),
+        Flag(("--labels-per-item",), "labels_per_item", "answers each item needs (k)", int),
+        Flag(("--guidelines",), "guidelines", "text file of guidelines for labellers"),
+        Flag(("--aspect",), "aspects", "rating aspect (repeat for several)", repeat=True),
+        Flag(("--scale",), "scale", "ratings run 1..N", int),
+        Flag(("--ask-reason",), "ask_reason", "off, optional or required"),
+        Flag(("--member",), "members", "username allowed to label (repeat for several)", repeat=True),
     ]
     return [
         Command(
@@ -318,11 +346,200 @@ def _commands() -> list[Command]:
                 Flag(("--precision",), "precision", "auto, fp32, bf16-mixed or bf16"),
             ],
         ),
+        Command(
+            "sample",
+            "Sample n responses per prompt and group them (pairs by default) into candidates records for feedback.",
+            SampleConfig,
+            _run_returning(sample_candidates),
+            [
+                *model_flags,
+                Flag(("--prompts",), "prompts", "prompts file"),
+                Flag(("--prompts-split",), "prompts_split", "use only prompt records with this `split`"),
+                Flag(("--group",), "group", "responses per candidates record (2: pairs)", int),
+                Flag(("-n", "--num-samples"), "sampling.n", "completions per prompt", int),
+                Flag(("--max-new-tokens",), "sampling.max_new_tokens", "most tokens per completion", int),
+                Flag(("--max-prompts",), "max_prompts", "sample for the first N prompts only", int),
+                Flag(("--out",), "out", "output folder"),
+                Flag(("--overwrite",), "overwrite", "replace the samples already in --out", switch=True),
+                Flag(("--seed",), "seed", "sampling seed", int),
+            ],
+        ),
+        Command(
+            "run",
+            "Run a pipeline FILE.yaml (sample -> feedback -> reward model -> RL or DPO -> eval); re-running "
+            "continues where it stopped. Exit status 3: a labelling stage waits for people.",
+            PipelineConfig,
+            run_pipeline,
+            [Flag(("--stop-after",), "stop_after", "run the stages up to this one, then stop")],
+        ),
+        Command(
+            "eval",
+            "Compare a policy with its baseline on held-out prompts: reward, KL, win rate, fluency, "
+            "diversity; writes summary.json and report.html.",
+            EvalConfig,
+            _run_returning(evaluate),
+            [
+                Flag(("--model",), "model.name_or_path", "the policy: model reference or rlxf run folder"),
+                Flag(
+                    ("--baseline",), "baseline", "model to compare with (default: the run's starting model)"
+                ),
+                Flag(("--prompts",), "prompts", "held-out prompts file"),
+                Flag(("--prompts-split",), "prompts_split", "use only prompt records with this `split`"),
+                Flag(
+                    ("--reward",),
+                    "reward",
+                    "gold reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL",
+                ),
+                Flag(
+                    ("--win-reward",), "win_reward", "reward spec deciding the win rate (default: --reward)"
+                ),
+                Flag(("--run",), "run", "training run folder whose metrics the report plots"),
+                Flag(("--out",), "out", "output folder"),
+                Flag(("--overwrite",), "overwrite", "replace the evaluation already in --out", switch=True),
+                Flag(("--seed",), "seed", "sampling seed", int),
+                Flag(("-n", "--num-samples"), "sampling.n", "completions per prompt", int),
+                Flag(("--max-new-tokens",), "sampling.max_new_tokens", "most tokens per completion", int),
+                Flag(("--max-prompts",), "max_prompts", "evaluate the first N prompts only", int),
+                Flag(("--precision",), "precision", "auto, fp32 or bf16-mixed"),
+                Flag(("--device",), "model.device", "auto, cpu or cuda"),
+            ],
+        ),
+        Command(
+            "judge",
+            "AI feedback: a judge model compares response pairs (both orders) or rates responses from a rubric.",
+            JudgeConfig,
+            _run_returning(judge),
+            [
+                Flag(
+                    ("--data",),
+                    "data",
+                    "candidates JSONL ({prompt, responses: [a, b]}) or a preferences file",
+                ),
+                Flag(("--out",), "out", "output folder"),
+                Flag(("--overwrite",), "overwrite", "replace the judge output already in --out", switch=True),
+                Flag(("--mode",), "mode", "pairwise or pointwise"),
+                Flag(
+                    ("--model",), "model.name_or_path", "judge model: registry name, HF folder or .gguf file"
+                ),
+                Flag(("--device",), "model.device", "auto, cpu or cuda"),
+                Flag(("--dtype",), "model.dtype", "precision: auto, float32, bfloat16, float16"),
+                Flag(("--judge-url",), "judge_url", "OpenAI-compatible API base URL (http://host:port/v1)"),
+                Flag(("--judge-model",), "judge_model", "model name sent to --judge-url"),
+                Flag(("--template",), "template", "rubric file with {prompt} {response_a} {response_b}"),
+                Flag(("--reasoning",), "reasoning", "write a rationale before the verdict", switch=True),
+                Flag(("--min-confidence",), "min_confidence", "drop pairs below this confidence", float),
+                Flag(("--labels",), "labels", "preferences file of labels to measure agreement against"),
+                Flag(("--limit",), "limit", "judge only the first N records", int),
+                Flag(("--batch-size",), "batch_size", "judge inputs per forward pass", int),
+            ],
+        ),
+        Command(
+            "simulate",
+            "Simulated annotators: label pairs with an oracle reward plus label noise and position bias.",
+            SimulateConfig,
+            _run_returning(simulate),
+            [
+                Flag(
+                    ("--data",),
+                    "data",
+                    "candidates JSONL ({prompt, responses: [a, b]}) or a preferences file",
+                ),
+                Flag(
+                    ("--reward",),
+                    "reward",
+                    "the oracle: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL",
+                ),
+                Flag(("--out",), "out", "output folder"),
+                Flag(("--overwrite",), "overwrite", "replace the output already in --out", switch=True),
+                Flag(("--mode",), "mode", "pairwise or pointwise"),
+                Flag(
+                    ("--noise",), "noise", "flip probability (repeat: one per annotator)", float, repeat=True
+                ),
+                Flag(
+                    ("--position-bias",),
+                    "position_bias",
+                    "probability of picking the first-shown response (repeat: one per annotator)",
+                    float,
+                    repeat=True,
+                ),
+                Flag(("--annotators",), "annotators", "annotators in the pool", int),
+                Flag(("--labels",), "labels", "preferences file of labels to measure agreement against"),
+                Flag(("--limit",), "limit", "label only the first N records", int),
+                Flag(("--seed",), "seed", "random seed", int),
+            ],
+        ),
+        Command(
+            "label serve",
+            "Serve the labelling web app (migrates the database first).",
+            LabelServeConfig,
+            _run_returning(label_serve),
+            [
+                Flag(("--db",), "db", "database URL (sqlite:///FILE, postgresql://...) or SQLite path"),
+                Flag(("--host",), "host", "address to listen on"),
+                Flag(("--port",), "port", "TCP port", int),
+            ],
+        ),
+        Command(
+            "label user add",
+            "Create a labeller (or, with --admin, an admin) account.",
+            LabelUserAddConfig,
+            _run_returning(label_user_add),
+            [
+                Flag(("--db",), "db", "database URL (sqlite:///FILE, postgresql://...) or SQLite path"),
+                Flag(("--username",), "username", "account name"),
+                Flag(("--password-file",), "password_file", "file whose first line is the password"),
+                Flag(("--password",), "password", "the password (prefer --password-file)"),
+                Flag(("--admin",), "admin", "make the account an admin", switch=True),
+            ],
+        ),
+        Command(
+            "label project create",
+            "Create a labelling project from a candidates JSONL file ({prompt, responses: [...]} per line).",
+            LabelProjectCreateConfig,
+            _run_returning(label_project_create),
+            label_project_flags + [Flag(("--data",), "data", "candidates JSONL file")],
+        ),
+        Command(
+            "label push",
+            "Create a labelling project from a model's responses to prompts (n per prompt).",
+            LabelPushConfig,
+            _run_returning(label_push),
+            label_project_flags
+            + [
+                Flag(
+                    ("--model",),
+                    "model.name_or_path",
+                    "model reference: registry name, HF folder or .gguf file",
+                ),
+                Flag(("--device",), "model.device", "auto, cpu or cuda"),
+                Flag(("--prompts",), "prompts", "prompts file"),
+                Flag(("-n", "--num-samples"), "sampling.n", "responses per prompt", int),
+                Flag(("--max-new-tokens",), "sampling.max_new_tokens", "most tokens per response", int),
+                Flag(("--temperature",), "sampling.temperature", "sampling temperature (0 = greedy)", float),
+                Flag(("--seed",), "seed", "random seed", int),
+            ],
+        ),
+        Command(
+            "label export",
+            "Export a project's answers: preferences (majority / Bradley-Terry), ratings (mean) or raw.",
+            LabelExportConfig,
+            _run_returning(label_export),
+            [
+                Flag(("--db",), "db", "database URL (sqlite:///FILE, postgresql://...) or SQLite path"),
+                Flag(("--project",), "project", "project name"),
+                Flag(("--format",), "format", "preferences, ratings or raw"),
+                Flag(("--out",), "out", "JSONL file to write"),
+                Flag(("--min-labels",), "min_labels", "skip items with fewer answers (default k)", int),
+            ],
+        ),
     ]
 
 
 GROUP_HELP = {
-    "reward": "Reward models: train one from preferences or ratings, evaluate it, score data with it."
+    "label": "The labelling web app: people judge model outputs; accounts, projects, export.",
+    "label user": "Accounts of the labelling app.",
+    "label project": "Labelling projects.",
+    "reward": "Reward models: train one from preferences or ratings, evaluate it, score data with it.",
 }
 
 
@@ -336,22 +553,27 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     groups: dict[str, Any] = {}
     for command in _commands():
-        if " " in command.name:  # a grouped command: `rlxf reward train`
-            group = command.name.split()[0]
+        # A grouped command (`rlxf reward train`, `rlxf label user add`) goes under its group(s).
+        *path, _ = command.name.split()
+        parent = subparsers
+        for depth in range(len(path)):
+            group = " ".join(path[: depth + 1])
             if group not in groups:
-                group_parser = subparsers.add_parser(
-                    group, help=GROUP_HELP[group], description=GROUP_HELP[group]
+                group_parser = parent.add_parser(
+                    path[depth], help=GROUP_HELP[group], description=GROUP_HELP[group]
                 )
                 group_parser.set_defaults(command=None)
                 groups[group] = group_parser.add_subparsers(title=f"{group} commands", metavar="COMMAND")
-            _add_command(groups[group], command)
-        else:
-            _add_command(subparsers, command)
+            parent = groups[group]
+        _add_command(parent, command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-") and "=" not in argv[1]:
+        argv = ["run", "--config", *argv[1:]]  # `rlxf run FILE.yaml` is `rlxf run --config FILE.yaml`
     args, extras = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()

@@ -107,3 +107,7 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+# The labelling app's database fixtures (a throwaway PostgreSQL server; SQLite and PostgreSQL URLs).
+from pg import label_db, postgres_server  # noqa: E402, F401

@@ -311,6 +311,16 @@ def rating_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
+def test_an_empty_completion_is_scored_as_the_prompt_and_eos(preference_run):
+    """A policy that stops at once wrote nothing: a real output, scored (prompt + EOS), not a data error."""
+    root, _, _ = preference_run
+    rm = RewardModel.load(root / "run", dtype="float32")
+    prompt = "Review 3: the meal was"
+    empty, spaces, words = rm.score([prompt] * 3, ["", "  ", " calm yes"]).reward.tolist()
+    assert math.isfinite(empty) and empty == spaces
+    assert empty != words
+
+
 def test_ratings_with_two_aspects(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "ratings.jsonl", rating_records(64))
     cfg = config(

@@ -258,12 +258,12 @@ def render_report(
     curves = training_curves(metrics)
     if curves:
         figures.append(
-            (curves, f"Training run {summary.get('run')}: reward and KL per step (metrics.jsonl).")
+            (curves, f"Training run {summary.get('run')}: reward and KL per step (metrics.jsonl).", "wide")
         )
     frontier = reward_vs_kl(metrics, summary)
     if frontier:
         figures.append(
-            (frontier, "Reward against KL: each nat of drift from the reference, and what it bought.")
+            (frontier, "Reward against KL: each nat of drift from the reference, and what it bought.", "")
         )
     length_plot = histograms(lengths, "completion length (tokens)", "length")
     if length_plot:

@@ -339,6 +339,14 @@ class RewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         sequences = []
         for prompt, completion in zip(prompts, completions):
+            if isinstance(completion, str) and not completion.strip():
+                # A policy may stop at once (EOS first) or write only spaces: a real output to score, not a
+                # malformed record. The model reads the prompt and the closing EOS.
+                record = validate_record({"prompt": prompt}, "prompts")
+                ids = prompt_token_ids(record, self.tokenizer, self.chat_template)
+                eos = eos_token_id(self.tokenizer)
+                sequences.append(_fit(ids, self.max_length, self.truncation, "completion", eos))
+                continue
             record = validate_record({"prompt": prompt, "completion": completion}, "sft")
             sequences.append(self.encode(record)["input_ids"])
         return self.score_ids(sequences)

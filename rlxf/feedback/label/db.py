@@ -1,0 +1,221 @@
+"""The labelling app's database: SQLAlchemy 2 models, engines for SQLite or PostgreSQL, and migrations.
+
+Tables (one class each below): ``users``, ``sessions`` (login sessions: a hashed token, a CSRF token, an
+expiry), ``projects`` (settings of one labelling job), ``project_members`` (which labellers may work on
+which project), ``items`` (one prompt with its candidate responses), ``display_orders`` (the random order
+in which one labeller sees one item's responses, stored the first time the item is served) and
+``answers`` (one labeller's raw answer to one item; ``client_id`` unique, the idempotency key; one
+answer per (item, labeller)).
+
+Engines (:func:`make_engine`): a URL such as ``sqlite:///rlxf-label.db`` (the default; a bare path is
+taken as a SQLite file) or ``postgresql+psycopg://user@host/db``. SQLite runs in WAL mode with
+``synchronous=FULL``: a commit has reached the disk (the WAL is fsynced) before it returns, so an answer
+the server acknowledged survives a killed process and even a power cut. Every SQLite transaction starts
+with ``BEGIN IMMEDIATE`` and waits up to ``busy_timeout`` for the write lock: a plain deferred
+transaction that reads and then writes can fail at once with "database is locked" when another writer
+committed in between, which 50 concurrent labellers would hit; taking the lock at the start makes
+writers queue instead. (Readers in WAL mode are never blocked by the writer.)
+
+Schema changes go through Alembic (``migrations/`` beside this file, configured from code, no ini file):
+:func:`init_db` upgrades a database to the newest revision; the ``serve`` command calls it at start.
+Left out: downgrades beyond the initial revision, and read replicas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from rlxf.feedback.label.schema import DEFAULT_DB
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for the lock before "database is locked"
+# Connections: enough for FastAPI's 40 worker threads plus a margin (PostgreSQL allows 100 by default).
+POOL = {"pool_size": 10, "max_overflow": 50}
+
+
+def utcnow() -> dt.datetime:
+    """Now in UTC, as a naive datetime: every timestamp column holds UTC without a zone (the same on
+    SQLite, which keeps no zone, and PostgreSQL's ``timestamp``)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2 encoded hash (rlxf.feedback.label.auth)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginSession(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the cookie's token
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # pairwise, ranking or rating (schema.KINDS)
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    labels_per_item: Mapped[int] = mapped_column(Integer, default=1)
+    aspects: Mapped[list[str]] = mapped_column(JSON)  # rating aspects (["overall"] for other kinds)
+    scale: Mapped[int] = mapped_column(Integer, default=5)  # ratings are 1..scale
+    ask_reason: Mapped[str] = mapped_column(
+        String(20), default="optional"
+    )  # off, optional or required (schema.ASK_REASON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("project_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # 0-based line of the input file
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the input's "id"
+    prompt: Mapped[str] = mapped_column(Text)
+    responses: Mapped[list[str]] = mapped_column(JSON)  # in the input's (original) order
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class DisplayOrder(Base):
+    """``permutation[slot]`` is the original index of the response a labeller sees in display slot ``slot``."""
+
+    __tablename__ = "display_orders"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    permutation: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Answer(Base):
+    """One labeller's answer to one item, kept raw (display slots, as sent) and mapped to original indices.
+
+    ``raw`` is the body as sent (``{"choice": "A"}``, ``{"ranking": [1, 0]}`` or ``{"ratings": [...]}``,
+    slots in display order); ``value`` the same answer in original response indices: pairwise
+    ``{"choice": 0 | 1 | "tie" | "both_bad"}``, ranking ``{"ranking": [index, ...]}`` best first, rating
+    ``{"ratings": [{aspect: n}, ...]}`` one dict per original response.
+    """
+
+    __tablename__ = "answers"
+    __table_args__ = (
+        UniqueConstraint("item_id", "user_id"),
+        Index("ix_answers_project_user", "project_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    display_order: Mapped[list[int]] = mapped_column(JSON)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def database_url(db: str) -> str:
+    """A SQLAlchemy URL from ``--db``: a URL as given, a bare path as a SQLite file
+    (``postgresql://`` gets the psycopg 3 driver, the one the ``label`` extra installs)."""
+    if "://" not in db:
+        return f"sqlite:///{db}"
+    if db.startswith("postgresql://") or db.startswith("postgres://"):
+        return "postgresql+psycopg://" + db.split("://", 1)[1]
+    return db
+
+
+def make_engine(db: str = DEFAULT_DB) -> Engine:
+    """An engine for ``db`` (see :func:`database_url`); SQLite files get WAL, FULL sync, immediate
+    transactions and a busy timeout (module docstring)."""
+    url = make_url(database_url(db))
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, **POOL)
+    if url.database in (None, "", ":memory:"):
+        raise ValueError(
+            f"--db {db}: give a SQLite file (sqlite:///path.db); an in-memory database loses every answer"
+        )
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling off, so that the "begin" hook below decides how they start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    # expire_on_commit=False: objects stay readable after the commit that acknowledged them.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Any = None) -> Any:
+    """Alembic's configuration, built in code (no alembic.ini): the scripts in ``migrations/``; the
+    ``connection`` to migrate is handed to ``migrations/env.py`` through ``attributes``."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def init_db(engine: Engine) -> None:
+    """Create or upgrade the database to the newest schema (Alembic ``upgrade head``); idempotent."""
+    from alembic import command
+
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "head")

@@ -1,0 +1,119 @@
+// The labelling app's JSON API client, shared by every page: fetch with the session cookie and the CSRF
+// header, errors turned into readable messages, the login check and logout.
+// It leaves out retries: the labelling page decides what to retry (label.js), other pages show the error.
+
+/** An API call that did not succeed. status 0 means the server could not be reached at all. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+
+  /** True when sending the same request again later may succeed: no answer, a timeout or a 5xx. */
+  get retryable() {
+    return this.status === 0 || this.status === 408 || this.status === 429 || this.status >= 500;
+  }
+}
+
+// The session's CSRF token (from /api/login or /api/me); sent on every state-changing request.
+let csrfToken = null;
+
+/** Turns FastAPI's `detail` (a string, or a list of validation errors) into one readable line. */
+export function describeDetail(data, status) {
+  const detail = data && typeof data === "object" ? data.detail : data;
+  if (typeof detail === "string" && detail) return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((error) => {
+        // loc is e.g. ["body", "choice"]: name the field, not where FastAPI found it.
+        const loc = Array.isArray(error.loc) ? error.loc.filter((part) => part !== "body").join(".") : "";
+        return loc ? `${loc}: ${error.msg}` : String(error.msg || JSON.stringify(error));
+      })
+      .join("; ");
+  }
+  if (detail && typeof detail === "object") return JSON.stringify(detail);
+  return `the server answered ${status}`;
+}
+
+/**
+ * Sends one JSON request and returns {status, data}; data is null for 204. Throws ApiError on a network
+ * failure (status 0) or any status outside 200..299.
+ */
+export async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && method !== "HEAD" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  let response;
+  let text;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    // Reading the body can fail too when the connection drops half-way.
+    text = await response.text();
+  } catch (error) {
+    throw new ApiError(0, "The server cannot be reached (network error).");
+  }
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch (error) {
+      data = text;
+    }
+  }
+  if (!response.ok) throw new ApiError(response.status, describeDetail(data, response.status));
+  return { status: response.status, data };
+}
+
+/** The login page for coming back to the current page afterwards. */
+export function loginUrl() {
+  return `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+}
+
+/**
+ * The logged-in user ({user, csrf_token}); remembers the CSRF token. Not logged in: goes to the login page
+ * and never resolves, so the calling page stops there.
+ */
+export async function requireLogin() {
+  try {
+    const { data } = await api("GET", "/api/me");
+    csrfToken = data.csrf_token;
+    return data;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      location.assign(loginUrl());
+      return new Promise(() => {});
+    }
+    throw error;
+  }
+}
+
+/** Fetches the CSRF token again (after a 403 that may come from a session renewed in another tab). */
+export async function refreshCsrf() {
+  const { data } = await api("GET", "/api/me");
+  csrfToken = data.csrf_token;
+  return data;
+}
+
+/** Logs in; returns {user, csrf_token}. */
+export async function login(username, password) {
+  const { data } = await api("POST", "/api/login", { username, password });
+  csrfToken = data.csrf_token;
+  return data;
+}
+
+/** Ends the session and goes to the login page. */
+export async function logout() {
+  try {
+    await api("POST", "/api/logout");
+  } finally {
+    csrfToken = null;
+    location.assign("/login");
+  }
+}

@@ -1,0 +1,137 @@
+"""``rlxf sample``: responses to be judged, in the candidates format the feedback stages read.
+
+The first stage of the feedback loop: the policy samples ``n`` completions per prompt, and every ``group``
+consecutive completions of a prompt become one candidates record ``{"prompt", "responses": [...], "id"}``
+(``group: 2`` gives the pairs that ``rlxf simulate``, ``rlxf judge`` and a pairwise labelling project
+compare; a larger group suits ranking). ``n`` must be a multiple of ``group``.
+
+Writes ``candidates.jsonl`` and then ``summary.json`` (counts, tokens, seconds; its presence marks the
+stage finished) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlxf.config import option
+from rlxf.data import ChatTemplateMode, check_prompt_lengths, read_data, render_prompt
+from rlxf.models import ModelConfig, load_model
+from rlxf.rollout.engine import SamplingConfig
+from rlxf.rollout.hf import HFEngine
+from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
+from rlxf.train.loop import Precision, resolve_precision
+from rlxf.train.run import config_yaml, print_config
+
+
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(n=2, max_new_tokens=48, batch_size=32)
+
+
+@dataclass
+class SampleConfig:
+    """Options of ``rlxf sample``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: str = option("", help="prompts file (JSONL, CSV, Parquet or a datasets folder)")
+    prompts_split: str | None = option(None, help="use only prompt records whose `split` equals this")
+    max_prompts: int | None = option(None, help="sample for the first N prompts only")
+    chat_template: ChatTemplateMode = option(
+        "auto", help="auto: messages use the chat template, plain prompts are continued raw; always; never"
+    )
+    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    group: int = option(2, help="responses per candidates record (2: pairs); sampling.n must be a multiple")
+    precision: Precision = option("auto", help="auto (bf16-mixed where native), fp32 or bf16-mixed")
+    seed: int = option(0, help="sampling seed")
+    out: str = option("", help="output folder: candidates.jsonl, summary.json, config.yaml")
+    overwrite: bool = option(False, help="replace the samples already in --out")
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("give the prompts: --prompts FILE")
+        if not self.out:
+            raise ValueError("give an output folder: --out DIR")
+        if self.group < 1:
+            raise ValueError(f"group must be >= 1, got {self.group}")
+        if self.sampling.n % self.group:
+            raise ValueError(f"sampling.n ({self.sampling.n}) must be a multiple of group ({self.group})")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
+        if self.precision == "bf16":
+            raise ValueError("precision bf16 (pure bf16 weights) is for training; use bf16-mixed or fp32")
+
+
+def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
+    """Run ``rlxf sample`` (module docstring); returns the summary it wrote."""
+    stream = stream if stream is not None else sys.stderr
+    started = time.monotonic()
+    print_config(cfg, "rlxf sample", stream=stream)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds samples; choose another --out or pass overwrite=true")
+    records = read_data(cfg.prompts, kind="prompts")  # a bad record stops here, before the model loads
+    if cfg.prompts_split is not None:
+        keep = [i for i, r in enumerate(records.records) if r.get("split") == cfg.prompts_split]
+        if not keep:
+            raise ValueError(f"{cfg.prompts}: no record has split == {cfg.prompts_split!r}")
+        records = records.select(keep)
+    if cfg.max_prompts is not None:
+        records = records.select(range(min(cfg.max_prompts, len(records))))
+
+    model, tokenizer = load_model(cfg.model)
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None:
+        limit = context - cfg.sampling.max_new_tokens
+        why = f"the model's context ({context}) minus max_new_tokens ({cfg.sampling.max_new_tokens})"
+        check_prompt_lengths(records, tokenizer, limit, cfg.chat_template, why=why)
+    texts = [render_prompt(r, tokenizer, cfg.chat_template) for r in records.records]
+    with (
+        torch.no_grad(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"),
+    ):
+        batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed, progress=True)
+
+    n, group = cfg.sampling.n, cfg.group
+    rows = []
+    for i, record in enumerate(records.records):
+        prompt = record.get("messages", record.get("prompt"))
+        for g in range(n // group):
+            first = i * n + g * group
+            rows.append(
+                {
+                    "id": f"{i}-{g}",
+                    "prompt": prompt,
+                    "responses": list(batch.completions[first : first + group]),
+                    "meta": {"finish_reasons": list(batch.finish_reasons[first : first + group])},
+                }
+            )
+    tokens = int(batch.completion_mask.sum())
+    summary = {
+        "model": cfg.model.name_or_path,
+        "prompts": len(texts),
+        "records": len(rows),
+        "completions": len(batch),
+        "completion_tokens": tokens,
+        "truncated": sum(r == "length" for r in batch.finish_reasons) / len(batch),
+        "precision": precision,
+        "wall_time_s": round(time.monotonic() - started, 3),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", config_yaml(cfg))
+    write_jsonl_atomic(out / "candidates.jsonl", rows)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # last: marks it finished
+    print(f"{len(rows)} candidates records ({len(batch)} completions, {tokens} tokens) in {out}", file=stream)
+    return summary
+
+
+__all__ = ["SampleConfig", "sample_candidates"]

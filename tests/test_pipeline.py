@@ -1,0 +1,221 @@
+"""`rlxf run` (rlxf/pipeline.py): the whole loop on a tiny model, re-runs, a kill mid-RL, failures.
+
+The pipeline: sample pairs -> simulated annotator (a function oracle) -> reward model -> RL (GRPO against
+the learned reward) -> eval. Checked:
+
+* it runs end to end; each stage's folder holds `stage.json`; a second run reuses every stage;
+* a kill (SIGKILL) in the middle of the RL stage, then a re-run: the finished stages are not redone
+  (their files are untouched) and RL resumes from its last checkpoint, then the pipeline finishes;
+* a changed option re-runs that stage and the ones after it, and only those;
+* bad options anywhere stop before the first stage; a failing stage leaves the earlier ones intact;
+* `${NAME}` must name an earlier stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlxf.config import ConfigError, load_config
+from rlxf.pipeline import STAGE_FILE, PipelineConfig, run_pipeline
+
+ORACLE = """
+def score(prompts, completions):
+    return [c.count("e") / max(len(c), 1) for c in completions]
+
+
+def broken(prompts, completions):
+    raise RuntimeError("the scorer is down")
+"""
+
+PROMPTS = [
+    f"Review {i}: the {w} was" for i, w in enumerate(["film", "meal", "room", "book", "tour", "phone"] * 2)
+]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (tmp_path / "oracle.py").write_text(ORACLE)
+    return tmp_path
+
+
+def pipeline(workdir: Path, model: Path, rl_steps: int = 3, eval_seed: int = 0, save_every: int = 0) -> dict:
+    prompts = str(workdir / "prompts.jsonl")
+    tiny_sampling = {"n": 2, "max_new_tokens": 6, "batch_size": 16}
+    return {
+        "out": str(workdir / "loop"),
+        "stages": [
+            {
+                "name": "samples",
+                "kind": "sample",
+                "options": {
+                    "model": {"name_or_path": str(model)},
+                    "prompts": prompts,
+                    "sampling": dict(tiny_sampling),
+                    "precision": "fp32",
+                },
+            },
+            {
+                "name": "feedback",
+                "kind": "simulate",
+                "options": {
+                    "data": "${samples}/candidates.jsonl",
+                    "reward": f"fn:{workdir / 'oracle.py'}:score",
+                    "noise": 0.1,
+                },
+            },
+            {
+                "name": "rm",
+                "kind": "reward",
+                "options": {
+                    "model": {"name_or_path": str(model)},
+                    "data": "${feedback}/preferences.jsonl",
+                    "train": {
+                        "learning_rate": 1e-3,
+                        "global_batch_size": 4,
+                        "micro_batch_size": 4,
+                        "max_steps": 2,
+                        "precision": "fp32",
+                    },
+                },
+            },
+            {
+                "name": "policy",
+                "kind": "rl",
+                "options": {
+                    "model": {"name_or_path": str(model)},
+                    "prompts": prompts,
+                    "reward": "model:${rm}",
+                    "estimator": "grpo",
+                    "sampling": dict(tiny_sampling),
+                    "prompts_per_step": 4,
+                    "num_steps": rl_steps,
+                    "micro_batch_size": 4,
+                    "learning_rate": 1e-2,
+                    "precision": "fp32",
+                    "save_every": save_every,
+                    "reward_options": {"dtype": "float32"},
+                },
+            },
+            {
+                "name": "eval",
+                "kind": "eval",
+                "options": {
+                    "model": {"name_or_path": "${policy}"},
+                    "prompts": prompts,
+                    "reward": f"fn:{workdir / 'oracle.py'}:score",
+                    "sampling": dict(tiny_sampling),
+                    "precision": "fp32",
+                    "seed": eval_seed,
+                },
+            },
+        ],
+    }
+
+
+def write_pipeline(workdir: Path, spec: dict) -> Path:
+    path = workdir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def stage_mtimes(out: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob(f"*/{STAGE_FILE}")}
+
+
+def test_runs_end_to_end_then_reuses_everything(workdir, tiny_model_dir, capsys):
+    cfg = load_config(PipelineConfig, overrides=pipeline(workdir, tiny_model_dir))
+    assert run_pipeline(cfg) == 0
+    out = workdir / "loop"
+    for name in ("samples", "feedback", "rm", "policy", "eval"):
+        assert (out / name / STAGE_FILE).is_file(), name
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["baseline"] == str(tiny_model_dir)  # found from the policy run's config
+    assert (out / "eval" / "report.html").is_file()
+    before = stage_mtimes(out)
+    capsys.readouterr()
+    assert run_pipeline(cfg) == 0
+    assert stage_mtimes(out) == before
+    assert capsys.readouterr().err.count("finished earlier, reusing") == 5
+
+    # A changed eval option runs eval again, and nothing before it.
+    changed = load_config(PipelineConfig, overrides=pipeline(workdir, tiny_model_dir, eval_seed=1))
+    assert run_pipeline(changed) == 0
+    after = stage_mtimes(out)
+    assert after["eval"] != before["eval"]
+    assert {k: v for k, v in after.items() if k != "eval"} == {k: v for k, v in before.items() if k != "eval"}
+
+
+def test_kill_during_rl_then_rerun_resumes_it_and_keeps_the_rest(workdir, tiny_model_dir):
+    spec = pipeline(workdir, tiny_model_dir, rl_steps=40, save_every=2)
+    path = write_pipeline(workdir, spec)
+    out = workdir / "loop"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlxf", "run", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = out / "policy" / "checkpoints"
+    deadline = time.monotonic() + 240
+    try:
+        while not (checkpoints / "latest").is_file():
+            assert proc.poll() is None, "the pipeline ended before the RL stage saved a checkpoint"
+            assert time.monotonic() < deadline, "no RL checkpoint within 240 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "policy" / STAGE_FILE).exists()  # killed mid-stage
+    earlier = stage_mtimes(out)
+    assert set(earlier) == {"samples", "feedback", "rm"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rlxf", "run", str(path)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "policy (rl): interrupted earlier, resuming from its last checkpoint" in result.stderr
+    assert "resuming" in result.stderr and "from step-" in result.stderr
+    for name in ("samples", "feedback", "rm"):
+        assert f"{name} (" in result.stderr and stage_mtimes(out)[name] == earlier[name], name
+    summary = json.loads((out / "policy" / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= 2
+    metrics = [json.loads(line) for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics if "reward/mean" in m and "eval/reward/mean" not in m]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # every step logged once, none twice
+    assert (out / "eval" / STAGE_FILE).is_file()
+
+
+def test_bad_options_stop_before_the_first_stage(workdir, tiny_model_dir):
+    spec = pipeline(workdir, tiny_model_dir)
+    spec["stages"][4]["options"]["sampling"]["temprature"] = 0.5  # a typo in the last stage
+    with pytest.raises(ConfigError, match=r"stage eval \(eval\).*temprature"):
+        run_pipeline(load_config(PipelineConfig, overrides=spec))
+    assert not (workdir / "loop" / "samples").exists()
+
+    spec = pipeline(workdir, tiny_model_dir)
+    spec["stages"][2]["options"]["data"] = "${policy}/preferences.jsonl"  # a later stage
+    with pytest.raises(ConfigError, match=r"\$\{policy\} is not an earlier stage"):
+        run_pipeline(load_config(PipelineConfig, overrides=spec))
+
+
+def test_a_failing_stage_stops_the_pipeline_and_keeps_the_earlier_ones(workdir, tiny_model_dir):
+    spec = pipeline(workdir, tiny_model_dir)
+    spec["stages"][1]["options"]["reward"] = f"fn:{workdir / 'oracle.py'}:broken"
+    cfg = load_config(PipelineConfig, overrides=spec)
+    with pytest.raises(Exception, match="the scorer is down"):
+        run_pipeline(cfg)
+    out = workdir / "loop"
+    assert (out / "samples" / STAGE_FILE).is_file()
+    assert not (out / "feedback" / STAGE_FILE).exists()
+    assert not (out / "rm").exists()
