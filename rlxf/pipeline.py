@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlxf.config import ConfigError, load_config, option
+from rlxf.feedback.label.stage import LabelsPending
 from rlxf.train.atomic import write_text_atomic
 from rlxf.train.run import config_yaml, run_status
 
@@ -52,10 +53,6 @@ STAGE_FILE = "stage.json"  # written into a stage's folder once its command retu
 WAITING_FOR_LABELS = 3  # exit status of `rlxf run` while a labelling stage waits for people
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class LabelsPending(Exception):
-    """A labelling stage's project does not have enough labels yet (the message says how many)."""
 
 
 @dataclass

@@ -219,3 +219,61 @@ def test_a_failing_stage_stops_the_pipeline_and_keeps_the_earlier_ones(workdir, 
     assert (out / "samples" / STAGE_FILE).is_file()
     assert not (out / "feedback" / STAGE_FILE).exists()
     assert not (out / "rm").exists()
+
+
+def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, tiny_model_dir, capsys):
+    """sample -> label (a pairwise project people judge in the web app) -> reward model. The first run
+    stops with status 3 at the label stage; once a labeller has judged every pair, a re-run exports the
+    labels and trains the reward model on them."""
+    from fastapi.testclient import TestClient
+
+    from rlxf.feedback.label.app import create_app
+    from rlxf.feedback.label.auth import password_hasher
+    from rlxf.feedback.label.db import init_db, make_engine, make_sessionmaker
+    from rlxf.feedback.label.projects import add_user
+    from rlxf.pipeline import WAITING_FOR_LABELS
+
+    db_url = f"sqlite:///{workdir / 'labels.db'}"
+    engine = make_engine(db_url)
+    init_db(engine)
+    with make_sessionmaker(engine)() as db:
+        add_user(db, password_hasher(cheap=True), "lena", "correct horse", False)
+    engine.dispose()
+
+    spec = pipeline(workdir, tiny_model_dir)
+    samples, _, rm = spec["stages"][0], spec["stages"][1], spec["stages"][2]
+    samples["options"]["max_prompts"] = 4
+    label = {
+        "name": "people",
+        "kind": "label",
+        "options": {
+            "db": db_url,
+            "name": "loop-pairs",
+            "data": "${samples}/candidates.jsonl",
+            "members": ["lena"],
+        },
+    }
+    rm["options"]["data"] = "${people}/preferences.jsonl"
+    spec["stages"] = [samples, label, rm]
+    cfg = load_config(PipelineConfig, overrides=spec)
+    assert run_pipeline(cfg) == WAITING_FOR_LABELS
+    err = capsys.readouterr().err
+    assert "0 of 4 items have 1 label(s)" in err and "Come back when it is labelled" in err
+    assert not (workdir / "loop" / "rm").exists()
+
+    app = create_app(db_url, hasher=password_hasher(cheap=True))
+    client = TestClient(app)
+    login = client.post("/api/login", json={"username": "lena", "password": "correct horse"})
+    csrf = login.json()["csrf_token"]
+    (project,) = client.get("/api/projects").json()
+    for i in range(4):
+        item = client.get(f"/api/projects/{project['id']}/next").json()
+        answer = {"client_id": f"vote-{i}", "choice": "A" if i % 2 else "B"}
+        url = f"/api/projects/{project['id']}/items/{item['item_id']}/answers"
+        assert client.post(url, json=answer, headers={"X-CSRF-Token": csrf}).status_code == 201
+    app.state.engine.dispose()
+
+    assert run_pipeline(cfg) == 0
+    exported = (workdir / "loop" / "people" / "preferences.jsonl").read_text().splitlines()
+    assert len(exported) == 4
+    assert (workdir / "loop" / "rm" / STAGE_FILE).is_file()

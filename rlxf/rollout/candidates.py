@@ -3,7 +3,8 @@
 The first stage of the feedback loop: the policy samples ``n`` completions per prompt, and every ``group``
 consecutive completions of a prompt become one candidates record ``{"prompt", "responses": [...], "id"}``
 (``group: 2`` gives the pairs that ``rlxf simulate``, ``rlxf judge`` and a pairwise labelling project
-compare; a larger group suits ranking). ``n`` must be a multiple of ``group``.
+compare; a larger group suits ranking). ``n`` must be a multiple of ``group``. A group with an empty (or
+whitespace-only) response is left out and counted (``dropped_empty``): the feedback formats need text.
 
 Writes ``candidates.jsonl`` and then ``summary.json`` (counts, tokens, seconds; its presence marks the
 stage finished) into ``--out``.
@@ -103,10 +104,14 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
 
     n, group = cfg.sampling.n, cfg.group
     rows = []
+    empty = 0
     for i, record in enumerate(records.records):
         prompt = record.get("messages", record.get("prompt"))
         for g in range(n // group):
             first = i * n + g * group
+            if any(not text.strip() for text in batch.completions[first : first + group]):
+                empty += 1  # a response that is only whitespace (EOS first) gives labellers nothing to read
+                continue
             rows.append(
                 {
                     "id": f"{i}-{g}",
@@ -120,6 +125,7 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
         "model": cfg.model.name_or_path,
         "prompts": len(texts),
         "records": len(rows),
+        "dropped_empty": empty,
         "completions": len(batch),
         "completion_tokens": tokens,
         "truncated": sum(r == "length" for r in batch.finish_reasons) / len(batch),
