@@ -60,6 +60,7 @@ class Tally:
     """What the labeller threads share: tickets (one per vote still to be cast) and what came back."""
 
     target: int
+    deadline: float  # time.monotonic() after which labellers give up (a stuck server fails the run)
     lock: threading.Lock = field(default_factory=threading.Lock)
     issued: int = 0
     acked: dict[str, int] = field(default_factory=dict)  # client_id -> answer_id
@@ -68,9 +69,16 @@ class Tally:
     failed_attempts: int = 0  # POSTs that got no answer or a 5xx (each was retried)
     errors: list[str] = field(default_factory=list)  # anything unexpected: the run fails
 
+    def past_deadline(self, who: str) -> bool:
+        if time.monotonic() < self.deadline:
+            return False
+        with self.lock:
+            self.errors.append(f"{who}: gave up at the --timeout deadline")
+        return True
+
     def take_ticket(self) -> bool:
         with self.lock:
-            if self.issued >= self.target:
+            if self.issued >= self.target or time.monotonic() >= self.deadline:
                 return False
             self.issued += 1
             return True
@@ -150,10 +158,13 @@ def wait_a_little(attempt: int) -> None:
     time.sleep(min(0.05 * 2**attempt, 1.0))
 
 
-def request_until_answered(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
-    """Sends until the server answers with something other than a 5xx (it may be down, being restarted)."""
+def request_until_answered(
+    client: httpx.Client, tally: Tally, method: str, url: str, **kwargs
+) -> httpx.Response | None:
+    """Sends until the server answers with something other than a 5xx (it may be down, being restarted);
+    None at the deadline."""
     attempt = 0
-    while True:
+    while not tally.past_deadline(f"{method} {url}"):
         try:
             response = client.request(method, url, **kwargs)
             if response.status_code < 500:
@@ -162,6 +173,7 @@ def request_until_answered(client: httpx.Client, method: str, url: str, **kwargs
             pass
         attempt += 1
         wait_a_little(attempt)
+    return None
 
 
 def labeller(base: str, username: str, project_id: int, tally: Tally, seed_value: int) -> None:
@@ -169,14 +181,18 @@ def labeller(base: str, username: str, project_id: int, tally: Tally, seed_value
     rng = random.Random(seed_value)
     with httpx.Client(base_url=base, timeout=60) as client:
         response = request_until_answered(
-            client, "POST", "/api/login", json={"username": username, "password": PASSWORD}
+            client, tally, "POST", "/api/login", json={"username": username, "password": PASSWORD}
         )
+        if response is None:
+            return
         if response.status_code != 200:
             tally.errors.append(f"{username}: login answered {response.status_code} {response.text}")
             return
         headers = {"X-CSRF-Token": response.json()["csrf_token"]}
         while tally.take_ticket():
-            response = request_until_answered(client, "GET", f"/api/projects/{project_id}/next")
+            response = request_until_answered(client, tally, "GET", f"/api/projects/{project_id}/next")
+            if response is None:
+                return
             if response.status_code == 204:
                 tally.return_ticket()
                 return
@@ -188,7 +204,7 @@ def labeller(base: str, username: str, project_id: int, tally: Tally, seed_value
             body = {"client_id": str(uuid.uuid4()), "choice": rng.choice(CHOICES)}
             url = f"/api/projects/{project_id}/items/{item_id}/answers"
             attempt = 0
-            while True:  # the same body, the same client_id, until the server acknowledges it
+            while not tally.past_deadline("answer POST"):  # the same body and client_id until acknowledged
                 started = time.perf_counter()
                 try:
                     response = client.post(url, json=body, headers=headers)
@@ -251,7 +267,8 @@ def run_phase(name: str, args: argparse.Namespace, workdir: Path, kill_after: in
     project_id = seed(db_url, args.labellers, args.votes)
     server = Server(db_url, args.port or free_port(), workdir / f"{name}-server.log")
     server.start()
-    tally = Tally(target=args.votes)
+    print(f"{name}: server started; {args.labellers} labellers start", flush=True)
+    tally = Tally(target=args.votes, deadline=time.monotonic() + args.timeout)
     threads = [
         threading.Thread(
             target=labeller, args=(server.base, f"labeller{i:03d}", project_id, tally, i), daemon=True
@@ -277,7 +294,11 @@ def run_phase(name: str, args: argparse.Namespace, workdir: Path, kill_after: in
         wall = time.perf_counter() - started
         problems = list(tally.errors)
         latencies_ms = sorted(1000 * s for s in tally.latencies)
-        cuts = statistics.quantiles(latencies_ms, n=100) if len(latencies_ms) > 1 else latencies_ms * 99
+        if len(latencies_ms) < 2:
+            raise SystemExit(
+                f"{name}: only {len(latencies_ms)} votes acknowledged; errors: {tally.errors[:5]}"
+            )
+        cuts = statistics.quantiles(latencies_ms, n=100)
         print(f"{name}: {args.labellers} labellers, {len(tally.acked)} votes acknowledged in {wall:.1f} s")
         print(
             f"  answer POST latency: p50 {cuts[49]:.1f} ms, p95 {cuts[94]:.1f} ms, max {latencies_ms[-1]:.1f} ms;"
@@ -294,8 +315,8 @@ def run_phase(name: str, args: argparse.Namespace, workdir: Path, kill_after: in
     finally:
         server.stop()
     print(f"  checks: {'OK' if not problems else 'FAILED'}")
-    for problem in problems:
-        print(f"  - {problem}")
+    for problem, count in collections.Counter(problems).most_common(10):
+        print(f"  - {problem}" + (f" (x{count})" if count > 1 else ""))
     return problems
 
 
@@ -315,7 +336,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--quick", action="store_true", help="a small run: 10 labellers, 200 votes")
     parser.add_argument("--keep", help="keep the databases and server logs in this folder")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a phase may take (default 600)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    # SIGTERM (e.g. a CI timeout) ends the run through the finally blocks, which stop the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.labellers, args.votes = 10, 200
     kill_after = args.kill_after or args.votes // 2

@@ -34,7 +34,7 @@ on a descheduled thread (on a tiny model, 100x slower), and which side that hits
 
 How the settings are matched (rlxf ``RLConfig`` key = TRL ``GRPOConfig`` argument):
 
-* prompts: the ``train`` openings of ``examples/data/review_openings.jsonl``, raw text, no chat template
+* prompts: the ``train`` openings of ``rlxf/assets/review_openings.jsonl``, raw text, no chat template
   (rlxf ``chat_template=never``; TRL: a ``datasets.Dataset`` with a plain-string ``prompt`` column,
   which TRL tokenises as is); both draw them in ``torch.randperm(280)`` order under seed 0 (rlxf's
   ``step_prompts``, TRL's ``RepeatSampler``), so step k sees the same 16 prompts on both sides for the
@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS_FILE = ROOT / "examples" / "data" / "review_openings.jsonl"
+PROMPTS_FILE = ROOT / "rlxf" / "assets" / "review_openings.jsonl"
 PROMPTS_SPLIT = "train"
 PROMPTS_PER_STEP = 16
 NUM_GENERATIONS = 4

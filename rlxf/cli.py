@@ -257,10 +257,22 @@ def _commands() -> list[Command]:
         ),
         Command(
             "demo",
-            "The embedded default's main job on the default model (SmolLM2-135M-Instruct).",
+            "The main job on the default model: samples -> simulated feedback -> reward model -> PPO -> eval "
+            "and report, on this machine (about 15 minutes on 2 CPU cores).",
             DemoConfig,
             _run_demo,
-            [*model_flags, Flag(("--seed",), "seed", "random seed", int)],
+            [
+                Flag(("--model",), "model", "the policy: registry name, HF folder or .gguf file"),
+                Flag(("--out",), "out", "the demo's folder"),
+                Flag(("--seed",), "seed", "random seed", int),
+                Flag(("--rl-steps",), "rl_steps", "PPO steps", int),
+                Flag(
+                    ("--print-pipeline",),
+                    "print_pipeline",
+                    "print the pipeline as YAML and stop",
+                    switch=True,
+                ),
+            ],
         ),
         Command(
             "sft",
@@ -322,6 +334,7 @@ def _commands() -> list[Command]:
                 Flag(("--device",), "model.device", "auto, cpu or cuda"),
                 Flag(("--lora-r",), "model.lora.r", "LoRA rank (0 = full fine-tuning)", int),
                 Flag(("--prompts",), "prompts", "prompts file"),
+                Flag(("--prompts-split",), "prompts_split", "use only prompt records with this `split`"),
                 Flag(("--eval-prompts",), "eval_prompts", "held-out prompts file"),
                 Flag(
                     ("--reward",),

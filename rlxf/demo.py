@@ -1,27 +1,44 @@
-"""``rlxf demo``: the embedded default's main job on the default model, SmolLM2-135M-Instruct.
+"""``rlxf demo``: the embedded default's main job, the whole loop on SmolLM2-135M-Instruct, on a CPU.
 
-The seed documents' worked example is sentiment RLHF: the model continues the opening of a review and
-learns, from sentiment feedback, to continue it more positively. Until the RL stage lands (issue 4), the
-demo runs the part that exists: it loads the default model (converting its GGUF file once) and samples
-continuations of review openings with the rollout engine, showing per-token log-probs and finish reasons.
+The seed documents' worked example: the model continues the opening of a review ("The pasta at this little
+restaurant ...") and learns, from sentiment feedback, to continue it more positively. The demo runs it
+the way a real RLHF project runs, with every stage a real rlxf command (an :mod:`rlxf.pipeline`):
+
+1. **samples**: the model continues each of the 280 training openings 4 times (two pairs per opening); the
+   first response of a pair is drawn after a hidden positive framing, the second after a negative one
+   (contrastive sampling as in RLCD, :data:`FRAMINGS`), so the pairs differ in sentiment; the records
+   hold the bare opening, which is all the annotator and the reward model see;
+2. **feedback**: a simulated annotator labels every pair (AlpacaFarm-style, :mod:`rlxf.feedback.simulate`):
+   it prefers the more positive continuation by VADER's compound score, with 10% of its labels flipped
+   and a 5% habit of picking whatever was shown first;
+3. **reward model**: learned from those noisy preferences (Bradley-Terry), a tenth held out;
+4. **PPO** against the *learned* reward (not VADER): actor-critic with a value head on the policy, GAE,
+   the KL to the starting model in the reward;
+5. **eval** on the 60 held-out openings, with VADER as the gold judge: reward before and after, win
+   rate, KL to the starting model, fluency and diversity, and ``report.html``.
+
+Everything lands in ``--out`` (``runs/demo``), one folder per stage; running the demo again reuses what
+finished (``rlxf run`` rules), so an interrupted demo continues. ``--print-pipeline`` shows the pipeline
+as YAML, ready for ``rlxf run`` and for changing.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from rlxf.config import option
-from rlxf.models import ModelConfig, load_model
-from rlxf.rollout import HFEngine, SamplingConfig
+import yaml
 
-REVIEW_OPENINGS = [  # neutral to VADER (compound 0), so the continuation alone decides the sentiment
-    "The movie was",
-    "I stayed at this hotel for three nights and",
-    "The pasta at this little restaurant",
-    "This phone's battery",
-    "Our guided tour of the old town",
-    "The last chapters of the book",
+from rlxf.config import load_config, option
+
+OPENINGS = Path(__file__).parent / "assets" / "review_openings.jsonl"
+FRAMINGS = [  # hidden texts before the opening while sampling (never part of a record or of training)
+    "A glowing five-star review, full of praise:\n\n",
+    "A scathing one-star review, full of complaints:\n\n",
 ]
 
 
@@ -29,33 +46,150 @@ REVIEW_OPENINGS = [  # neutral to VADER (compound 0), so the continuation alone 
 class DemoConfig:
     """Options of ``rlxf demo``."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=32, n=2, temperature=1.0, top_p=1.0)
-    )
-    seed: int = option(0, help="random seed")
+    model: str = option("smollm2-135m-instruct", help="the policy to align (and the reward model's start)")
+    out: str = option("runs/demo", help="the demo's folder: one sub-folder per stage, the report in eval/")
+    seed: int = option(0, help="random seed of every stage")
+    rl_steps: int = option(24, help="PPO steps (64 completions each)")
+    print_pipeline: bool = option(False, help="print the demo's pipeline as YAML (for rlxf run) and stop")
+
+    def __post_init__(self) -> None:
+        if self.rl_steps < 1:
+            raise ValueError(f"rl_steps must be >= 1, got {self.rl_steps}")
 
 
-def demo(cfg: DemoConfig) -> int:
-    print("rlxf demo: sentiment RLHF on SmolLM2-135M-Instruct")
-    print("  (this release runs the generation stage only: feedback, reward model, PPO and the report")
-    print("   arrive with the RL issues; see README.md)")
-    start = time.perf_counter()
-    model, tokenizer = load_model(cfg.model)
+def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
+    """The demo as an ``rlxf run`` pipeline (see the module docstring)."""
+    openings = str(OPENINGS)
+    model = {"name_or_path": cfg.model}
+    sampling = {"n": 4, "max_new_tokens": 24, "temperature": 1.0, "batch_size": 64}
+    return {
+        "out": cfg.out,
+        "stages": [
+            {
+                "name": "samples",
+                "kind": "sample",
+                "options": {
+                    "model": dict(model),
+                    "prompts": openings,
+                    "prompts_split": "train",
+                    "chat_template": "never",  # raw continuation of the opening, as in the seed documents
+                    "sampling": sampling,
+                    "group": 2,
+                    "framings": FRAMINGS,
+                    "seed": cfg.seed,
+                },
+            },
+            {
+                "name": "feedback",
+                "kind": "simulate",
+                "options": {
+                    "data": "${samples}/candidates.jsonl",
+                    "reward": "sentiment",
+                    "noise": 0.1,
+                    "position_bias": 0.05,
+                    "annotators": 4,
+                    "seed": cfg.seed,
+                },
+            },
+            {
+                "name": "reward_model",
+                "kind": "reward",
+                "options": {
+                    "model": dict(model),
+                    "data": "${feedback}/preferences.jsonl",
+                    "eval_split": 0.1,
+                    "chat_template": "never",
+                    "seed": cfg.seed,
+                    "train": {
+                        "num_epochs": 1,
+                        "learning_rate": 3.0e-5,
+                        "global_batch_size": 16,
+                        "micro_batch_size": 16,
+                        "eval_every": 0,
+                    },
+                },
+            },
+            {
+                "name": "ppo",
+                "kind": "rl",
+                "options": {
+                    "model": dict(model),
+                    "prompts": openings,
+                    "prompts_split": "train",
+                    "chat_template": "never",
+                    "reward": "model:${reward_model}",
+                    "shaping": {"normalize": "running"},
+                    "estimator": "ppo",
+                    "sampling": {**sampling, "n": 2},
+                    "prompts_per_step": 32,  # 64 completions per step
+                    "num_steps": cfg.rl_steps,
+                    "ppo_epochs": 1,
+                    "micro_batch_size": 16,
+                    "learning_rate": 4.0e-5,
+                    "lr_schedule": "constant",
+                    "gamma": 1.0,
+                    "lam": 0.95,
+                    "kl": {"coef": 0.05, "estimator": "k1", "placement": "reward"},
+                    "critic": {"kind": "shared", "vf_coef": 0.1, "value_clip": 0.2},
+                    "save_every": 6,
+                    "seed": cfg.seed,
+                },
+            },
+            {
+                "name": "eval",
+                "kind": "eval",
+                "options": {
+                    "model": {"name_or_path": "${ppo}"},
+                    "prompts": openings,
+                    "prompts_split": "test",
+                    "chat_template": "never",
+                    "reward": "sentiment",  # the gold judge: what the learned reward stood in for
+                    "sampling": {**sampling, "n": 4},
+                    "seed": cfg.seed,
+                },
+            },
+        ],
+    }
+
+
+def demo(cfg: DemoConfig, stream: Any = None) -> int:
+    """Run the demo (module docstring); prints each stage, the headline figures and where the report is."""
+    from rlxf.pipeline import PipelineConfig, run_pipeline
+
+    stream = stream if stream is not None else sys.stderr
+    spec = demo_pipeline(cfg)
+    if cfg.print_pipeline:
+        print(yaml.safe_dump(spec, sort_keys=False), end="")
+        return 0
     print(
-        f"[1/2] loaded {cfg.model.name_or_path} ({model.dtype}, {model.device}) in {time.perf_counter() - start:.1f} s"
+        f"rlxf demo: sentiment RLHF on {cfg.model}, on this machine, in {cfg.out}\n"
+        "  samples -> simulated feedback (VADER, 10% noise) -> reward model -> PPO on the learned reward\n"
+        "  -> eval on held-out openings (VADER as the gold judge) -> report.html\n"
+        "  (a second run reuses finished stages; `rlxf demo --print-pipeline` shows the pipeline)",
+        file=stream,
     )
-    start = time.perf_counter()
-    batch = HFEngine(model, tokenizer).generate(REVIEW_OPENINGS, cfg.sampling, seed=cfg.seed)
-    seconds = time.perf_counter() - start
-    tokens = int(batch.completion_mask.sum())
+    started = time.monotonic()
+    code = run_pipeline(load_config(PipelineConfig, overrides=spec), stream=stream)
+    if code:
+        return code
+    summary = json.loads((Path(cfg.out) / "eval" / "summary.json").read_text(encoding="utf-8"))
+    reward, kl = summary["reward"], summary["kl"]
+    rm_summary = json.loads((Path(cfg.out) / "reward_model" / "summary.json").read_text(encoding="utf-8"))
+    rm_accuracy = rm_summary.get("metrics", {}).get("eval/accuracy")
     print(
-        f"[2/2] sampled {len(batch)} continuations, {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)"
+        f"\nrlxf demo done in {time.monotonic() - started:.0f} s"
+        + (
+            f"\n  reward model: held-out accuracy {rm_accuracy:.2f} on the simulated labels"
+            if rm_accuracy
+            else ""
+        )
+        + f"\n  held-out gold sentiment (VADER): {reward['baseline']['mean']:+.3f} -> {reward['policy']['mean']:+.3f}"
+        f" ({reward['delta']:+.3f} +- {reward['delta_se']:.3f}; {reward['share_improved']:.0%} of openings improved)"
+        f"\n  KL to the starting model: {kl['mean']:.2f} nats per completion"
+        f"\n  report: {Path(cfg.out) / 'eval' / 'report.html'}",
+        file=stream,
     )
-    for i in range(len(batch)):
-        n_tokens = int(batch.completion_mask[i].sum())
-        mean_logprob = float(batch.logprobs[i].sum()) / max(n_tokens, 1)
-        print(f"\n{batch.prompts[i]!r} ->")
-        print(f"  {batch.completions[i].strip()}")
-        print(f"  [{n_tokens} tokens, {batch.finish_reasons[i]}, mean log-prob {mean_logprob:.2f}]")
     return 0
+
+
+__all__ = ["DemoConfig", "demo", "demo_pipeline"]

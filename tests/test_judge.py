@@ -375,6 +375,10 @@ def test_judge_command_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, caps
     assert main([*args, "model.dtype=float32", "--overwrite", "--min-confidence", "1.0"]) == 0
     assert len(read_candidates(out / "dropped.jsonl")) == 4
     assert (out / "preferences.jsonl").read_text() == ""
+    # ... and a labelling project takes dropped.jsonl as it is (the judge's detail rides in `meta`)
+    from rlxf.feedback.label.schema import read_candidates as read_label_items
+
+    assert len(read_label_items(out / "dropped.jsonl", "pairwise")) == 4
 
 
 def test_judge_command_on_preferences_and_pointwise(tiny_model_dir, tmp_path):

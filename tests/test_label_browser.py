@@ -1,13 +1,15 @@
 """The labelling web app in a real browser: Playwright drives Debian's Chromium against the real server.
 
-One test, end to end: a labeller logs in, labels three pairs with the keyboard only (one with a reason
-typed in the reason box, whose letters must not trigger shortcuts; one whose first POST is committed by
-the server but its response lost, so the page must retry with the same client_id and the vote must not be
-doubled), the progress text follows; screenshots of the labelling page at desktop (1280x800) and phone
-(390x844) width, with the responses side by side and stacked; then an admin logs in, sees the project
-and downloads the preferences export, which must hold the three judgements with the right chosen and
-rejected responses (the page shows each labeller a random order, so the test reads which text is in slot
-A). The server is ``rlxf label serve`` in a subprocess on a free port and a temporary SQLite file.
+The first test, end to end: a labeller logs in, labels three pairs with the keyboard only (one with a
+reason typed in the reason box, whose letters must not trigger shortcuts; one whose first POST is
+committed by the server but its response lost, so the page must retry with the same client_id and the
+vote must not be doubled), the progress text follows; screenshots of the labelling page at desktop
+(1280x800) and phone (390x844) width, with the responses side by side and stacked; a fourth answer given
+while the server is unreachable survives closing the tab and is sent on the next visit, which then says
+"All done"; then an admin logs in, sees the project and downloads the preferences export, which must
+hold the three judgements with the right chosen and rejected responses (the page shows each labeller a
+random order, so the test reads which text is in slot A). The second test ranks and rates with the
+keyboard. The server is ``rlxf label serve`` in a subprocess on a free port and a temporary SQLite file.
 
 Screenshots go to pytest's temporary folder (the path is printed) and, when ``RLXF_ARTIFACTS`` is set, are
 copied there too.
@@ -45,6 +47,8 @@ ITEMS = [
     }
     for i in range(4)
 ]
+RANKED = [{"prompt": "Sort these fruits by sweetness.", "responses": ["mango", "lemon", "apple"]}] * 2
+RATED = [{"prompt": "Say hello.", "responses": ["Hello!", "Go away."]}] * 2
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -60,10 +64,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-RANKED = [{"prompt": "Sort these fruits by sweetness.", "responses": ["mango", "lemon", "apple"]}] * 2
-RATED = [{"prompt": "Say hello.", "responses": ["Hello!", "Go away."]}] * 2
 
 
 def seed(db_url: str) -> dict[str, int]:
@@ -100,55 +100,37 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
     db_url = f"sqlite:///{tmp_path / 'label.db'}"
     project_ids = seed(db_url)
     port = free_port()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed below, after the process ends)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlxf",
-            "label",
-            "serve",
-            "--db",
-            db_url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"the server exited with {process.returncode}:\n{(tmp_path / 'server.log').read_text()}"
-                )
-            try:
-                if httpx.get(f"{base}/login", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"the server did not answer within 20 s:\n{(tmp_path / 'server.log').read_text()}"
-                )
-            time.sleep(0.1)
-        yield base, project_ids
-    finally:
-        process.terminate()
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "rlxf", "label", "serve", "--db", db_url, "--host", "127.0.0.1"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            deadline = time.monotonic() + 20
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
+                try:
+                    if httpx.get(f"{base}/login", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server did not answer within 20 s:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield base, project_ids
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def log_in(page: Page, username: str) -> None:
     expect(page).to_have_url(re.compile(r"/login"))
+    expect(page.locator("#login-button")).to_be_enabled()  # the page's script is ready
     page.locator("#username").press_sequentially(username)
     page.locator("#password").press_sequentially(PASSWORD)
     page.keyboard.press("Enter")
@@ -271,10 +253,35 @@ def test_label_three_pairs_by_keyboard_then_export_as_admin(
         print(f"\nscreenshots: {desktop_shot} {phone_shot}")
         page.set_viewport_size(DESKTOP)
 
+        # Pair 4, x = both bad, while the server cannot be reached at all: the answer waits in the page and
+        # the labeller closes the tab. Back later, the page first sends the kept answer with the same
+        # client_id, and then nothing is left: "All done".
+        late_client_ids: list[str] = []
+
+        def unreachable(route: Route) -> None:
+            late_client_ids.append(route.request.post_data_json["client_id"])
+            route.abort("internetdisconnected")
+
+        def reachable(route: Route) -> None:
+            late_client_ids.append(route.request.post_data_json["client_id"])
+            route.continue_()
+
+        page.route("**/items/*/answers", unreachable)
+        page.keyboard.press("x")
+        expect(page.locator("#message")).to_contain_text("not saved yet")
+        page.close()
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.route("**/items/*/answers", reachable)
+        page.goto(label_url)
+        expect(page.get_by_role("heading", name="All done")).to_be_visible()
+        expect(page.locator("#progress-text")).to_have_text("4 of 4")
+        assert len(late_client_ids) >= 2 and len(set(late_client_ids)) == 1, late_client_ids
+
         # The home page lists the project with the labeller's progress.
-        page.get_by_role("link", name="Projects").click()
+        page.get_by_role("link", name="Back to your projects").click()
         expect(page).to_have_url(f"{base}/")
-        expect(page.locator("#projects li").filter(has_text=PROJECT)).to_contain_text("3 of 4")
+        expect(page.locator("#projects li").filter(has_text=PROJECT)).to_contain_text("4 of 4")
 
         # Log out; log in as admin, who lands on /admin (not on the labeller's home page seen before).
         page.get_by_role("button", name="Log out").click()
@@ -282,23 +289,48 @@ def test_label_three_pairs_by_keyboard_then_export_as_admin(
         expect(page).to_have_url(f"{base}/admin")
         row = page.locator(f'#projects tr[data-project="{project_id}"]')
         expect(row).to_contain_text(PROJECT)
-        expect(row).to_contain_text("3 of 4")
+        expect(row).to_contain_text("4 of 4")
         with page.expect_download() as download_info:
             row.locator('a[data-format="preferences"]').click()
         exported = [json.loads(line) for line in Path(download_info.value.path()).read_text().splitlines()]
         assert {r["prompt"]: (r["chosen"], r["rejected"]) for r in exported} == expected
 
-        # The raw export: three answers, the retried one once, the reason kept.
+        # The raw export: four answers (both bad is no preference), each retried one once, the reason kept.
         raw_text = context.request.get(f"{base}/api/projects/{project_id}/export?format=raw").text()
         raw = [json.loads(line) for line in raw_text.splitlines()]
-        assert len(raw) == 3
+        assert len(raw) == 4
         assert [r["reason"] for r in raw if r["reason"]] == ["a bit clearer"]
-        assert posted_client_ids[0] in {r["client_id"] for r in raw}
+        assert {posted_client_ids[0], late_client_ids[0]} <= {r["client_id"] for r in raw}
+        assert [r["answer"] for r in raw if r["client_id"] == late_client_ids[0]] == [{"choice": "both_bad"}]
 
-        # The project's admin page lists the three answers.
+        # The project's admin page lists the four answers.
         row.get_by_role("link", name=PROJECT).click()
-        expect(page.locator("#answers-count")).to_have_text("3 answers")
-        expect(page.locator("#answers tr")).to_have_count(3)
+        expect(page.locator("#answers-count")).to_have_text("4 answers")
+        expect(page.locator("#answers tr")).to_have_count(4)
+
+        # The admin forms: a new labeller, added to a new project made from a candidates JSONL file.
+        page.get_by_role("link", name="All projects").click()
+        form = page.locator("#user-form")
+        form.get_by_label("Username").fill("newbie")
+        form.get_by_label("Password").fill(PASSWORD)
+        form.get_by_role("button", name="Create account").click()
+        expect(page.locator("#message")).to_have_text('Account "newbie" created.')
+        expect(page.locator("#users")).to_contain_text("newbie")
+        form = page.locator("#project-form")
+        form.get_by_label("Name", exact=True).fill("from-the-form")
+        form.get_by_label("Kind").select_option("ranking")
+        candidates = "".join(json.dumps(record) + "\n" for record in RANKED)
+        form.locator("input[type=file]").set_input_files(
+            files=[{"name": "items.jsonl", "mimeType": "application/x-ndjson", "buffer": candidates.encode()}]
+        )
+        form.get_by_role("button", name="Create project").click()
+        expect(page.locator("#message")).to_contain_text('Project "from-the-form" created with 2 items')
+        expect(page.locator("#projects tr").filter(has_text="from-the-form")).to_contain_text("0 of 2")
+        form = page.locator("#member-form")
+        form.get_by_label("Project").select_option(label="from-the-form")
+        form.get_by_label("Username").fill("newbie")
+        form.get_by_role("button", name="Add to project").click()
+        expect(page.locator("#message")).to_have_text('"newbie" can now label "from-the-form".')
         assert errors == [], errors
         browser.close()
 

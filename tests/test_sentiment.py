@@ -17,7 +17,7 @@ from rlxf.feedback import sentiment as sentiment_module
 pytest.importorskip("vaderSentiment")
 
 ROOT = Path(__file__).resolve().parents[1]
-OPENINGS = ROOT / "examples" / "data" / "review_openings.jsonl"
+OPENINGS = ROOT / "rlxf" / "assets" / "review_openings.jsonl"
 BUILDER = ROOT / "examples" / "sentiment" / "build_dataset.py"
 TOPICS = {"film", "book", "restaurant", "product", "trip", "service", "game", "music", "app", "course"}
 

@@ -5,7 +5,7 @@ positively, with VADER's compound score as the reward. The on-line methods (PPO,
 openings and the scorer; the off-line ones need data: preference pairs for a reward model and DPO, ratings
 for a regression reward model, good/bad labels for KTO, demonstrations for SFT. This script makes all of
 them the way one would collect human feedback, but with VADER as the labeller: the default model
-continues each opening of ``examples/data/review_openings.jsonl`` ``--n`` times under each hidden framing
+continues each opening of ``rlxf/assets/review_openings.jsonl`` ``--n`` times under each hidden framing
 of ``--steer`` (raw text, no chat template; see :data:`STEER_CONTEXTS`), VADER scores each continuation
 (the completion only, see :mod:`rlxf.feedback.sentiment`), and
 
@@ -55,7 +55,7 @@ from typing import Any
 from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[2]
-OPENINGS = REPO / "examples" / "data" / "review_openings.jsonl"
+OPENINGS = REPO / "rlxf" / "assets" / "review_openings.jsonl"
 NEUTRAL = 0.05
 """VADER's usual threshold: compound > 0.05 is positive, < -0.05 negative, in between neutral."""
 

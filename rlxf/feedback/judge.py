@@ -744,7 +744,8 @@ def pairwise_records(
     candidates: Candidates, judgements: Sequence[PairJudgement], judge_name: str, min_confidence: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(preferences, dropped)``: kept pairs as preference records with a ``judge`` field; the others in
-    the candidates format (``prompt``, ``responses``) with the same field, for people to label."""
+    the candidates format (``prompt``, ``responses``, the judge's detail in ``meta.judge``), for people to
+    label (``rlxf label project create --data dropped.jsonl``)."""
     preferences, dropped = [], []
     for i, j in enumerate(judgements):
         responses = candidates.responses[i]
@@ -768,7 +769,7 @@ def pairwise_records(
             for order in detail["orders"]:
                 order["shown_first"] = "responses[0]" if order["shown_first"] == names[0] else "responses[1]"
             record["responses"] = responses
-            record["judge"] = detail
+            record["meta"] = {"judge": detail}  # under meta: a labelling project takes the file as it is
             dropped.append(record)
     return preferences, dropped
 

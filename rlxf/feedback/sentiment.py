@@ -10,7 +10,7 @@ as positive, below -0.05 as negative, in between as neutral. It needs no model a
 thousands of texts a second on one CPU core, and is deterministic.
 
 It is the reward of the seed documents' worked example (``rlxf demo``, DESIGN.md "The embedded
-default"): the default model continues the opening of a review (``examples/data/review_openings.jsonl``)
+default"): the default model continues the opening of a review (``rlxf/assets/review_openings.jsonl``)
 and is rewarded for continuing it positively. The openings are chosen so that VADER scores each of them 0,
 and :class:`SentimentScorer` scores the completion alone, so the reward is what the policy wrote.
 

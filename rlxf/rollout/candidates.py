@@ -4,7 +4,14 @@ The first stage of the feedback loop: the policy samples ``n`` completions per p
 consecutive completions of a prompt become one candidates record ``{"prompt", "responses": [...], "id"}``
 (``group: 2`` gives the pairs that ``rlxf simulate``, ``rlxf judge`` and a pairwise labelling project
 compare; a larger group suits ranking). ``n`` must be a multiple of ``group``. A group with an empty (or
-whitespace-only) response is left out and counted (``dropped_empty``): the feedback formats need text.
+whitespace-only) response, or with two equal responses, is left out and counted (``dropped``).
+
+Contrastive sampling (``framings``; RLCD, Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive
+Distillation for Language Model Alignment"): response ``k`` of each group is drawn after the hidden text
+``framings[k % len(framings)]`` placed before the prompt (say a positive and a negative framing), while the
+record holds the bare prompt: the pairs then differ clearly on the axis the feedback judges, and the
+judge (a person, an AI or a simulated annotator) still sees only prompt and responses. The framing index
+is kept in ``meta``. Raw-text prompts only.
 
 Writes ``candidates.jsonl`` and then ``summary.json`` (counts, tokens, seconds; its presence marks the
 stage finished) into ``--out``.
@@ -12,6 +19,7 @@ stage finished) into ``--out``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -24,6 +32,7 @@ import torch
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, check_prompt_lengths, read_data, render_prompt
 from rlxf.models import ModelConfig, load_model
+from rlxf.models.load import resolve_device
 from rlxf.rollout.engine import SamplingConfig
 from rlxf.rollout.hf import HFEngine
 from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
@@ -48,6 +57,11 @@ class SampleConfig:
     )
     sampling: SamplingConfig = field(default_factory=_default_sampling)
     group: int = option(2, help="responses per candidates record (2: pairs); sampling.n must be a multiple")
+    framings: list[str] = option(
+        default_factory=list,
+        help="hidden texts put before the prompt: response k of a group is drawn after framings[k % len] "
+        "(contrastive sampling); the record holds the bare prompt",
+    )
     precision: Precision = option("auto", help="auto (bf16-mixed where native), fp32 or bf16-mixed")
     seed: int = option(0, help="sampling seed")
     out: str = option("", help="output folder: candidates.jsonl, summary.json, config.yaml")
@@ -87,37 +101,54 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
     if cfg.max_prompts is not None:
         records = records.select(range(min(cfg.max_prompts, len(records))))
 
-    model, tokenizer = load_model(cfg.model)
+    if cfg.framings:
+        for i, record in enumerate(records.records):
+            if not isinstance(record.get("prompt"), str):
+                raise records.error(i, "framings need plain-text prompts (put before the text)", "prompt")
+
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.model.device))
+    # fp32 weights, under bf16 autocast for bf16-mixed: as the trainers run.
+    model, tokenizer = load_model(dataclasses.replace(cfg.model, dtype="float32"))
     device = next(model.parameters()).device
-    precision = resolve_precision(cfg.precision, device)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None:
         limit = context - cfg.sampling.max_new_tokens
         why = f"the model's context ({context}) minus max_new_tokens ({cfg.sampling.max_new_tokens})"
         check_prompt_lengths(records, tokenizer, limit, cfg.chat_template, why=why)
     texts = [render_prompt(r, tokenizer, cfg.chat_template) for r in records.records]
-    with (
-        torch.no_grad(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"),
-    ):
-        batch = HFEngine(model, tokenizer).generate(texts, cfg.sampling, seed=cfg.seed, progress=True)
-
     n, group = cfg.sampling.n, cfg.group
+    sampling, rows_in = cfg.sampling, texts
+    framing_of = [0] * n
+    if cfg.framings:
+        # One generation row per response, prompt-major, each after its own framing: row i*n + j.
+        framing_of = [(j % group) % len(cfg.framings) for j in range(n)]
+        rows_in = [cfg.framings[framing_of[j]] + text for text in texts for j in range(n)]
+        sampling = dataclasses.replace(cfg.sampling, n=1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    with torch.no_grad(), autocast:
+        batch = HFEngine(model, tokenizer).generate(rows_in, sampling, seed=cfg.seed, progress=True)
+
     rows = []
-    empty = 0
+    dropped = 0
     for i, record in enumerate(records.records):
         prompt = record.get("messages", record.get("prompt"))
         for g in range(n // group):
             first = i * n + g * group
-            if any(not text.strip() for text in batch.completions[first : first + group]):
-                empty += 1  # a response that is only whitespace (EOS first) gives labellers nothing to read
+            responses = list(batch.completions[first : first + group])
+            if any(not text.strip() for text in responses) or len(set(responses)) < len(responses):
+                # Only whitespace (EOS first) gives a judge nothing to read; two equal responses nothing to
+                # choose between.
+                dropped += 1
                 continue
             rows.append(
                 {
                     "id": f"{i}-{g}",
                     "prompt": prompt,
                     "responses": list(batch.completions[first : first + group]),
-                    "meta": {"finish_reasons": list(batch.finish_reasons[first : first + group])},
+                    "meta": {
+                        "finish_reasons": list(batch.finish_reasons[first : first + group]),
+                        **({"framings": framing_of[g * group : (g + 1) * group]} if cfg.framings else {}),
+                    },
                 }
             )
     tokens = int(batch.completion_mask.sum())
@@ -125,7 +156,7 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
         "model": cfg.model.name_or_path,
         "prompts": len(texts),
         "records": len(rows),
-        "dropped_empty": empty,
+        "dropped": dropped,
         "completions": len(batch),
         "completion_tokens": tokens,
         "truncated": sum(r == "length" for r in batch.finish_reasons) / len(batch),

@@ -81,8 +81,6 @@ async function readCandidates(file) {
 async function start() {
   const me = await requireLogin();
   renderUserBar(me);
-  await Promise.all([loadProjects(), loadUsers()]);
-
   handleForm($("user-form"), async (form) => {
     const username = form.get("username").trim();
     await api("POST", "/api/users", { username, password: form.get("password"), is_admin: form.get("is_admin") === "on" });
@@ -120,6 +118,9 @@ async function start() {
     await loadProjects();
     return `Project "${body.name}" created with ${body.items.length} items; add labellers to it above.`;
   });
+  // The forms ship with disabled buttons (and method="post"), so nothing is sent before this point.
+  for (const button of document.querySelectorAll("form button[type=submit]")) button.disabled = false;
+  await Promise.all([loadProjects(), loadUsers()]);
 }
 
 start().catch(showFatal);

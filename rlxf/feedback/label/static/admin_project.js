@@ -104,8 +104,6 @@ async function loadAnswers() {
 async function start() {
   const me = await requireLogin();
   renderUserBar(me);
-  await loadProject();
-  await Promise.all([loadAgreement(), loadMembers(), loadAnswers()]);
   $("member-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("member-form").querySelector("input[name=username]");
@@ -123,6 +121,10 @@ async function start() {
       button.disabled = false;
     }
   });
+  // The form ships with a disabled button (and method="post"), so nothing is sent before this point.
+  $("member-form").querySelector("button").disabled = false;
+  await loadProject();
+  await Promise.all([loadAgreement(), loadMembers(), loadAnswers()]);
 }
 
 start().catch(showFatal);

@@ -19,6 +19,11 @@ export class ApiError extends Error {
 // The session's CSRF token (from /api/login or /api/me); sent on every state-changing request.
 let csrfToken = null;
 
+// A request still without an answer after this long counts as a network failure (the labelling page then
+// retries it; answers are idempotent by client_id). Without it a connection that silently died, as on a
+// phone changing networks, would leave the page waiting forever.
+const REQUEST_TIMEOUT_MS = 30000;
+
 /** Turns FastAPI's `detail` (a string, or a list of validation errors) into one readable line. */
 export function describeDetail(data, status) {
   const detail = data && typeof data === "object" ? data.detail : data;
@@ -46,18 +51,24 @@ export async function api(method, path, body) {
   if (method !== "GET" && method !== "HEAD" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
   let response;
   let text;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
   try {
     response = await fetch(path, {
       method,
       headers,
       credentials: "same-origin",
       cache: "no-store",
+      signal: controller.signal,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     // Reading the body can fail too when the connection drops half-way.
     text = await response.text();
   } catch (error) {
-    throw new ApiError(0, "The server cannot be reached (network error).");
+    const why = controller.signal.aborted ? `no answer within ${REQUEST_TIMEOUT_MS / 1000} s` : "network error";
+    throw new ApiError(0, `The server cannot be reached (${why}).`);
+  } finally {
+    clearTimeout(timer);
   }
   let data = null;
   if (text) {

@@ -34,6 +34,7 @@ async function start() {
           {
             class: finished ? "button secondary" : "button",
             href: `/projects/${encodeURIComponent(project.id)}/label`,
+            "aria-label": `${finished ? "Open" : "Label"} ${project.name}`,
             "data-unfinished": finished ? null : "1",
           },
           finished ? "Open" : "Label",

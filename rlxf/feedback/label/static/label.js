@@ -101,7 +101,8 @@ function scheduleRetry(action, text) {
     {
       type: "button",
       class: "button small",
-      onclick: () => {
+      onclick: (event) => {
+        event.currentTarget.disabled = true; // one resend at a time
         clearRetry();
         action();
       },
@@ -443,7 +444,8 @@ function handleSendError(error) {
   state.pending = null;
   storePending();
   if (error.status === 409) {
-    showMessage("You had already answered this item; your earlier answer was kept.", "warning");
+    // Normally "you have already answered this item" (e.g. from another tab): that earlier answer stands.
+    showMessage(`This answer was not stored: ${error.message}.`, "warning");
     loadNext();
   } else if (error.status === 422 && state.item && state.item.item_id === sentForItem) {
     showMessage(`The server did not accept this answer: ${error.message}`, "error");
@@ -484,7 +486,8 @@ function onKeyDown(event) {
     }
     return;
   }
-  if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
+  // A held key repeats: it must not answer the next item too as soon as that appears.
+  if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing || event.repeat) return;
   // Enter or Space on a focused button or link does what the button says.
   const onControl = target instanceof Element && target.closest("button, a, summary");
   if (onControl && (event.key === "Enter" || event.key === " ")) return;
@@ -578,7 +581,11 @@ async function start() {
   renderProject(project);
   document.addEventListener("keydown", onKeyDown);
   window.addEventListener("beforeunload", (event) => {
-    if (state.pending) event.preventDefault(); // the browser asks before leaving with an unsaved answer
+    if (state.pending) {
+      // The browser asks before leaving with an unsaved answer (it stays in localStorage either way).
+      event.preventDefault();
+      event.returnValue = "";
+    }
   });
   state.pending = loadStoredPending();
   if (state.pending) {

@@ -12,6 +12,7 @@ function nextPage() {
 
 const form = document.getElementById("login-form");
 const button = document.getElementById("login-button");
+button.disabled = false; // the page ships it disabled until this script handles the form
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
