@@ -18,11 +18,14 @@ Left out: editing projects, removing members, password changes, pagination of lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 import argon2
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
@@ -272,6 +275,9 @@ def check_reason(project: Project, reason: str | None) -> str | None:
 # ------------------------------------------------------------------------------------------------- app
 
 
+THREADS = 256  # anyio's thread pool for the sync endpoints (see create_app)
+
+
 def create_app(
     db_url: str, *, hasher: argon2.PasswordHasher | None = None, secure_cookie: bool = False
 ) -> FastAPI:
@@ -282,7 +288,17 @@ def create_app(
     """
     engine = make_engine(db_url)
     init_db(engine)
-    app = FastAPI(title="rlxf label", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Sync endpoints and dependencies run in anyio's thread pool (40 threads by default). A request
+        # whose dependency holds SQLite's write lock must always find a thread for its next step, or the
+        # threads waiting on that lock starve it (a stall at ~40 concurrent requests): more threads than
+        # the concurrent requests we serve.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
+    app = FastAPI(title="rlxf label", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.hasher = hasher or password_hasher()
@@ -543,12 +559,15 @@ _FORBIDDEN = (
 )
 
 
+NO_STORE = {"Cache-Control": "no-store"}  # pages depend on who is logged in: a browser must not reuse them
+
+
 def page(name: str) -> Response:
     """``static/NAME``, or a placeholder while the page does not exist yet."""
     path = STATIC / name
     if path.is_file():
-        return FileResponse(path, media_type="text/html")
-    return HTMLResponse(_PLACEHOLDER.format(what=name))
+        return FileResponse(path, media_type="text/html", headers=NO_STORE)
+    return HTMLResponse(_PLACEHOLDER.format(what=name), headers=NO_STORE)
 
 
 def _page_caller(request: Request, db: Session) -> Caller | None:

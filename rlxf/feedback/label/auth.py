@@ -99,6 +99,13 @@ def get_db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_db)]
 
 
+def _end_read(db: Session) -> None:
+    """End a dependency's read transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE``
+    (it holds the write lock); a dependency must not keep that lock while its endpoint waits for a
+    thread. (``expire_on_commit=False``: what was read stays readable.)"""
+    db.commit()
+
+
 def current_user(request: Request, db: DB) -> Caller:
     """The caller, from the session cookie; 401 when it is missing, unknown or expired."""
     token = request.cookies.get(COOKIE)
@@ -110,6 +117,7 @@ def current_user(request: Request, db: DB) -> Caller:
     user = db.get(User, row.user_id)
     if user is None:
         raise HTTPException(401, "session expired or unknown; log in again")
+    _end_read(db)
     return Caller(user, row)
 
 
@@ -151,6 +159,7 @@ def require_member(pid: int, caller: Checked, db: DB) -> Project:
         raise HTTPException(404, f"no project {pid}")
     if not caller.user.is_admin and not is_member(db, pid, caller.user.id):
         raise HTTPException(403, "you are not a member of this project")
+    _end_read(db)
     return project
 
 
@@ -159,6 +168,7 @@ def require_admin_project(pid: int, caller: Admin, db: DB) -> Project:
     project = db.get(Project, pid)
     if project is None:
         raise HTTPException(404, f"no project {pid}")
+    _end_read(db)
     return project
 
 
