@@ -4,7 +4,8 @@ The seed documents' worked example: the model continues the opening of a review 
 restaurant ...") and learns, from sentiment feedback, to continue it more positively. The demo runs it
 the way a real RLHF project runs, with every stage a real rlxf command (an :mod:`rlxf.pipeline`):
 
-1. **samples**: the model continues each of the 280 training openings 4 times (two pairs per opening); the
+1. **samples**: the model continues each of the 280 training openings 4 times at temperature 0.7 (two pairs
+   per opening); the
    first response of a pair is drawn after a hidden positive framing, the second after a negative one
    (contrastive sampling as in RLCD, :data:`FRAMINGS`), so the pairs differ in sentiment; the records
    hold the bare opening, which is all the annotator and the reward model see;
@@ -62,6 +63,10 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
     openings = str(OPENINGS)
     model = {"name_or_path": cfg.model}
     sampling = {"n": 4, "max_new_tokens": 24, "temperature": 1.0, "batch_size": 64}
+    # The feedback samples are drawn cooler: at temperature 1 a 135M model often rambles, and VADER's
+    # verdict on loosely connected words is close to noise. Measured (held-out accuracy on the simulated
+    # labels): temperature 1 gave 0.55 (1 epoch, lr 3e-5) and 0.61 (2 epochs, lr 1e-4, overfitting);
+    # temperature 0.7 gave 0.77 (1 epoch, lr 5e-5).
     return {
         "out": cfg.out,
         "stages": [
@@ -73,7 +78,7 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "prompts": openings,
                     "prompts_split": "train",
                     "chat_template": "never",  # raw continuation of the opening, as in the seed documents
-                    "sampling": sampling,
+                    "sampling": {**sampling, "temperature": 0.7},
                     "group": 2,
                     "framings": FRAMINGS,
                     "seed": cfg.seed,
@@ -102,7 +107,7 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "seed": cfg.seed,
                     "train": {
                         "num_epochs": 1,
-                        "learning_rate": 3.0e-5,
+                        "learning_rate": 5.0e-5,
                         "global_batch_size": 16,
                         "micro_batch_size": 16,
                         "eval_every": 0,

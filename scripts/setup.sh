@@ -9,20 +9,6 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# System packages the tests use for real: Chromium (the web app's browser test, driven by Playwright) and a
-# PostgreSQL server (the database tests start their own cluster in a temporary folder). apt-get needs root;
-# without it, say what is missing and go on (those tests then fail with the same message).
-missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    echo "setup: please install ${missing[*]} (apt-get install ${missing[*]}); the web app's tests need them" >&2
-  fi
-fi
-
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

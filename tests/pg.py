@@ -6,7 +6,7 @@ at the end. As root, the server runs as the ``postgres`` OS user (``runuser -u p
 owns the folder; PostgreSQL refuses to run as root. ``fsync=off``: the cluster is thrown away, and the
 durability test (a killed server process) runs on SQLite, whose commits are fsynced.
 
-Missing binaries FAIL the tests that need them, with the fix (scripts/setup.sh installs PostgreSQL 15);
+Missing binaries FAIL the tests that need them, with the fix (scripts/test.sh installs PostgreSQL 15);
 they are not skipped.
 
 ``label_db`` gives each test a fresh, empty database URL: a SQLite file in the test's tmp folder, or a
@@ -44,7 +44,7 @@ def _pg_bin() -> Path:
         found = [shutil.which("initdb")]
     if not found:
         pytest.fail(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/setup.sh, which installs "
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/test.sh, which installs "
             "PostgreSQL 15 with apt-get; the labelling app's database tests need a real server",
             pytrace=False,
         )

@@ -139,7 +139,7 @@ def render_in_chromium(page_path: Path, screenshot: Path) -> None:
 
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(executable).exists():
-        pytest.fail("Chromium is not installed: run scripts/setup.sh (it installs Debian's chromium package)")
+        pytest.fail("Chromium is not installed: run scripts/test.sh (it installs Debian's chromium package)")
     requested: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])

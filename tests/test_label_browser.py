@@ -56,7 +56,7 @@ PHONE = {"width": 390, "height": 844}
 def chromium_path() -> str:
     found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if found is None:
-        pytest.fail("Chromium is not installed: run scripts/setup.sh (it installs Debian's chromium package)")
+        pytest.fail("Chromium is not installed: run scripts/test.sh (it installs Debian's chromium package)")
     return found
 
 
