@@ -138,6 +138,13 @@ def starting_model(run: Path) -> str | None:
     return str(ref) if ref else None
 
 
+def training_reward(run: Path) -> str | None:
+    """The reward spec a training run optimised (``reward`` of its ``config.yaml``), as text."""
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    reward = config.get("reward")
+    return None if reward is None else str(reward)
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (sample std / sqrt(n); 0 for a single value)."""
     n = len(values)
@@ -342,6 +349,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
         summary["text"] = {"policy": policy_stats}
     summary["reward"] = reward
     summary["run"] = str(run) if run is not None else None
+    summary["train_reward_spec"] = training_reward(run) if run is not None else None
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
 
     out.mkdir(parents=True, exist_ok=True)

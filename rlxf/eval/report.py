@@ -58,7 +58,7 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def training_curves(records: Sequence[dict[str, Any]]) -> str | None:
+def training_curves(records: Sequence[dict[str, Any]], train_spec: str | None = None) -> str | None:
     """Reward (train batches and held-out evaluations) and KL per step; ``None`` without such records."""
     import matplotlib.pyplot as plt
 
@@ -70,7 +70,7 @@ def training_curves(records: Sequence[dict[str, Any]]) -> str | None:
     eval_steps, eval_reward = _series(records, "eval/reward/mean")
     if eval_steps:
         ax_r.plot(eval_steps, eval_reward, "o-", color="#d9822b", label="held-out")
-    ax_r.set(xlabel="step", ylabel="reward (mean)", title="reward")
+    ax_r.set(xlabel="step", ylabel="reward (mean)", title=f"training reward ({_short(train_spec or '?')})")
     ax_r.legend(frameon=False, fontsize=8)
     kl_steps, kl = _series(records, "kl")
     if kl_steps:
@@ -87,6 +87,11 @@ def training_curves(records: Sequence[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
+def _short(spec: str, width: int = 28) -> str:
+    """A reward spec short enough for an axis label."""
+    return spec if len(spec) <= width else "..." + spec[-(width - 3) :]
+
+
 def reward_vs_kl(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str | None:
     """Reward against KL: the run's training batches (coloured by step) and this evaluation's two points."""
     import matplotlib.pyplot as plt
@@ -98,9 +103,21 @@ def reward_vs_kl(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
     if not steps and not evaluated:
         return None
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    train_spec = summary.get("train_reward_spec")
+    same_scale = train_spec is None or train_spec == summary["reward_spec"]
     if steps:
-        points = ax.scatter(kl, reward, c=steps, cmap="viridis", s=14, label="training batches")
-        fig.colorbar(points, ax=ax, label="step")
+        # Training batches were scored by the run's own reward; when that is not the gold reward (a learned
+        # reward model, say) its scale differs, so the batches get their own axis on the right.
+        if same_scale:
+            points = ax.scatter(kl, reward, c=steps, cmap="viridis", s=14, label="training batches")
+            fig.colorbar(points, ax=ax, label="step")
+        else:
+            train_ax = ax.twinx()
+            train_ax.scatter(
+                kl, reward, c=steps, cmap="viridis", s=14, label="training batches (dark -> light: step)"
+            )
+            train_ax.set_ylabel(f"training reward ({_short(train_spec)})")
+            train_ax.legend(frameon=False, fontsize=8, loc="lower right")
     if evaluated:
         r = summary["reward"]
         ax.errorbar(
@@ -120,9 +137,13 @@ def reward_vs_kl(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
             color="#d9822b",
             label="policy (held-out)",
         )
-    ax.set(xlabel="KL to reference (nats / completion)", ylabel="reward (mean)", title="reward vs KL")
+    ax.set(
+        xlabel="KL to reference (nats / completion)",
+        ylabel=f"reward ({_short(summary['reward_spec'])})",
+        title="reward vs KL",
+    )
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
     fig.tight_layout()
     return _png(fig)
 
@@ -255,7 +276,7 @@ def render_report(
     matplotlib.use("Agg")  # no display: draw into memory
 
     figures = []
-    curves = training_curves(metrics)
+    curves = training_curves(metrics, summary.get("train_reward_spec"))
     if curves:
         figures.append(
             (curves, f"Training run {summary.get('run')}: reward and KL per step (metrics.jsonl).", "wide")
