@@ -102,7 +102,7 @@ from rlxf.algos.policy_loss import (
     explained_variance,
 )
 from rlxf.config import option
-from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_data, render_prompt, split_data
+from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_prompts, render_prompt, split_data
 from rlxf.eval.text import repeats_ngram
 from rlxf.feedback.rewards import (
     RewardOptions,
@@ -391,18 +391,9 @@ class Experience:
 def load_prompt_sets(cfg: RLConfig) -> tuple[Dataset, Dataset | None]:
     """The training and held-out prompt sets, validated before any model loads."""
 
-    def read(path: str, split: str | None) -> Dataset:
-        ds = read_data(path, kind="prompts")
-        if split is not None:
-            keep = [i for i, r in enumerate(ds.records) if r.get("split") == split]
-            if not keep:
-                raise ValueError(f"{path}: no record has split == {split!r}")
-            ds = ds.select(keep)
-        return ds
-
-    train = read(cfg.prompts, cfg.prompts_split)
+    train = read_prompts(cfg.prompts, cfg.prompts_split)
     if cfg.eval_prompts:
-        return train, read(cfg.eval_prompts, cfg.eval_prompts_split)
+        return train, read_prompts(cfg.eval_prompts, cfg.eval_prompts_split)
     if cfg.eval_split > 0:
         return split_data(train, cfg.eval_split, cfg.seed)
     return train, None

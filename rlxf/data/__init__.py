@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rlxf.data.chat import ChatTemplateMode, render_chat, render_prompt
-from rlxf.data.dataset import Dataset, read_data
+from rlxf.data.dataset import Dataset, read_data, read_prompts
 from rlxf.data.errors import DataError
 from rlxf.data.formats import KIND_FIELDS, KINDS, Kind, detect_kind, validate_record
 from rlxf.data.split import split_data
@@ -73,6 +73,7 @@ __all__ = [
     "pad_token_id",
     "prompt_token_ids",
     "read_data",
+    "read_prompts",
     "render_chat",
     "render_prompt",
     "split_data",

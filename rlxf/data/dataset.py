@@ -163,3 +163,17 @@ def read_data(path: str | Path, kind: Kind | None = None) -> Dataset:
     return Dataset(
         path=path, kind=kind, records=records, lines=list(raw.lines), unit=raw.unit, split=raw.split
     )
+
+
+def read_prompts(path: str | Path, split: str | None = None, limit: int | None = None) -> Dataset:
+    """Prompt records of ``path`` (validated), only those whose ``split`` field equals ``split`` when given,
+    the first ``limit`` of them when given. A split no record has is an error naming the file."""
+    ds = read_data(path, kind="prompts")
+    if split is not None:
+        keep = [i for i, r in enumerate(ds.records) if r.get("split") == split]
+        if not keep:
+            raise ValueError(f"{path}: no record has split == {split!r}")
+        ds = ds.select(keep)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds

@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from rlxf.config import option
-from rlxf.data import ChatTemplateMode, read_data, render_prompt
+from rlxf.data import ChatTemplateMode, read_prompts, render_prompt
 from rlxf.eval.text import distinct_n, repeats_ngram
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models import ModelConfig, load_model
@@ -230,14 +230,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
         raise FileExistsError(
             f"{out} already holds an evaluation; choose another --out or pass overwrite=true"
         )
-    records = read_data(cfg.prompts, kind="prompts")
-    if cfg.prompts_split is not None:
-        keep = [i for i, r in enumerate(records.records) if r.get("split") == cfg.prompts_split]
-        if not keep:
-            raise ValueError(f"{cfg.prompts}: no record has split == {cfg.prompts_split!r}")
-        records = records.select(keep)
-    if cfg.max_prompts is not None:
-        records = records.select(range(min(cfg.max_prompts, len(records))))
+    records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before any model loads
     gold = parse_reward_spec(cfg.reward, cfg.reward_options)
     judge = parse_reward_spec(cfg.win_reward, cfg.reward_options) if cfg.win_reward else gold
     run = Path(cfg.run) if cfg.run else run_folder_of(cfg.model.name_or_path)

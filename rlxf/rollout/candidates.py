@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from rlxf.config import option
-from rlxf.data import ChatTemplateMode, check_prompt_lengths, read_data, render_prompt
+from rlxf.data import ChatTemplateMode, check_prompt_lengths, read_prompts, render_prompt
 from rlxf.models import ModelConfig, load_model
 from rlxf.models.load import resolve_device
 from rlxf.rollout.engine import SamplingConfig
@@ -92,14 +92,7 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     if (out / "summary.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds samples; choose another --out or pass overwrite=true")
-    records = read_data(cfg.prompts, kind="prompts")  # a bad record stops here, before the model loads
-    if cfg.prompts_split is not None:
-        keep = [i for i, r in enumerate(records.records) if r.get("split") == cfg.prompts_split]
-        if not keep:
-            raise ValueError(f"{cfg.prompts}: no record has split == {cfg.prompts_split!r}")
-        records = records.select(keep)
-    if cfg.max_prompts is not None:
-        records = records.select(range(min(cfg.max_prompts, len(records))))
+    records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before any model loads
 
     if cfg.framings:
         for i, record in enumerate(records.records):
