@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
 
@@ -322,7 +323,8 @@ def test_an_empty_completion_is_scored_as_the_prompt_and_eos(preference_run):
 
 
 def test_ratings_with_two_aspects(tiny_model_dir, tmp_path):
-    data = write_jsonl(tmp_path / "ratings.jsonl", rating_records(64))
+    records_in = rating_records(64)
+    data = write_jsonl(tmp_path / "ratings.jsonl", records_in)
     cfg = config(
         tiny_model_dir,
         data,
@@ -334,7 +336,14 @@ def test_ratings_with_two_aspects(tiny_model_dir, tmp_path):
     final = reward_train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "mse" in records[0] and final["mse"] < records[0]["mse"] / 5  # the outputs learn their targets
-    assert final["eval/mse"] < 0.5 and final["eval/spearman"] > 0.8 and "eval/pearson/helpful" in final
+    # Held out: the error is under a quarter of the ratings' variance (what predicting their mean scores),
+    # and the order is right.
+    variance = statistics.pvariance([r["rating"] for r in records_in])
+    assert (
+        final["eval/mse"] < 0.25 * variance
+        and final["eval/spearman"] > 0.8
+        and "eval/pearson/helpful" in final
+    )
 
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["id2label"] == {"0": "helpful", "1": "safe"} and saved["rlxf_reward_weights"] == [0.75, 0.25]
