@@ -406,6 +406,9 @@ def _commands() -> list[Command]:
                 Flag(
                     ("--win-reward",), "win_reward", "reward spec deciding the win rate (default: --reward)"
                 ),
+                Flag(
+                    ("--win-judge",), "win_judge", "judge model comparing each pair in both orders (win rate)"
+                ),
                 Flag(("--run",), "run", "training run folder whose metrics the report plots"),
                 Flag(("--out",), "out", "output folder"),
                 Flag(("--overwrite",), "overwrite", "replace the evaluation already in --out", switch=True),

@@ -80,6 +80,27 @@ def test_a_model_against_itself_changes_nothing(files, tmp_path, tiny_model_dir)
         assert (tmp_path / "self" / name).is_file(), name
 
 
+def test_a_pairwise_judge_decides_the_win_rate(files, tmp_path, tiny_model_dir):
+    """--win-judge: each pair in both orders. Against itself every pair holds two equal completions, so the
+    two orders are the same input and the combined probability is exactly 1/2: all ties."""
+    prompts, reward = files
+    rubric = tmp_path / "rubric.txt"  # short: the tiny judge reads 256 tokens at most
+    rubric.write_text("Which continues {prompt} better? A: {response_a} B: {response_b}")
+    cfg = eval_config(
+        str(tiny_model_dir),
+        prompts,
+        reward,
+        tmp_path / "judged",
+        baseline=str(tiny_model_dir),
+        win_judge=str(tiny_model_dir),
+        win_judge_template=str(rubric),
+    )
+    w = evaluate(cfg).summary["win_rate"]
+    assert w["judge"] == f"pairwise:{tiny_model_dir}"
+    assert w["value"] == 0.5 and w["ties"] == 1.0 and w["p_policy_mean"] == pytest.approx(0.5)
+    assert 0.0 <= w["position_consistency"] <= 1.0
+
+
 def test_eval_of_an_rl_run_finds_its_baseline_and_plots_its_metrics(files, tmp_path, tiny_model_dir):
     prompts, reward = files
     run = tmp_path / "run"

@@ -11,9 +11,11 @@ Both models sample ``n`` completions for every prompt with the same settings and
   distributions as sampled (logits / temperature). A's log-probs are the ones the engine recorded while
   sampling (exact with plain sampling: no top-k / top-p); B's come from one forward pass. Needs the same
   tokenizer on both sides (otherwise reported as unavailable).
-* **win rate** of A over B: sample ``j`` of prompt ``i`` from A against sample ``j`` from B, scored by the
-  win-rate judge (a reward spec, ``--win-reward``; the gold reward by default): 1 win, 1/2 tie, 0 loss;
-  mean over prompts of the per-prompt mean, with its standard error.
+* **win rate** of A over B: sample ``j`` of prompt ``i`` from A against sample ``j`` from B, decided by a
+  reward spec (``--win-reward``; the gold reward by default: the higher reward wins) or by a pairwise LM
+  judge (``--win-judge MODEL``: the pair shown in both orders, as ``rlxf judge`` does, so a constant
+  position bias cancels): 1 win, 1/2 tie, 0 loss; mean over prompts of the per-prompt mean, with its
+  standard error.
 * **fluency**: perplexity under B (at temperature 1) of A's completions, next to that of B's own: a policy
   that drifted into text its starting model finds unlikely shows here first.
 * **diversity**: distinct-1 / distinct-2 (Li et al. 2016) over all completions, and the share that repeat
@@ -22,8 +24,8 @@ Both models sample ``n`` completions for every prompt with the same settings and
 Writes into ``--out``: ``config.yaml``, ``samples.jsonl`` (A's and B's completion side by side with their
 rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.report`: plots of the training
 run's reward and KL per step when the policy comes from an rlxf run folder, reward against KL, length
-histograms, sample table). Leaves out: a pairwise LM judge for the win rate (a pointwise reward spec,
-which may be ``judge:MODEL``, decides it), several baselines at once, and bootstrap intervals.
+histograms, sample table). Leaves out: several baselines at once, an HTTP pairwise judge for
+the win rate, and bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class EvalConfig:
     win_reward: str | None = option(
         None, help="reward spec that decides the win rate; unset: the gold reward"
     )
+    win_judge: str | None = option(
+        None,
+        help="a judge model (model reference) that compares each pair of completions in both orders (rlxf "
+        "judge's rubric) and decides the win rate instead of win_reward",
+    )
+    win_judge_template: str | None = option(
+        None, help="rubric file for win_judge, with {prompt} {response_a} {response_b}; unset: rlxf judge's"
+    )
     reward_options: RewardOptions = field(default_factory=RewardOptions)
     sampling: SamplingConfig = field(default_factory=_default_sampling)
     precision: Precision = option(
@@ -109,6 +119,8 @@ class EvalConfig:
             raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
         if self.precision == "bf16":
             raise ValueError("precision bf16 (pure bf16 weights) is for training; use bf16-mixed or fp32")
+        if self.win_judge_template is not None and not Path(self.win_judge_template).is_file():
+            raise ValueError(f"win_judge_template: no such file {self.win_judge_template}")
         if self.sampling.greedy and self.sampling.n > 1:
             raise ValueError("greedy decoding (temperature 0) gives the same completion n times: set n=1")
 
@@ -241,6 +253,8 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
     if baseline_ref is not None:
         baseline_ref = _model_ref(baseline_ref)
         resolve_model(baseline_ref)  # a missing baseline fails here, before the policy loads
+    if cfg.win_judge is not None:
+        resolve_model(cfg.win_judge)
     resolve_model(policy_ref)
 
     models = _Models(cfg, policy_ref, baseline_ref)
@@ -289,15 +303,22 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
         reward["delta"], reward["delta_se"] = mean_se(deltas)
         reward["share_improved"] = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in deltas) / len(deltas)
 
-        judge_a = rewards_a if judge is gold else judge(list(batch_a.prompts), list(batch_a.completions))
-        judge_b = rewards_b if judge is gold else judge(list(batch_b.prompts), list(batch_b.completions))
-        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(judge_a, judge_b)]
+        if cfg.win_judge is not None:
+            print(f"the judge {cfg.win_judge} compares each pair in both orders", file=stream)
+            wins, judge_detail = pairwise_wins(
+                cfg, list(batch_a.prompts), list(batch_a.completions), list(batch_b.completions)
+            )
+        else:
+            judge_a = rewards_a if judge is gold else judge(list(batch_a.prompts), list(batch_a.completions))
+            judge_b = rewards_b if judge is gold else judge(list(batch_b.prompts), list(batch_b.completions))
+            wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(judge_a, judge_b)]
+            judge_detail = {"judge": judge.name}
         win_rate, win_se = mean_se(per_prompt(wins, n))
         summary["win_rate"] = {
             "value": win_rate,
             "se": win_se,
             "ties": sum(w == 0.5 for w in wins) / len(wins),
-            "judge": judge.name,
+            **judge_detail,
         }
         lengths["baseline"] = batch_b.completion_mask.sum(-1).tolist()
         for i, row in enumerate(samples):
@@ -358,6 +379,30 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
     print(describe_summary(summary), file=stream)
     print(f"report: {out / 'report.html'}", file=stream)
     return EvalResult(summary=summary, samples=samples, out=out)
+
+
+def pairwise_wins(
+    cfg: EvalConfig, prompts: list[str], policy: list[str], baseline: list[str]
+) -> tuple[list[float], dict[str, Any]]:
+    """Win (1), tie (1/2) or loss (0) of each policy completion against the baseline's, by a pairwise LM
+    judge asked in both orders (:func:`rlxf.feedback.judge.judge_pairs`, which cancels a constant position
+    bias); with the judge's name and the share of pairs it judged the same way in both orders."""
+    from rlxf.feedback.judge import DEFAULT_PAIRWISE_TEMPLATE, LocalPairJudge, judge_pairs
+
+    assert cfg.win_judge is not None
+    template = DEFAULT_PAIRWISE_TEMPLATE
+    if cfg.win_judge_template is not None:
+        template = Path(cfg.win_judge_template).read_text(encoding="utf-8")
+    model, tokenizer = load_model(dataclasses.replace(cfg.model, name_or_path=cfg.win_judge, dtype="auto"))
+    judge = LocalPairJudge(model, tokenizer, template, name=cfg.win_judge)
+    judgements = judge_pairs(judge, prompts, policy, baseline)
+    wins = [1.0 if j.p_first > 0.5 else 0.5 if j.p_first == 0.5 else 0.0 for j in judgements]
+    detail = {
+        "judge": f"pairwise:{cfg.win_judge}",
+        "position_consistency": sum(j.consistent for j in judgements) / len(judgements),
+        "p_policy_mean": sum(j.p_first for j in judgements) / len(judgements),
+    }
+    return wins, detail
 
 
 def _std(values: list[float]) -> float:
