@@ -44,15 +44,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rlxf.config import option
-from rlxf.feedback.judge import (
-    Candidates,
-    as_text,
-    attach_labels,
-    check_output_folder,
-    label_agreement,
-    read_candidates,
-    write_feedback,
-)
+from rlxf.data.candidates import Candidates, as_text, attach_labels, read_candidates
+from rlxf.feedback.judge import check_output_folder, label_agreement, write_feedback
 from rlxf.feedback.rewards import RewardOptions, RewardSource, parse_reward_spec
 
 
