@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -271,12 +272,20 @@ def load_reward_backbone(cfg: ModelConfig, num_labels: int, dtype: str) -> tuple
     so transformers reads the score at the closing EOS.
     """
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     path = resolve_model(cfg.name_or_path)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, dtype=getattr(torch, dtype)
-    )
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the new head as MISSING: expected, said below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=getattr(torch, dtype), output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+    new = ", ".join(sorted(info["missing_keys"])) or "none"
+    print(f"reward model: new (randomly initialised) weights: {new}", file=sys.stderr)
     pad_id = reward_pad_token_id(tokenizer)  # never the EOS the score is read at
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     model.config.pad_token_id = pad_id
