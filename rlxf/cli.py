@@ -258,7 +258,7 @@ def _commands() -> list[Command]:
         Command(
             "demo",
             "The main job on the default model: samples -> simulated feedback -> reward model -> PPO -> eval "
-            "and report, on this machine (about 15 minutes on 2 CPU cores).",
+            "and report, on this machine (about 9 minutes on 2 CPU cores).",
             DemoConfig,
             _run_demo,
             [
