@@ -123,7 +123,7 @@ def _environment() -> dict[str, Any]:
 
 def run_rlxf(model: str, steps: int, precision: str, lr: float, beta: float) -> dict[str, Any]:
     """rlxf's ``rl()`` with ``estimator=grpo``; per-step figures from its ``metrics.jsonl``."""
-    from rlxf.algos.ppo import RLConfig, rl
+    from rlxf.algos.rl import RLConfig, rl
     from rlxf.config import load_config
     from rlxf.train.metrics import read_metrics
 

@@ -167,9 +167,9 @@ def _run_demo(cfg: Any) -> int:
 def _commands() -> list[Command]:
     from rlxf.algos.dpo import DPOConfig, dpo
     from rlxf.algos.kto import KTOConfig, kto
-    from rlxf.algos.ppo import RLConfig, rl
     from rlxf.algos.reward_eval import RewardEvalConfig, RewardScoreConfig, reward_eval, reward_score
     from rlxf.algos.reward_model import RewardTrainConfig, reward_train
+    from rlxf.algos.rl import RLConfig, rl
     from rlxf.algos.sft import SFTConfig, sft
     from rlxf.demo import DemoConfig
     from rlxf.eval.evaluate import EvalConfig, evaluate

@@ -128,7 +128,7 @@ def stage_command(kind: StageKind) -> tuple[type, Callable[[Any], Any]]:
 
         return KTOConfig, kto
     if kind == "rl":
-        from rlxf.algos.ppo import RLConfig, rl
+        from rlxf.algos.rl import RLConfig, rl
 
         return RLConfig, rl
     if kind == "eval":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlxf.algos.ppo import RLConfig, rl
+from rlxf.algos.rl import RLConfig, rl
 from rlxf.cli import main
 from rlxf.config import load_config
 from rlxf.eval.evaluate import EvalConfig, evaluate, mean_se, per_prompt

@@ -1,4 +1,4 @@
-"""The online RL trainer (`rlxf rl`, rlxf/algos/ppo.py) on a tiny random model.
+"""The online RL trainer (`rlxf rl`, rlxf/algos/rl.py) on a tiny random model.
 
 * every estimator (ppo with a separate and a shared critic, grpo, rloo, reinforce++) runs, changes the
   policy, logs finite metrics under their documented names and saves a model plain transformers loads;
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlxf.algos.ppo import RLConfig, RLTrainer, rl
+from rlxf.algos.rl import RLConfig, RLTrainer, rl
 from rlxf.config import load_config
 from rlxf.train.metrics import read_metrics
 from rlxf.train.run import RunDir

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape_rewards
 from rlxf.data import encode_prompt
 from rlxf.feedback import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -22,11 +23,8 @@ from rlxf.feedback import (
     RewardHead,
     RewardModel,
     RewardOptions,
-    RewardShapingConfig,
-    RunningMoments,
     parse_reward_spec,
     sentiment_scores,
-    shape_rewards,
 )
 from rlxf.feedback.reward_model import reward_pad_token_id
 from rlxf.models.load import load_tokenizer

@@ -63,12 +63,11 @@ optional ``margin`` field (read, not used), reference refreshing (TR-DPO), the o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -90,8 +89,10 @@ from rlxf.data import (
 )
 from rlxf.data.collate import collate_preferences, pad
 from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
+from rlxf.models.precision import autocast, resolve_precision, weight_dtype
+from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig, resolve_precision, weight_dtype
+from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
@@ -256,22 +257,6 @@ def sequence_logps(
     mask = completion_mask[:, start + 1 :].to(logits.dtype)  # [batch, keep-1]
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return (token_logps * mask).sum(dim=-1)  # [batch]
-
-
-@contextlib.contextmanager
-def reference_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The reference network: ``model`` with its LoRA adapters switched off (``model`` itself without LoRA)."""
-    model = getattr(model, "module", model)  # DDP: the reference pass needs no gradient sync
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    else:
-        yield model
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The training loop's autocast: bf16 compute for ``bf16-mixed``, nothing otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
 @torch.no_grad()

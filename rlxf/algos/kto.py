@@ -55,7 +55,6 @@ import torch
 from rlxf.algos.dpo import (
     PreferenceRunConfig,
     read_train_eval,
-    reference_model,
     score_completions,
     sequence_logps,
 )
@@ -64,8 +63,10 @@ from rlxf.data import ChatTemplateMode, DataError, Dataset, Truncation, pad_toke
 from rlxf.data.collate import pad
 from rlxf.data.tokenize import completion_token_ids, prompt_field, prompt_token_ids
 from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
+from rlxf.models.precision import resolve_precision, weight_dtype
+from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, Trainer, resolve_precision, weight_dtype
+from rlxf.train.loop import LossOutput, Trainer
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
 

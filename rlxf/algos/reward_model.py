@@ -89,8 +89,9 @@ from rlxf.feedback.reward_model import (
     score_sequences,
 )
 from rlxf.models.load import ModelConfig, load_tokenizer, prepare_for_training, resolve_device, save_model
+from rlxf.models.precision import resolve_precision, weight_dtype
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, resolve_precision, weight_dtype
+from rlxf.train.loop import LossOutput, RunConfig, Trainer
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
 

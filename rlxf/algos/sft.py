@@ -61,8 +61,9 @@ from rlxf.data import (
 )
 from rlxf.data.collate import collate_sft
 from rlxf.models.load import load_model, load_tokenizer, resolve_device, save_model
+from rlxf.models.precision import resolve_precision, weight_dtype
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig, resolve_precision, weight_dtype
+from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig
 from rlxf.train.run import RunDir, print_config
 from rlxf.train.seed import seed_everything
 

@@ -19,7 +19,7 @@ Both models sample ``n`` completions for every prompt with the same settings and
 * **fluency**: perplexity under B (at temperature 1) of A's completions, next to that of B's own: a policy
   that drifted into text its starting model finds unlikely shows here first.
 * **diversity**: distinct-1 / distinct-2 (Li et al. 2016) over all completions, and the share that repeat
-  one word 3-gram 3+ times (:mod:`rlxf.eval.text`); **length**: mean completion tokens, share truncated.
+  one word 3-gram 3+ times (:mod:`rlxf.rollout.text_stats`); **length**: mean completion tokens, share truncated.
 
 Writes into ``--out``: ``config.yaml``, ``samples.jsonl`` (A's and B's completion side by side with their
 rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.report`: plots of the training
@@ -44,14 +44,14 @@ import yaml
 
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, read_prompts, render_prompt
-from rlxf.eval.text import distinct_n, repeats_ngram
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models import ModelConfig, load_model
+from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs
+from rlxf.rollout.text_stats import distinct_n, repeats_ngram
 from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
-from rlxf.train.loop import Precision, resolve_precision
 from rlxf.train.run import config_yaml, print_config
 
 
@@ -211,7 +211,7 @@ class _Models:
         self.cfg = cfg
 
     def autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+        return autocast(self.precision, self.device)
 
     @property
     def same_tokenizer(self) -> bool:

@@ -16,9 +16,6 @@ specifications"; module :mod:`~rlxf.feedback.rewards`):
 * ``http://...`` / ``https://...``: a remote scorer answering a JSON POST (:class:`HttpReward`);
 * a weighted sum: ``"0.7*sentiment + 0.3*model:PATH"``, or in YAML a list of ``{source: SPEC, weight: W}``
   (:class:`WeightedSum`).
-
-:func:`shape_rewards` (:class:`RewardShapingConfig`, :class:`RunningMoments`) penalises truncated
-completions and normalises and clips a batch's rewards for an RL trainer.
 """
 
 from rlxf.feedback.reward_model import RewardHead, RewardModel, RewardScores
@@ -32,12 +29,9 @@ from rlxf.feedback.rewards import (
     ModelReward,
     RewardError,
     RewardOptions,
-    RewardShapingConfig,
     RewardSource,
-    RunningMoments,
     WeightedSum,
     parse_reward_spec,
-    shape_rewards,
 )
 from rlxf.feedback.sentiment import SentimentScorer, sentiment_scores
 
@@ -54,12 +48,9 @@ __all__ = [
     "RewardModel",
     "RewardOptions",
     "RewardScores",
-    "RewardShapingConfig",
     "RewardSource",
-    "RunningMoments",
     "SentimentScorer",
     "WeightedSum",
     "parse_reward_spec",
     "sentiment_scores",
-    "shape_rewards",
 ]

@@ -1,4 +1,4 @@
-"""Reward specifications -> reward sources, checked on every call, and the shaping an RL trainer applies.
+"""Reward specifications -> reward sources, checked on every call.
 
 A *reward source* is a :class:`RewardSource`: ``source(prompts, completions) -> list[float]``, one finite
 float per completion, with a ``name`` (the specification it came from). :func:`parse_reward_spec` turns a
@@ -21,9 +21,8 @@ specification stops a run before any work. Every call goes through :meth:`Reward
 turns a failure, a wrong count, a non-number, NaN or an infinity into a :class:`RewardError` that names
 the source, the completion and its prompt: a broken reward never silently becomes zero.
 
-:func:`shape_rewards` (with :class:`RewardShapingConfig` and :class:`RunningMoments`) is what the trainer
-does to the rewards of a batch before computing advantages: a penalty for completions cut off at the token
-limit, normalisation (per batch or running) and clipping.
+What an RL trainer does to a batch's rewards before computing advantages (length penalty, normalisation,
+clipping) lives beside it, in :mod:`rlxf.algos.reward_shaping`.
 
 Pairwise (A vs B) judges live in :mod:`rlxf.feedback.judge`, which shares :func:`next_token_probs`.
 
@@ -47,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -541,111 +540,3 @@ def parse_reward_spec(
         raise TypeError(f"a reward spec is a string or a list, got {type(spec).__name__}")
     total = WeightedSum([(weight, _parse_one(part, options)) for weight, part in terms])
     return RewardSource(total.name, total)
-
-
-# ---------------------------------------------------------------------------------------------- shaping
-
-
-NORMALIZE_EPS = 1e-8  # keeps a constant batch (std 0) finite: it normalises to zeros
-
-
-@dataclass
-class RewardShapingConfig:
-    """What the trainer does to a batch's rewards before computing advantages (:func:`shape_rewards`)."""
-
-    normalize: Literal["none", "batch", "running"] = option(
-        "none",
-        help="none; batch: (r - mean) / std over the batch; running: with a mean and std over all batches so far",
-    )
-    clip: float | None = option(
-        None, help="clip the (normalised) reward to [-clip, clip]; unset: no clipping"
-    )
-    length_penalty: float = option(
-        0.0, help="subtracted from the reward of a completion cut off at the token limit (no EOS or stop)"
-    )
-
-    def __post_init__(self) -> None:
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 (or unset), got {self.clip}")
-        if not math.isfinite(self.length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
-
-
-class RunningMoments:
-    """Count, mean and sum of squared deviations of every value seen, merged batch by batch (Chan et al.
-    1979), in float64: the same mean and (unbiased) std as one pass over all the values, with no drift
-    from a long run's many small updates. :meth:`state_dict` is saved with a checkpoint, so a resumed run
-    normalises exactly as the uninterrupted one would."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self.m2 = 0.0  # sum of squared deviations from the mean
-
-    def update(self, values: torch.Tensor) -> None:
-        values = values.detach().double().flatten().cpu()
-        n = values.numel()
-        if n == 0:
-            return
-        batch_mean = values.mean().item()
-        batch_m2 = (values - batch_mean).square().sum().item()
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += batch_m2 + delta**2 * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        """Unbiased standard deviation of the values seen (0 before two values)."""
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
-        self.count = int(state["count"])
-        self.mean = float(state["mean"])
-        self.m2 = float(state["m2"])
-
-
-def shape_rewards(
-    rewards: torch.Tensor,
-    finish_reasons: Sequence[str],
-    cfg: RewardShapingConfig,
-    stats: RunningMoments | None = None,
-) -> torch.Tensor:
-    """Shaped rewards ``[N]``: length penalty, then normalisation, then clipping (each as ``cfg`` asks).
-
-    ``finish_reasons[i]`` is the rollout's (``"eos"``, ``"stop"`` or ``"length"``). ``stats`` is the
-    running mean and std, needed (and updated with this batch) when ``cfg.normalize == "running"``.
-    """
-    if rewards.dim() != 1 or len(finish_reasons) != rewards.shape[0]:
-        raise ValueError(
-            f"rewards {tuple(rewards.shape)} and {len(finish_reasons)} finish reasons do not match"
-        )
-    if cfg.normalize == "running" and stats is None:
-        raise ValueError("normalize=running needs the RunningMoments to update (stats)")
-    out = rewards.double()
-    # 1. A completion that hit the token limit was cut off mid-text; penalising it (in the raw reward's
-    #    units, before normalising) teaches the policy to finish within the budget rather than be rewarded
-    #    for a fragment that happened to score well.
-    if cfg.length_penalty:
-        truncated = torch.tensor([reason == "length" for reason in finish_reasons], device=out.device)
-        out = out - cfg.length_penalty * truncated
-    # 2. Normalising puts rewards of any source on one scale, so the learning rate and KL coefficient
-    #    mean the same thing whatever the scorer. Batch: each batch is whitened on its own (a batch of
-    #    one has no spread and becomes 0). Running: the statistics of all batches so far (this one
-    #    included, so the first batch is not divided by an empty history) keep the scale steady from step
-    #    to step while still following a reward that drifts as the policy improves.
-    if cfg.normalize == "batch":
-        std = out.std() if out.numel() > 1 else out.new_zeros(())
-        out = (out - out.mean()) / (std + NORMALIZE_EPS)
-    elif cfg.normalize == "running":
-        stats.update(out)
-        out = (out - stats.mean) / (stats.std + NORMALIZE_EPS)
-    # 3. Clipping last bounds what the learner sees: one outlier (a reward-model spike on an odd
-    #    completion) cannot dominate the batch's gradient.
-    if cfg.clip is not None:
-        out = out.clamp(-cfg.clip, cfg.clip)
-    return out.to(rewards.dtype)

@@ -33,10 +33,10 @@ from rlxf.config import option
 from rlxf.data import ChatTemplateMode, check_prompt_lengths, read_prompts, render_prompt
 from rlxf.models import ModelConfig, load_model
 from rlxf.models.load import resolve_device
+from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.rollout.engine import SamplingConfig
 from rlxf.rollout.hf import HFEngine
 from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
-from rlxf.train.loop import Precision, resolve_precision
 from rlxf.train.run import config_yaml, print_config
 
 
@@ -117,8 +117,7 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
         framing_of = [(j % group) % len(cfg.framings) for j in range(n)]
         rows_in = [cfg.framings[framing_of[j]] + text for text in texts for j in range(n)]
         sampling = dataclasses.replace(cfg.sampling, n=1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(precision, device):
         batch = HFEngine(model, tokenizer).generate(rows_in, sampling, seed=cfg.seed, progress=True)
 
     rows = []

@@ -35,18 +35,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from rlxf.config import option
-from rlxf.models.load import ModelConfig, cpu_has_native_bf16
+from rlxf.models.load import ModelConfig
+from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
 from rlxf.train.optim import ScheduleKind, build_optimizer, build_scheduler
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir
-
-Precision = Literal["auto", "fp32", "bf16-mixed", "bf16"]
 
 
 @dataclass
@@ -122,19 +121,6 @@ class RunConfig:
             )
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16-mixed", "bf16"]:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16-mixed" if cpu_has_native_bf16() else "fp32"
-
-
-def weight_dtype(precision: Literal["fp32", "bf16-mixed", "bf16"]) -> str:
-    """The dtype (a ``ModelConfig.dtype`` value) to load trainable weights in for ``precision``."""
-    return "bfloat16" if precision == "bf16" else "float32"
-
-
 @dataclass
 class LossOutput:
     """What a learner's ``compute_loss`` returns for one micro-batch."""
@@ -201,8 +187,7 @@ class Trainer:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 compute for ``bf16-mixed`` (weights stay fp32); nothing otherwise."""
-        device_type = self.accelerator.device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+        return autocast(self.precision, self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------ data
 

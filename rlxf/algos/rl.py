@@ -101,23 +101,19 @@ from rlxf.algos.policy_loss import (
     entropy_from_logits,
     explained_variance,
 )
+from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape_rewards
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_prompts, render_prompt, split_data
-from rlxf.eval.text import repeats_ngram
-from rlxf.feedback.rewards import (
-    RewardOptions,
-    RewardShapingConfig,
-    RunningMoments,
-    parse_reward_spec,
-    shape_rewards,
-)
+from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models.load import ModelConfig, disable_dropout, load_model, resolve_device, save_model
+from rlxf.models.precision import Precision, autocast, resolve_precision, weight_dtype
+from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_ids_of
+from rlxf.rollout.text_stats import repeats_ngram
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
-from rlxf.train.loop import Precision, resolve_precision, weight_dtype
 from rlxf.train.optim import ScheduleKind, adamw, build_scheduler, param_groups
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir, print_config
@@ -360,16 +356,6 @@ def critic_forward(critic: SeparateCritic, input_ids, attention_mask, prompt_wid
     return values[:, prompt_width - 1 : -1]  # [B, C]
 
 
-@contextlib.contextmanager
-def reference_of(policy: torch.nn.Module, frozen: torch.nn.Module | None):
-    """The reference network: a frozen copy, or (LoRA) the policy with its adapters switched off."""
-    if frozen is not None:
-        yield frozen
-    else:
-        with policy.disable_adapter():
-            yield policy
-
-
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -495,7 +481,7 @@ class RLTrainer:
         return self.cfg.kl.coef > 0 or self.cfg.kl.target is not None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+        return autocast(self.precision, self.device)
 
     @property
     def plain_sampling(self) -> bool:
@@ -551,7 +537,7 @@ class RLTrainer:
         return torch.cat(parts)
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        with reference_of(self.policy, self.ref_model) as reference:
+        with reference_model(self.policy, self.ref_model) as reference:
             return self.no_grad_logprobs(reference, batch)
 
     # ------------------------------------------------------------------------------------------ rollout
