@@ -1,6 +1,6 @@
 """rlxf: align language models from human, AI or programmatic feedback.
 
-The loop, a package per stage (see DESIGN.md): ``models`` and ``data`` feed ``rollout`` (generation),
+The loop, a package per stage (see docs/design.md): ``models`` and ``data`` feed ``rollout`` (generation),
 ``feedback`` scores it, ``algos`` learn from it on the shared loop in ``train``, ``eval`` reports.
 """
 

@@ -1,4 +1,4 @@
-"""The run folder: files as DESIGN.md lists them, metrics sinks, refusing to mix runs, resume."""
+"""The run folder: files as docs/design.md lists them, metrics sinks, refusing to mix runs, resume."""
 
 from __future__ import annotations
 

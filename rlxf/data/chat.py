@@ -1,6 +1,6 @@
 """Turning a prompt record into the text the model continues.
 
-Two kinds of prompt exist (DESIGN.md): ``messages`` (a conversation, rendered with the tokenizer's chat
+Two kinds of prompt exist (docs/design.md): ``messages`` (a conversation, rendered with the tokenizer's chat
 template and the assistant turn opened) and ``prompt`` (raw text, continued as is: the sentiment task
 continues the opening of a review). ``chat_template`` decides what a plain ``prompt`` string becomes.
 """

@@ -1,6 +1,6 @@
 """The five kinds of data, the fields each needs, and the checks that turn a raw record into a valid one.
 
-The kinds and their fields (names follow the Hugging Face / TRL conventions; DESIGN.md "Data formats"):
+The kinds and their fields (names follow the Hugging Face / TRL conventions; docs/design.md "Data formats"):
 
 ============ ==================================================================================
 kind          fields

@@ -2,7 +2,7 @@
 
 A reward source is a :class:`RewardSource`, ``source(prompts, completions) -> list[float]`` with a
 ``name``, checked on every call (a failure, a wrong count, a non-number or NaN is a :class:`RewardError`
-naming the source). :func:`parse_reward_spec` makes one from a specification (DESIGN.md "Reward
+naming the source). :func:`parse_reward_spec` makes one from a specification (docs/design.md "Reward
 specifications"; module :mod:`~rlxf.feedback.rewards`):
 
 * ``model:PATH``: a trained reward model (:class:`ModelReward`; inference in

@@ -2,7 +2,7 @@
 
 A *reward source* is a :class:`RewardSource`: ``source(prompts, completions) -> list[float]``, one finite
 float per completion, with a ``name`` (the specification it came from). :func:`parse_reward_spec` turns a
-specification (DESIGN.md "Reward specifications") into one:
+specification (docs/design.md "Reward specifications") into one:
 
 * ``model:PATH``: a trained reward model (its run folder or ``model/`` folder), scored through
   :class:`~rlxf.feedback.reward_model.RewardModel` exactly as it was trained; an ensemble gives the mean of

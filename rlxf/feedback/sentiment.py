@@ -9,7 +9,7 @@ the sum ``x`` is normalised to ``x / sqrt(x**2 + 15)``, the *compound* score, in
 as positive, below -0.05 as negative, in between as neutral. It needs no model and no network, scores
 thousands of texts a second on one CPU core, and is deterministic.
 
-It is the reward of the seed documents' worked example (``rlxf demo``, DESIGN.md "The embedded
+It is the reward of the seed documents' worked example (``rlxf demo``, docs/design.md "The embedded
 default"): the default model continues the opening of a review (``rlxf/assets/review_openings.jsonl``)
 and is rewarded for continuing it positively. The openings are chosen so that VADER scores each of them 0,
 and :class:`SentimentScorer` scores the completion alone, so the reward is what the policy wrote.

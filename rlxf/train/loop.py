@@ -49,33 +49,58 @@ from rlxf.train.run import RunDir
 
 
 @dataclass
-class TrainingConfig:
-    """Options of the shared training loop (the ``train:`` section of every training command)."""
+class UpdateConfig:
+    """The ``train:`` knobs every learner shares, offline (SFT, reward models, DPO, KTO) and online (RL):
+    optimizer, schedule, precision, and the log / evaluate / save cadence (:class:`Cadence`)."""
 
     learning_rate: float = option(1e-5, help="peak learning rate (AdamW)")
     lr_schedule: ScheduleKind = option("linear", help="after warm-up: constant, linear or cosine decay to 0")
-    warmup_ratio: float = option(0.05, help="share of the steps spent warming the learning rate up from 0")
+    warmup_ratio: float = option(
+        0.05, help="share of the optimizer steps spent warming the learning rate up from 0"
+    )
     weight_decay: float = option(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = option(1.0, help="clip the gradient's global norm to this; 0 disables")
-    num_epochs: float = option(1.0, help="passes over the training data (fractions allowed)")
-    max_steps: int = option(0, help="optimizer steps to run; > 0 overrides num_epochs")
-    global_batch_size: int = option(
-        16, help="examples per optimizer step, over all micro-batches and processes"
-    )
-    micro_batch_size: int = option(8, help="examples per forward/backward pass on one process")
     precision: Precision = option(
         "auto", help="fp32, bf16-mixed (fp32 weights, bf16 compute), bf16; auto = bf16-mixed where native"
     )
-    log_every: int = option(1, help="log metrics every N optimizer steps")
-    eval_every: int = option(0, help="evaluate every N steps (0: only at the end)")
+    log_every: int = option(1, help="log metrics every N steps")
+    eval_every: int = option(0, help="evaluate on held-out data every N steps (0: only at the start and end)")
     save_every: int = option(0, help="checkpoint every N steps (0: only at the end)")
     keep_last: int = option(2, help="checkpoints kept (older ones are deleted)")
+    keep_final_checkpoint: bool = option(
+        False,
+        help="keep the final checkpoint (optimizer state included) of a finished run, to extend it later; "
+        "false: a finished run keeps model/ only",
+    )
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+        for name in ("log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
+
+
+@dataclass
+class TrainingConfig(UpdateConfig):
+    """Options of the offline training loop (the ``train:`` section of sft, reward, dpo, kto): the shared
+    knobs of :class:`UpdateConfig` plus how much data makes a step and how many steps make the run."""
+
+    num_epochs: float = option(1.0, help="passes over the training data (fractions allowed)")
+    max_steps: int = option(0, help="optimizer steps to run; > 0 overrides num_epochs")
+    global_batch_size: int = option(
+        16, help="examples per optimizer step, over all micro-batches and processes"
+    )
+    micro_batch_size: int = option(8, help="examples per forward/backward pass on one process")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.micro_batch_size < 1 or self.global_batch_size < 1:
             raise ValueError("global_batch_size and micro_batch_size must be >= 1")
         if self.global_batch_size % self.micro_batch_size:
@@ -85,11 +110,39 @@ class TrainingConfig:
             )
         if self.max_steps < 0 or self.num_epochs <= 0:
             raise ValueError("max_steps must be >= 0 and num_epochs > 0")
-        for name in ("log_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.eval_every < 0 or self.save_every < 0:
-            raise ValueError("eval_every and save_every must be >= 0")
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a loop logs, evaluates and saves; the same skeleton for the offline loop and RL.
+
+    After optimizer step (offline) or rollout step (RL) ``done`` of ``total``, in this order::
+
+        evaluate  if eval_every and done % eval_every == 0 and done < total
+        log       if done % log_every == 0 or done == total
+        save      if save_every and done % save_every == 0 and done < total
+
+    and at the end: evaluate (always, when there is held-out data), log, save the final checkpoint, then
+    the model and the summary. Evaluating before saving means a checkpoint's step has its eval logged.
+    """
+
+    log_every: int
+    eval_every: int
+    save_every: int
+    total: int
+
+    @classmethod
+    def of(cls, cfg: UpdateConfig, total: int) -> Cadence:
+        return cls(cfg.log_every, cfg.eval_every, cfg.save_every, total)
+
+    def evaluate(self, done: int) -> bool:
+        return bool(self.eval_every) and done % self.eval_every == 0 and done < self.total
+
+    def log(self, done: int) -> bool:
+        return done % self.log_every == 0 or done == self.total
+
+    def save(self, done: int) -> bool:
+        return bool(self.save_every) and done % self.save_every == 0 and done < self.total
 
 
 @dataclass

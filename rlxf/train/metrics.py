@@ -1,7 +1,7 @@
 """Metrics sinks: ``metrics.jsonl`` and TensorBoard event files, written together; peak memory.
 
 ``metrics.jsonl`` holds one JSON object per logged step, ``{"step": 40, "loss": 0.42, "lr": 1e-05}``,
-with the names of DESIGN.md ("Metrics names": ``reward/mean``, ``kl``, ``loss``, ``lr`` ...). Each line
+with the names of docs/design.md ("Metrics names": ``reward/mean``, ``kl``, ``loss``, ``lr`` ...). Each line
 is appended and flushed when it is logged, so a killed run loses nothing it logged. Values that are not
 finite (NaN, infinity) are written as ``null`` to keep the file standard JSON.
 

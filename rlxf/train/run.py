@@ -1,4 +1,4 @@
-"""The output folder of a training run (``--out DIR``), as DESIGN.md ("Output folder") lays it out.
+"""The output folder of a training run (``--out DIR``), as docs/design.md ("Output folder") lays it out.
 
 ::
 
@@ -36,7 +36,8 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -54,6 +55,34 @@ MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 TB_DIR = "tb"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_DIR, CHECKPOINTS_DIR, TB_DIR)
+
+
+@dataclass
+class RunResult(Mapping[str, float]):
+    """What a training function (``sft``, ``reward_train``, ``dpo``, ``kto``, ``rl``) returns.
+
+    ``out`` is the run folder, ``metrics`` the final metrics (training and held-out ``eval/...``), and
+    ``summary`` what ``summary.json`` holds. The result also reads as the mapping of its final metrics
+    (``result["loss"]``), as a Hugging Face ``ModelOutput`` reads as a dict.
+    """
+
+    out: Path
+    metrics: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        """The trained model as a plain HF folder."""
+        return self.out / MODEL_DIR
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
 
 
 class RunExistsError(FileExistsError):

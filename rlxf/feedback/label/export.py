@@ -18,7 +18,7 @@ The answers stay raw in the database, one per labeller; aggregation happens here
   and in original indices, the reason and the time.
 
 Items with fewer than ``min_labels`` answers (default: the project's k) are skipped, except in ``raw``.
-Records carry the fields of DESIGN.md's formats (rlxf's readers read them back) plus ``id`` (the item's
+Records carry the fields of docs/design.md's formats (rlxf's readers read them back) plus ``id`` (the item's
 input id or its database id) and ``num_labels``.
 """
 
