@@ -51,17 +51,17 @@ How the settings are matched (rlxf ``RLConfig`` key = TRL ``GRPOConfig`` argumen
   (TRL adds ``beta * k3`` per token to the loss); aggregation ``loss_aggregation=token-mean`` = TRL's
   default ``loss_type="dapo"`` (the sum over every completion token of the optimizer step divided by
   their number);
-* optimizer: AdamW (torch's, betas 0.9 / 0.999, eps 1e-8), the same ``--lr``, constant schedule, no
-  warm-up, weight decay 0, gradient norm clipped at 1.0 (TRL: ``optim="adamw_torch"`` rather than its
-  default fused variant, ``lr_scheduler_type="constant"``);
+* optimizer: AdamW (torch's, betas 0.9 / 0.999, eps 1e-8), the same ``--lr`` (rlxf ``train.*``),
+  constant schedule, no warm-up, weight decay 0, gradient norm clipped at 1.0 (TRL:
+  ``optim="adamw_torch"`` rather than its default fused variant, ``lr_scheduler_type="constant"``);
 * model: full fine-tune, weights in fp32 on both; ``--precision bf16`` trains them under bf16 autocast
-  (rlxf ``precision=bf16-mixed``; TRL ``bf16=True``), else fp32 (TRL ``bf16=False``: its default is
+  (rlxf ``train.precision=bf16-mixed``; TRL ``bf16=True``), else fp32 (TRL ``bf16=False``: its default is
   True); dropout off (rlxf always; TRL ``disable_dropout=True``); no gradient checkpointing (rlxf
   ``model.gradient_checkpointing=false``, its default; TRL ``gradient_checkpointing=False``: its default
   is True); ``use_cpu=True``;
 * bookkeeping: TRL ``report_to="none"``, ``save_strategy="no"``, ``logging_steps=1``; rlxf logs every
-  step and, as ``rl()`` always does, writes the final checkpoint and model once the steps are done
-  (outside the timed steps).
+  step (``train.log_every=1``) and, as ``rl()`` always does, writes the final checkpoint and model once
+  the steps are done (outside the timed steps), then deletes the checkpoint.
 
 Known differences: the advantages' epsilon is 1e-6 in rlxf and 1e-4 in TRL; the samples
 differ (each side has its own sampler and random stream), so completion lengths, and with them the work
@@ -135,6 +135,7 @@ def run_rlxf(model: str, steps: int, precision: str, lr: float, beta: float) -> 
                 "model": {"name_or_path": model, "gradient_checkpointing": False},
                 "prompts": str(PROMPTS_FILE),
                 "prompts_split": PROMPTS_SPLIT,
+                "eval_split": 0,  # all 280 openings train, in the order TRL's sampler draws them
                 "chat_template": "never",
                 "reward": "sentiment",
                 "out": str(out),
@@ -153,18 +154,20 @@ def run_rlxf(model: str, steps: int, precision: str, lr: float, beta: float) -> 
                 "ppo_epochs": 1,
                 "mini_batch_size": 0,
                 "micro_batch_size": MICRO_BATCH,
-                "learning_rate": lr,
-                "lr_schedule": "constant",
-                "warmup_steps": 0,
-                "weight_decay": 0.0,
-                "max_grad_norm": MAX_GRAD_NORM,
-                "precision": "bf16-mixed" if precision == "bf16" else "fp32",
+                "train": {
+                    "learning_rate": lr,
+                    "lr_schedule": "constant",
+                    "warmup_ratio": 0.0,
+                    "weight_decay": 0.0,
+                    "max_grad_norm": MAX_GRAD_NORM,
+                    "precision": "bf16-mixed" if precision == "bf16" else "fp32",
+                    "log_every": 1,
+                    "save_every": 0,
+                },
                 "clip_eps": CLIP_EPS,
                 "loss_aggregation": "token-mean",
                 "scale_by_std": True,
                 "kl": {"coef": beta, "estimator": "k3", "placement": "loss"},
-                "log_every": 1,
-                "save_every": 0,
             },
         )
         rl(cfg)
@@ -172,7 +175,7 @@ def run_rlxf(model: str, steps: int, precision: str, lr: float, beta: float) -> 
     records.sort(key=lambda r: r["step"])
     seconds = [r["time/generate"] + r["time/score"] + r["time/train"] for r in records]
     return {
-        "precision": cfg.precision,
+        "precision": cfg.train.precision,
         "seconds": seconds,
         "generate_seconds": [r["time/generate"] for r in records],
         "score_seconds": [r["time/score"] for r in records],

@@ -9,15 +9,26 @@ help text beside the field (the same text ``--help`` prints). Nested dataclasses
   ``list[...]``, ``X | None`` and nested dataclasses);
 * the dataclasses' own ``__post_init__`` checks (ranges, combinations of options).
 
+Renamed keys. A config class may declare ``renamed_keys: ClassVar[dict[str, str]]`` (old key -> its new
+dotted key, e.g. ``{"learning_rate": "train.learning_rate"}``): for one release the old key still works,
+its value moved to the new place with a deprecation message (a ``DeprecationWarning`` and a warning on
+the ``rlxf`` logger); giving both is an error. An old key whose value needs converting rather than moving
+is also listed in ``renamed_conversions: ClassVar[dict[str, Callable[[config, old_value], new_value]]]``:
+the config is built without it, the function computes the new key's value from that config, and the
+config is built again with it (e.g. RL's ``warmup_steps`` count -> ``train.warmup_ratio``).
+
 This module knows nothing of models or training; every layer of the package uses it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -25,6 +36,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -144,7 +157,80 @@ def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
     )
 
 
+def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
+    """The value at ``dotted`` in a nested mapping, or ``dataclasses.MISSING``."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return dataclasses.MISSING
+        node = node[part]
+    return node
+
+
+def _pop_dotted(tree: dict[str, Any], dotted: str) -> None:
+    """Remove the value at ``dotted`` from a nested dict, if there is one."""
+    *parents, last = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _deprecated(cls: type, prefix: str, old: str, new: str, note: str = "") -> None:
+    message = (
+        f"{cls.__name__}: `{prefix}{old}` is deprecated and will be removed in the next release; "
+        f"write `{prefix}{new}`{note}"
+    )
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
+    logger.warning(message)
+
+
+def _move_renamed_keys(
+    cls: type, values: Mapping[str, Any], prefix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Move the values of ``cls.renamed_keys`` to their new keys; return the values and, apart, the old
+    keys whose value ``cls.renamed_conversions`` converts (those are applied once the config is built)."""
+    renamed: dict[str, str] = getattr(cls, "renamed_keys", {})
+    conversions = getattr(cls, "renamed_conversions", {})
+    if not any(old in values for old in renamed):
+        return dict(values), {}
+    moved = copy.deepcopy(dict(values))
+    to_convert: dict[str, Any] = {}
+    for old, new in renamed.items():
+        if old not in moved:
+            continue
+        if _get_dotted(moved, new) is not dataclasses.MISSING:
+            raise ConfigError(
+                f"{prefix}{old} and {prefix}{new} are both given: {prefix}{old} is the deprecated name of "
+                f"{prefix}{new}; keep only {prefix}{new}"
+            )
+        value = moved.pop(old)
+        if old in conversions:
+            to_convert[old] = value
+            continue
+        _deprecated(cls, prefix, old, new)
+        set_dotted(moved, new, value)
+    return moved, to_convert
+
+
 def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    values, to_convert = _move_renamed_keys(cls, values, prefix)
+    cfg = _construct(cls, values, prefix)
+    if not to_convert:
+        return cfg
+    for old, old_value in to_convert.items():
+        new = cls.renamed_keys[old]  # type: ignore[attr-defined]
+        try:
+            new_value = cls.renamed_conversions[old](cfg, old_value)  # type: ignore[attr-defined]
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{prefix}{old}: {exc}") from exc
+        _deprecated(cls, prefix, old, new, f" (here {prefix}{new}={new_value!r})")
+        set_dotted(values, new, new_value)
+    return _construct(cls, values, prefix)
+
+
+def _construct(cls: type[T], values: Mapping[str, Any], prefix: str) -> T:
     types_ = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -156,8 +242,13 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
         factory = fields[name].default_factory
         if _is_dataclass_type(tp) and isinstance(value, Mapping) and factory is not dataclasses.MISSING:
             # A section given in part keeps the other values of its declared default, which may differ
-            # from the section class's own defaults (e.g. a learner's own learning rate).
-            value = merge(dataclasses.asdict(factory()), value)
+            # from the section class's own defaults (e.g. a learner's own learning rate); a renamed key
+            # given under its old name replaces the default of its new one.
+            defaults = dataclasses.asdict(factory())
+            for old, new in getattr(tp, "renamed_keys", {}).items():
+                if old in value:
+                    _pop_dotted(defaults, new)
+            value = merge(defaults, value)
         kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
     try:
         return cls(**kwargs)
@@ -258,7 +349,15 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     for f in dataclasses.fields(cls):
         tp = types_[f.name]
         if _is_dataclass_type(tp):
-            rows.extend((f"{f.name}.{k}", t, d, h) for k, t, d, h in describe(tp))
+            # A section's defaults are those of its declared default (a learner's own learning rate),
+            # which may differ from the section class's own.
+            section = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            for key, type_name, default, help_text in describe(tp):
+                if section is not None:
+                    default = section
+                    for part in key.split("."):
+                        default = getattr(default, part)
+                rows.append((f"{f.name}.{key}", type_name, default, help_text))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default

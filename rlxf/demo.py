@@ -20,21 +20,22 @@ the way a real RLHF project runs, with every stage a real rlxf command (an :mod:
 
 Everything lands in ``--out`` (``runs/demo``), one folder per stage; running the demo again reuses what
 finished (``rlxf run`` rules), so an interrupted demo continues. ``--print-pipeline`` shows the pipeline
-as YAML, ready for ``rlxf run`` and for changing.
+as YAML, ready for ``rlxf run`` and for changing. :func:`demo` returns a :class:`DemoResult`; the CLI
+prints its headline.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rlxf.config import load_config, option
+
+logger = logging.getLogger(__name__)
 
 OPENINGS = Path(__file__).parent / "assets" / "review_openings.jsonl"
 FRAMINGS = [  # hidden texts before the opening while sampling (never part of a record or of training)
@@ -121,6 +122,7 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "model": dict(model),
                     "prompts": openings,
                     "prompts_split": "train",
+                    "eval_split": 0,  # every opening trains; the eval stage measures on the test split
                     "chat_template": "never",
                     "reward": "model:${reward_model}",
                     "shaping": {"normalize": "running"},
@@ -130,13 +132,11 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "num_steps": cfg.rl_steps,
                     "ppo_epochs": 1,
                     "micro_batch_size": 16,
-                    "learning_rate": 4.0e-5,
-                    "lr_schedule": "constant",
                     "gamma": 1.0,
                     "lam": 0.95,
                     "kl": {"coef": 0.05, "estimator": "k1", "placement": "reward"},
                     "critic": {"kind": "shared", "vf_coef": 0.1, "value_clip": 0.2},
-                    "save_every": 6,
+                    "train": {"learning_rate": 4.0e-5, "lr_schedule": "constant", "save_every": 6},
                     "seed": cfg.seed,
                 },
             },
@@ -157,44 +157,57 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
-def demo(cfg: DemoConfig, stream: Any = None) -> int:
-    """Run the demo (module docstring); prints each stage, the headline figures and where the report is."""
+@dataclass
+class DemoResult:
+    """What :func:`demo` returns: the pipeline it ran and its headline figures."""
+
+    out: Path
+    pipeline: dict[str, Any]  # the demo as an `rlxf run` pipeline
+    status: int = 0  # run_pipeline's exit status (0: every stage finished)
+    seconds: float = 0.0
+    eval_summary: dict[str, Any] = field(default_factory=dict)  # eval/summary.json
+    reward_model_accuracy: float | None = None  # held-out accuracy on the simulated labels
+
+    def headline(self) -> str:
+        """The few lines a person reads at the end of ``rlxf demo``."""
+        reward, kl = self.eval_summary["reward"], self.eval_summary["kl"]
+        lines = [f"rlxf demo done in {self.seconds:.0f} s"]
+        if self.reward_model_accuracy:
+            lines.append(
+                f"  reward model: held-out accuracy {self.reward_model_accuracy:.2f} on the simulated labels"
+            )
+        lines += [
+            f"  held-out gold sentiment (VADER): {reward['baseline']['mean']:+.3f} -> "
+            f"{reward['policy']['mean']:+.3f} ({reward['delta']:+.3f} +- {reward['delta_se']:.3f}; "
+            f"{reward['share_improved']:.0%} of openings improved)",
+            f"  KL to the starting model: {kl['mean']:.2f} nats per completion",
+            f"  report: {self.out / 'eval' / 'report.html'}",
+        ]
+        return "\n".join(lines)
+
+
+def demo(cfg: DemoConfig) -> DemoResult:
+    """Run the demo (module docstring); with ``print_pipeline`` only build its pipeline."""
     from rlxf.pipeline import PipelineConfig, run_pipeline
 
-    stream = stream if stream is not None else sys.stderr
+    out = Path(cfg.out)
     spec = demo_pipeline(cfg)
     if cfg.print_pipeline:
-        print(yaml.safe_dump(spec, sort_keys=False), end="")
-        return 0
-    print(
+        return DemoResult(out, spec)
+    logger.info(
         f"rlxf demo: sentiment RLHF on {cfg.model}, on this machine, in {cfg.out}\n"
         "  samples -> simulated feedback (VADER, 10% noise) -> reward model -> PPO on the learned reward\n"
         "  -> eval on held-out openings (VADER as the gold judge) -> report.html\n"
-        "  (a second run reuses finished stages; `rlxf demo --print-pipeline` shows the pipeline)",
-        file=stream,
+        "  (a second run reuses finished stages; `rlxf demo --print-pipeline` shows the pipeline)"
     )
     started = time.monotonic()
-    code = run_pipeline(load_config(PipelineConfig, overrides=spec), stream=stream)
-    if code:
-        return code
-    summary = json.loads((Path(cfg.out) / "eval" / "summary.json").read_text(encoding="utf-8"))
-    reward, kl = summary["reward"], summary["kl"]
-    rm_summary = json.loads((Path(cfg.out) / "reward_model" / "summary.json").read_text(encoding="utf-8"))
+    status = run_pipeline(load_config(PipelineConfig, overrides=spec))
+    if status:
+        return DemoResult(out, spec, status, time.monotonic() - started)
+    summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
+    rm_summary = json.loads((out / "reward_model" / "summary.json").read_text(encoding="utf-8"))
     rm_accuracy = rm_summary.get("metrics", {}).get("eval/accuracy")
-    print(
-        f"\nrlxf demo done in {time.monotonic() - started:.0f} s"
-        + (
-            f"\n  reward model: held-out accuracy {rm_accuracy:.2f} on the simulated labels"
-            if rm_accuracy
-            else ""
-        )
-        + f"\n  held-out gold sentiment (VADER): {reward['baseline']['mean']:+.3f} -> {reward['policy']['mean']:+.3f}"
-        f" ({reward['delta']:+.3f} +- {reward['delta_se']:.3f}; {reward['share_improved']:.0%} of openings improved)"
-        f"\n  KL to the starting model: {kl['mean']:.2f} nats per completion"
-        f"\n  report: {Path(cfg.out) / 'eval' / 'report.html'}",
-        file=stream,
-    )
-    return 0
+    return DemoResult(out, spec, status, time.monotonic() - started, summary, rm_accuracy)
 
 
-__all__ = ["DemoConfig", "demo", "demo_pipeline"]
+__all__ = ["DemoConfig", "DemoResult", "demo", "demo_pipeline"]

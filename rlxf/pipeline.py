@@ -12,43 +12,47 @@ options (the same keys as that command's ``--config`` file)::
       - {name: eval,     kind: eval,     options: {model: {name_or_path: "${policy}"}, prompts: ...}}
 
 Stage ``NAME`` writes into ``OUT/NAME`` (the pipeline sets each stage's ``out``); ``${NAME}`` in a later
-stage's options stands for that folder. Kinds: ``sample`` (``rlxf sample``), ``simulate``, ``judge``,
-``label`` (a human labelling project, :mod:`rlxf.feedback.label`), ``sft``, ``reward``, ``dpo``, ``kto``,
-``rl``, ``eval``.
+stage's options stands for that folder. A stage's ``kind`` is a command of the command table
+(:mod:`rlxf.commands`, which gives its config and function): ``sample`` (``rlxf sample``), ``simulate``,
+``judge``, ``label`` (``rlxf label collect``: a human labelling project, :mod:`rlxf.feedback.label`),
+``sft``, ``reward`` (``rlxf reward train``), ``dpo``, ``kto``, ``rl``, ``eval``. The commands that cannot
+be stages, and why, are :data:`rlxf.commands.NOT_STAGES`.
 
 Re-running is safe and cheap, as with ``make``:
 
 * a stage that finished (its folder holds ``stage.json``, written after the command returned, with the
   options it ran with) is reused as it is;
-* a stage that was interrupted continues: a training stage (``sft``, ``reward``, ``dpo``, ``kto``, ``rl``)
-  resumes from its last checkpoint (``--resume``), any other starts its folder over;
+* a stage that was interrupted continues: a training stage (a command with a ``resume`` option: ``sft``,
+  ``reward``, ``dpo``, ``kto``, ``rl``) resumes from its last checkpoint, any other starts its folder over;
 * a finished stage whose options changed runs again, and so does every stage after it;
 * a failing stage stops the pipeline with its error; the stages before it stay as they are;
 * a ``label`` stage whose project does not have its labels yet exits with status 3 and says to come back
   when it is labelled (or, with ``wait: true``, polls until it is).
 
 Every stage's options are checked (typed, as the command would) before the first stage runs, so a typo in
-the last stage does not cost the first ones' time.
+the last stage does not cost the first ones' time. Progress goes to ``logging.getLogger("rlxf.pipeline")``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlxf.commands import STAGE_KINDS, command_for_stage, has_option
 from rlxf.config import ConfigError, load_config, option
 from rlxf.feedback.label.stage import LabelsPending
 from rlxf.train.atomic import write_text_atomic
 from rlxf.train.run import config_yaml, run_status
 
-StageKind = Literal["sample", "simulate", "judge", "label", "sft", "reward", "dpo", "kto", "rl", "eval"]
-TRAINING_KINDS = ("sft", "reward", "dpo", "kto", "rl")  # run folders with checkpoints: resumable
+logger = logging.getLogger(__name__)
+
+StageKind = Literal[STAGE_KINDS]  # type: ignore[valid-type]  # the command table's stage kinds
 STAGE_FILE = "stage.json"  # written into a stage's folder once its command returned: "finished"
 WAITING_FOR_LABELS = 3  # exit status of `rlxf run` while a labelling stage waits for people
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -60,9 +64,7 @@ class StageConfig:
     """One stage: an rlxf command and its options."""
 
     name: str = option("", help="the stage's name: its folder is OUT/NAME, later stages write ${NAME} for it")
-    kind: StageKind = option(
-        "sample", help="the command: sample, simulate, judge, label, sft, reward, dpo, kto, rl, eval"
-    )
+    kind: StageKind = option("sample", help=f"the command: {', '.join(STAGE_KINDS)}")
     options: dict = option(default_factory=dict, help="the command's options (its --config keys); out is set")
 
     def __post_init__(self) -> None:
@@ -91,53 +93,6 @@ class PipelineConfig:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(repeated)}")
         if self.stop_after is not None and self.stop_after not in names:
             raise ValueError(f"stop_after {self.stop_after!r} is not a stage ({', '.join(names)})")
-
-
-def stage_command(kind: StageKind) -> tuple[type, Callable[[Any], Any]]:
-    """The config class and library function behind a stage kind (imported only when used)."""
-    if kind == "sample":
-        from rlxf.rollout.candidates import SampleConfig, sample_candidates
-
-        return SampleConfig, sample_candidates
-    if kind == "simulate":
-        from rlxf.feedback.simulate import SimulateConfig, simulate
-
-        return SimulateConfig, simulate
-    if kind == "judge":
-        from rlxf.feedback.judge import JudgeConfig, judge
-
-        return JudgeConfig, judge
-    if kind == "label":
-        from rlxf.feedback.label.stage import LabelStageConfig, label_stage
-
-        return LabelStageConfig, label_stage
-    if kind == "sft":
-        from rlxf.algos.sft import SFTConfig, sft
-
-        return SFTConfig, sft
-    if kind == "reward":
-        from rlxf.algos.reward_model import RewardTrainConfig, reward_train
-
-        return RewardTrainConfig, reward_train
-    if kind == "dpo":
-        from rlxf.algos.dpo import DPOConfig, dpo
-
-        return DPOConfig, dpo
-    if kind == "kto":
-        from rlxf.algos.kto import KTOConfig, kto
-
-        return KTOConfig, kto
-    if kind == "rl":
-        from rlxf.algos.rl import RLConfig, rl
-
-        return RLConfig, rl
-    if kind == "eval":
-        from rlxf.eval.evaluate import EvalConfig, evaluate
-
-        return EvalConfig, evaluate
-    raise ValueError(
-        f"unknown stage kind {kind!r}"
-    )  # unreachable: `kind` is checked when the config is built
 
 
 def substitute(value: Any, folders: dict[str, Path], where: str) -> Any:
@@ -179,7 +134,8 @@ def plan(cfg: PipelineConfig) -> list[PlannedStage]:
         options = substitute(spec.options, folders, where)
         folder = root / spec.name
         options["out"] = str(folder)
-        config_cls, run = stage_command(spec.kind)
+        entry = command_for_stage(spec.kind)
+        config_cls, run = entry.config_class(), entry.library_function()
         try:
             checked = load_config(config_cls, overrides=options)
         except ConfigError as exc:
@@ -197,9 +153,8 @@ def finished_with(stage: PlannedStage) -> str | None:
     return json.loads(marker.read_text(encoding="utf-8")).get("options")
 
 
-def run_pipeline(cfg: PipelineConfig, stream: Any = None) -> int:
+def run_pipeline(cfg: PipelineConfig) -> int:
     """Run ``rlxf run`` (module docstring). Returns 0 when done, :data:`WAITING_FOR_LABELS` when waiting."""
-    stream = stream if stream is not None else sys.stderr
     stages = plan(cfg)
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -211,38 +166,25 @@ def run_pipeline(cfg: PipelineConfig, stream: Any = None) -> int:
         name, kind = stage.spec.name, stage.spec.kind
         head = f"[{number}/{total}] {name} ({kind})"
         done = finished_with(stage)
-        options = dict(stage.options)
         if done == stage.fingerprint and not rerun:
-            print(f"{head}: finished earlier, reusing {stage.folder}", file=stream)
+            logger.info(f"{head}: finished earlier, reusing {stage.folder}")
         else:
-            if done is not None:
-                why = "its options changed" if done != stage.fingerprint else "an earlier stage ran again"
-                print(f"{head}: finished earlier, but {why}: running it again", file=stream)
-                options["overwrite"] = True
-                rerun = True
-            elif stage.folder.exists() and kind in TRAINING_KINDS and run_status(stage.folder) != "none":
-                print(f"{head}: interrupted earlier, resuming from its last checkpoint", file=stream)
-                options["resume"] = True
-            elif stage.folder.exists() and any(stage.folder.iterdir()):
-                print(f"{head}: interrupted earlier, starting it over", file=stream)
-                options["overwrite"] = True
-            else:
-                print(f"{head}: running, output in {stage.folder}", file=stream)
+            options, why = _how_to_run(stage, done)
+            rerun = rerun or done is not None
+            logger.info(f"{head}: {why}")
             stage_started = time.monotonic()
             try:
                 stage.run(load_config(stage.config_cls, overrides=options))
             except LabelsPending as exc:
-                print(f"{head}: waiting for labels. {exc}", file=stream)
-                print(
-                    f"Come back when it is labelled: `rlxf run {cfg.out}/pipeline.yaml` continues here.",
-                    file=stream,
+                logger.info(f"{head}: waiting for labels. {exc}")
+                logger.info(
+                    f"Come back when it is labelled: `rlxf run {cfg.out}/pipeline.yaml` continues here."
                 )
                 return WAITING_FOR_LABELS
             except BaseException as exc:
                 if not isinstance(exc, KeyboardInterrupt):
-                    print(
-                        f"{head} failed; earlier stages are kept. Fix it and run the pipeline again.",
-                        file=stream,
+                    logger.error(
+                        f"{head} failed; earlier stages are kept. Fix it and run the pipeline again."
                     )
                 raise
             marker = {
@@ -252,12 +194,31 @@ def run_pipeline(cfg: PipelineConfig, stream: Any = None) -> int:
             }
             write_text_atomic(stage.folder / STAGE_FILE, json.dumps(marker, indent=2) + "\n")
             rerun = rerun or done is None and number < total and _later_finished(stages[number:])
-            print(f"{head}: done in {marker['seconds']:.0f} s", file=stream)
+            logger.info(f"{head}: done in {marker['seconds']:.0f} s")
         if cfg.stop_after == name:
-            print(f"stopping after {name} (stop_after)", file=stream)
+            logger.info(f"stopping after {name} (stop_after)")
             break
-    print(f"pipeline done in {time.monotonic() - started:.0f} s: {root}", file=stream)
+    logger.info(f"pipeline done in {time.monotonic() - started:.0f} s: {root}")
     return 0
+
+
+def _how_to_run(stage: PlannedStage, done: str | None) -> tuple[dict[str, Any], str]:
+    """The options a stage that must run gets (``overwrite`` or ``resume`` added), and why it runs."""
+    options = dict(stage.options)
+    if done is not None:
+        why = "its options changed" if done != stage.fingerprint else "an earlier stage ran again"
+        options["overwrite"] = True
+        return options, f"finished earlier, but {why}: running it again"
+    resumable = has_option(stage.config_cls, "resume")  # a training run with checkpoints
+    # A run that wrote its summary but was stopped before stage.json has no checkpoint left to resume
+    # (a finished run keeps model/ only): it starts over below, like any stage interrupted before its end.
+    if stage.folder.exists() and resumable and run_status(stage.folder) == "in_progress":
+        options["resume"] = True
+        return options, "interrupted earlier, resuming from its last checkpoint"
+    if stage.folder.exists() and any(stage.folder.iterdir()):
+        options["overwrite"] = True
+        return options, "interrupted earlier, starting it over"
+    return options, f"running, output in {stage.folder}"
 
 
 def _later_finished(later: list[PlannedStage]) -> bool:

@@ -169,9 +169,14 @@ def test_training_commands_through_the_cli(capsys, tiny_model_dir, tmp_path):
         "fp32",
     ]
 
-    code, _, err = run_cli(capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common)
+    # A finished run keeps its last checkpoint only when asked (a derived switch, given as `--KEY true`).
+    keep = ["--train.keep_final_checkpoint", "true"]
+    code, _, err = run_cli(
+        capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common, *keep
+    )
     assert code == 0, err
     assert (tmp_path / "sft" / "model" / "config.json").is_file() and "run folder" in err
+    assert "keep_final_checkpoint: true" in (tmp_path / "sft" / "config.yaml").read_text()
     # The same --out again is refused with a clear message, --resume continues (nothing left to do here).
     code, _, err = run_cli(capsys, "sft", "--data", str(sft_data), "--out", str(tmp_path / "sft"), *common)
     assert code == 2 and "--resume" in err

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -120,3 +122,64 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(Outer, None, ["optim.lr=3e-4"]).optim.lr == 3e-4
     with pytest.raises(ConfigError, match="optim.lr: expected a number"):
         load_config(Outer, None, ["optim.lr=fast"])
+
+
+def _steps_to_share(cfg: Renamed, count: Any) -> float:
+    if not isinstance(count, int) or count > cfg.steps:
+        raise ValueError(f"expected a count <= steps ({cfg.steps}), got {count!r}")
+    return count / cfg.steps
+
+
+@dataclass
+class Renamed:
+    steps: int = option(10, help="steps")
+    share: float = option(0.0, help="a share of the steps")
+    optim: Inner = field(default_factory=lambda: Inner(lr=0.5))
+
+    renamed_keys: ClassVar[dict[str, str]] = {"lr": "optim.lr", "count": "share"}
+    renamed_conversions: ClassVar[dict[str, Any]] = {"count": _steps_to_share}
+
+
+def test_renamed_key_still_works_with_a_deprecation_message(caplog):
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        with pytest.warns(DeprecationWarning, match=r"Renamed: `lr` is deprecated .*write `optim.lr`"):
+            cfg = load_config(Renamed, None, ["lr=0.25", "optim.schedule=cosine"])
+    assert cfg.optim.lr == 0.25 and cfg.optim.schedule == "cosine"
+    assert "`lr` is deprecated and will be removed in the next release" in caplog.text
+    # Inside a section, the message names the full dotted keys.
+    with pytest.warns(DeprecationWarning, match=r"`inner.lr` is deprecated .*write `inner.optim.lr`"):
+        nested = load_config(HoldsRenamed, None, ["inner.lr=0.75"])
+    assert nested.inner.optim.lr == 0.75
+
+
+def test_renamed_key_converted_from_the_built_config():
+    with pytest.warns(DeprecationWarning, match=r"`count` is deprecated.*write `share` \(here share=0.25\)"):
+        cfg = load_config(Renamed, None, ["count=5", "steps=20"])
+    assert cfg.share == 0.25 and cfg.steps == 20
+    with pytest.raises(ConfigError, match=r"count: expected a count <= steps \(10\), got 11"):
+        load_config(Renamed, None, ["count=11"])
+
+
+def test_old_and_new_key_together_is_an_error():
+    with pytest.raises(ConfigError, match="lr and optim.lr are both given"):
+        load_config(Renamed, None, ["lr=0.25", "optim.lr=0.5"])
+    with pytest.raises(ConfigError, match="count and share are both given"):
+        load_config(Renamed, None, ["count=1", "share=0.5"])
+
+
+def test_new_keys_and_typos_are_unaffected():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation message for the new names
+        cfg = load_config(Renamed, None, ["optim.lr=0.125", "share=0.5"])
+    assert cfg.optim.lr == 0.125 and cfg.share == 0.5 and cfg.optim.schedule == "linear"
+    assert load_config(Renamed).optim.lr == 0.5  # the declared default, untouched
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ConfigError, match=r"key stpes .*Did you mean steps\?"),
+    ):
+        load_config(Renamed, None, ["stpes=3", "lr=0.25"])  # beside an old key, a typo is still named
+
+
+@dataclass
+class HoldsRenamed:
+    inner: Renamed = field(default_factory=Renamed)

@@ -3,7 +3,7 @@
 The demo's own pipeline (samples with framings -> simulated annotators -> reward model -> PPO on the
 learned reward -> eval with VADER as the gold judge) runs through `rlxf demo --model TINY`, prints its
 headline figures and the report's path; a second run reuses every stage; `--print-pipeline` is a
-pipeline `rlxf run` accepts.
+pipeline `rlxf run` accepts, and `demo()` from Python returns it.
 """
 
 from __future__ import annotations
@@ -42,3 +42,10 @@ def test_the_demo_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, caps
         "ppo",
         "eval",
     ]
+    assert spec["stages"][3]["options"]["train"]["learning_rate"] == 4.0e-5  # RL's knobs under `train:`
+
+    # From Python, demo() returns what the command prints; with print_pipeline it only builds the pipeline.
+    from rlxf import DemoConfig, demo
+
+    result = demo(DemoConfig(out=str(out), print_pipeline=True))
+    assert result.pipeline == spec and result.status == 0 and result.eval_summary == {}

@@ -21,11 +21,10 @@ from rlxf.algos.dpo import (
     dpo_loss,
     dpo_pairs,
     ipo_loss,
-    score_completions,
-    sequence_logps,
     tokenize_pairs,
 )
 from rlxf.algos.kto import KTOConfig, check_weights, kto, kto_kl_estimate, kto_loss, tokenize_examples
+from rlxf.algos.preference import score_completions, sequence_logps
 from rlxf.config import ConfigError, load_config
 from rlxf.data import DataError, pad_token_id, read_data
 from rlxf.models.load import LoraSettings, ModelConfig, load_model
@@ -271,6 +270,13 @@ def test_dpo_learns_the_marker(dpo_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["eval/accuracy"] == 1.0
     assert (out / "config.yaml").is_file() and (out / "model" / "config.json").is_file()
+    # held out: 16 pairs; at step 0 policy == reference (to float rounding): margins 0, the loss log 2
+    held_out = summary["held_out"]
+    assert held_out["n"] == 16 and held_out["unit"] == "pairs" and held_out["warnings"] == []
+    assert held_out["start"]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert held_out["start"]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert held_out["end"]["accuracy"] == 1.0
+    assert records[0]["step"] == 0 and records[0]["eval/loss"] == held_out["start"]["loss"]
 
 
 def test_ipo_trains(tiny_model_dir, tmp_path):
@@ -360,12 +366,29 @@ def test_kto_mismatched_completions_rotate_and_fit(tiny_tokenizer, tmp_path):
     assert [f["label"] for f in examples] == [True, False, True, False, True]
 
 
-def test_kto_weight_note(capsys):
+def test_kto_weight_note(caplog):
     unbalanced = [{"label": True}] * 3 + [{"label": False}] * 9
     check_weights(unbalanced, KTOConfig(data="x", out="o"))  # 1 * 3 / (1 * 9) = 0.33: outside [1, 4/3]
-    assert "desirable_weight in [3.00, 4.00]" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "desirable_weight in [3.00, 4.00]" in caplog.text
+    caplog.clear()
     check_weights(unbalanced, KTOConfig(data="x", out="o", desirable_weight=3.5))  # 3.5 * 3 / 9 = 1.17
-    assert capsys.readouterr().err == ""
+    assert caplog.records == []
+
+
+def test_kto_imports_nothing_from_dpo():
+    """What KTO shares with DPO lives in rlxf.algos.preference, not in dpo.py."""
+    import ast
+    import inspect
+
+    import rlxf.algos.kto as kto_module
+
+    tree = ast.parse(inspect.getsource(kto_module))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert "rlxf.algos.preference" in imported and "rlxf.algos.dpo" not in imported
 
 
 # ---------------------------------------------------------------------------------------------- checks

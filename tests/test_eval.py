@@ -116,8 +116,7 @@ def test_eval_of_an_rl_run_finds_its_baseline_and_plots_its_metrics(files, tmp_p
             "prompts_per_step": 4,
             "num_steps": 3,
             "micro_batch_size": 4,
-            "learning_rate": 5e-2,
-            "precision": "fp32",
+            "train": {"learning_rate": 5e-2, "precision": "fp32"},
         },
     )
     rl(rl_cfg)

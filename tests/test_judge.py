@@ -1,11 +1,13 @@
-"""``rlxf judge``: both-order combination, confidence and position consistency by hand on fake judges, the
-answer-token ids of several tokenizer styles, the local judge against a hand-computed forward pass, the
-OpenAI-compatible backend against a fake server, input errors before any model loads, and the command end
-to end on a tiny model (its outputs read back by rlxf's readers)."""
+"""LM judges (rlxf/feedback/lm_judge.py) and ``rlxf judge`` (rlxf/feedback/judge.py): both-order
+combination, confidence and position consistency by hand on fake judges, the answer-token ids of several
+tokenizer styles, the local judge against a hand-computed forward pass, the OpenAI-compatible backend
+against a fake server, input errors before any model loads, and the command end to end on a tiny model
+(its outputs read back by rlxf's readers, its figures logged and returned)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -16,7 +18,9 @@ import torch
 
 from rlxf.cli import main
 from rlxf.data import DataError, encode_prompt, read_data
-from rlxf.feedback.judge import (
+from rlxf.data.candidates import read_candidates
+from rlxf.feedback.judge import JudgeConfig, judge, pairwise_summary
+from rlxf.feedback.lm_judge import (
     ANSWER_INSTRUCTION,
     DEFAULT_PAIRWISE_TEMPLATE,
     LocalPairJudge,
@@ -25,10 +29,8 @@ from rlxf.feedback.judge import (
     combine_orders,
     judge_pairs,
     letter_token_ids,
-    pairwise_summary,
-    read_candidates,
 )
-from rlxf.models.load import load_tokenizer
+from rlxf.models.load import ModelConfig, load_tokenizer
 
 
 class FakeJudge:
@@ -50,9 +52,9 @@ class FakeJudge:
 
 
 def test_both_orders_cancel_a_constant_position_bias():
-    judge = FakeJudge(default=0.7)  # prefers whatever is shown first, 70 : 30, whatever it reads
-    judgements = judge_pairs(judge, ["p1", "p2"], ["x", "u"], ["y", "v"])
-    assert judge.calls == [("x", "y"), ("u", "v"), ("y", "x"), ("v", "u")]  # each pair in both orders
+    backend = FakeJudge(default=0.7)  # prefers whatever is shown first, 70 : 30, whatever it reads
+    judgements = judge_pairs(backend, ["p1", "p2"], ["x", "u"], ["y", "v"])
+    assert backend.calls == [("x", "y"), ("u", "v"), ("y", "x"), ("v", "u")]  # each pair in both orders
     for j in judgements:
         assert j.p_first == pytest.approx(0.5) and j.confidence == pytest.approx(0.0)
         assert not j.consistent
@@ -67,8 +69,8 @@ def test_both_orders_cancel_a_constant_position_bias():
 
 
 def test_confidence_consistency_and_agreement_by_hand():
-    judge = FakeJudge({("x", "y"): 0.9, ("y", "x"): 0.2, ("u", "v"): 0.6, ("v", "u"): 0.7})
-    first, second = judge_pairs(judge, ["p1", "p2"], ["x", "u"], ["y", "v"])
+    backend = FakeJudge({("x", "y"): 0.9, ("y", "x"): 0.2, ("u", "v"): 0.6, ("v", "u"): 0.7})
+    first, second = judge_pairs(backend, ["p1", "p2"], ["x", "u"], ["y", "v"])
     assert first.p_first == pytest.approx((0.9 + 0.8) / 2) and first.confidence == pytest.approx(0.7)
     assert first.consistent and first.winner == 0
     assert second.p_first == pytest.approx((0.6 + 0.3) / 2) and second.confidence == pytest.approx(0.1)
@@ -143,13 +145,13 @@ def tiny_judge(tiny_model_dir):
 
 def test_local_judge_reads_the_letters_from_one_forward_pass(tiny_judge):
     model, tokenizer = tiny_judge
-    judge = LocalPairJudge(model, tokenizer, SHORT_TEMPLATE, batch_size=2)
+    backend = LocalPairJudge(model, tokenizer, SHORT_TEMPLATE, batch_size=2)
     prompts, a, b = (
         ["The movie was", "Our trip", "The soup"],
         [" great.", " sunny", " cold"],
         [" bad.", " rainy", " hot"],
     )
-    verdicts = judge.verdicts(prompts, a, b)
+    verdicts = backend.verdicts(prompts, a, b)
     ids_a, ids_b = letter_token_ids(tokenizer, "A"), letter_token_ids(tokenizer, "B")
     for i in range(3):
         rubric = SHORT_TEMPLATE.format(prompt=prompts[i], response_a=a[i], response_b=b[i])
@@ -158,7 +160,7 @@ def test_local_judge_reads_the_letters_from_one_forward_pass(tiny_judge):
             tokenize=False,
             add_generation_prompt=True,
         )
-        assert judge.render(prompts[i], a[i], b[i]) == text
+        assert backend.render(prompts[i], a[i], b[i]) == text
         with torch.no_grad():
             probs = model(input_ids=torch.tensor([encode_prompt(tokenizer, text)])).logits[0, -1].softmax(-1)
         p_a, p_b = probs[ids_a].sum().item(), probs[ids_b].sum().item()
@@ -168,17 +170,17 @@ def test_local_judge_reads_the_letters_from_one_forward_pass(tiny_judge):
 
 def test_local_judge_reasons_before_its_verdict(tiny_judge):
     model, tokenizer = tiny_judge
-    judge = LocalPairJudge(model, tokenizer, SHORT_TEMPLATE, reasoning=True, reasoning_tokens=5)
-    (verdict,) = judge.verdicts(["The movie was"], [" great."], [" bad."])
+    backend = LocalPairJudge(model, tokenizer, SHORT_TEMPLATE, reasoning=True, reasoning_tokens=5)
+    (verdict,) = backend.verdicts(["The movie was"], [" great."], [" bad."])
     assert isinstance(verdict.rationale, str) and 0.0 <= verdict.p_a <= 1.0
     assert "Verdict" not in verdict.rationale
 
 
 def test_local_judge_refuses_inputs_longer_than_its_context(tiny_judge):
     model, tokenizer = tiny_judge  # a context of 256 positions; the default rubric alone is longer here
-    judge = LocalPairJudge(model, tokenizer, DEFAULT_PAIRWISE_TEMPLATE)
+    backend = LocalPairJudge(model, tokenizer, DEFAULT_PAIRWISE_TEMPLATE)
     with pytest.raises(ValueError, match="judge input 0 .* tokens; the judge's context of 256"):
-        judge.verdicts(["The movie was"], [" great."], [" bad."])
+        backend.verdicts(["The movie was"], [" great."], [" bad."])
 
 
 # ---------------------------------------------------------------------------------------------- HTTP judge
@@ -238,8 +240,8 @@ def chat_server():
 
 def test_http_judge_reads_the_answer_logprobs(chat_server):
     _ChatServer.requests.clear()
-    judge = OpenAIPairJudge(f"{chat_server}/v1", "judge-7b", api_key="sk-test")
-    (j,) = judge_pairs(judge, ["Say something"], ["good"], ["meh"])
+    backend = OpenAIPairJudge(f"{chat_server}/v1", "judge-7b", api_key="sk-test")
+    (j,) = judge_pairs(backend, ["Say something"], ["good"], ["meh"])
     assert j.order1.p_a == pytest.approx(0.6 / 0.8) and j.order1.mass == pytest.approx(0.8)
     assert j.order2.p_a == pytest.approx(0.3 / 0.8)
     assert j.p_first == pytest.approx((0.75 + 1 - 0.375) / 2) and j.consistent
@@ -252,8 +254,8 @@ def test_http_judge_reads_the_answer_logprobs(chat_server):
 
 def test_http_judge_falls_back_to_the_text_and_reasons(chat_server):
     _ChatServer.requests.clear()
-    judge = OpenAIPairJudge(f"{chat_server}/text/v1", "judge-7b", reasoning=True)
-    (j,) = judge_pairs(judge, ["Say something"], ["meh"], ["good"])
+    backend = OpenAIPairJudge(f"{chat_server}/text/v1", "judge-7b", reasoning=True)
+    (j,) = judge_pairs(backend, ["Say something"], ["meh"], ["good"])
     assert (j.order1.p_a, j.order2.p_a, j.p_first, j.confidence) == (0.0, 1.0, 0.0, 1.0)
     assert j.order1.rationale == "B says good things."  # cut before the judge's own "Verdict"
     verdict_request = _ChatServer.requests[1]["body"]
@@ -262,9 +264,9 @@ def test_http_judge_falls_back_to_the_text_and_reasons(chat_server):
 
 
 def test_http_judge_errors_name_the_endpoint(chat_server):
-    judge = OpenAIPairJudge(f"{chat_server}/missing", "m", retries=0)
+    backend = OpenAIPairJudge(f"{chat_server}/missing", "m", retries=0)
     with pytest.raises(RuntimeError, match="/missing/chat/completions: HTTP 404"):
-        judge.verdicts(["p"], ["a"], ["b"])
+        backend.verdicts(["p"], ["a"], ["b"])
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -327,7 +329,8 @@ def test_bad_input_stops_the_command_before_the_model_loads(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- command
 
 
-def test_judge_command_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
+def test_judge_command_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="rlxf")
     data = _write(tmp_path / "candidates.jsonl", GOOD)
     labels = _write(
         tmp_path / "labels.jsonl",
@@ -351,9 +354,8 @@ def test_judge_command_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, caps
     template = tmp_path / "rubric.txt"
     template.write_text(SHORT_TEMPLATE)
     args += ["--template", str(template)]
-    assert main([*args, "model.dtype=float32", "--batch-size", "3"]) == 0
-    printed = capsys.readouterr().out
-    assert "position_consistency" in printed and "agreement" in printed
+    assert main([*args, "model.dtype=float32", "batch_size=3"]) == 0
+    assert "position_consistency" in caplog.text and "agreement" in caplog.text  # the figures are logged
 
     summary = json.loads((out / "summary.json").read_text())
     metrics = summary["metrics"]
@@ -371,7 +373,7 @@ def test_judge_command_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, caps
 
     # the same folder again is refused; --overwrite replaces it; a high bar sends pairs to dropped.jsonl
     assert main([*args, "model.dtype=float32"]) == 2
-    assert "already holds" in capsys.readouterr().err
+    assert "already holds rlxf judge output" in capsys.readouterr().err
     assert main([*args, "model.dtype=float32", "--overwrite", "--min-confidence", "1.0"]) == 0
     assert len(read_candidates(out / "dropped.jsonl")) == 4
     assert (out / "preferences.jsonl").read_text() == ""
@@ -394,6 +396,18 @@ def test_judge_command_on_preferences_and_pointwise(tiny_model_dir, tmp_path):
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     assert metrics["pairs"] == 3 and metrics["agreement/n"] == 3  # the file's own labels
 
+    # from Python: the same command returns its folder and figures (read as a mapping)
+    cfg = JudgeConfig(
+        data=str(prefs),
+        out=str(tmp_path / "lib"),
+        limit=2,
+        template=str(template),
+        model=ModelConfig(str(tiny_model_dir)),
+    )
+    result = judge(cfg)
+    assert result.out == tmp_path / "lib" and result["pairs"] == 2
+    assert result.summary == json.loads((tmp_path / "lib" / "summary.json").read_text())
+
     out = tmp_path / "ratings"
     assert main([*common, "--out", str(out), "--mode", "pointwise"]) == 0
     ratings = read_data(out / "ratings.jsonl")
@@ -404,12 +418,13 @@ def test_judge_command_on_preferences_and_pointwise(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.real_model
-def test_judge_command_on_the_default_model(tmp_path, capsys):
+def test_judge_command_on_the_default_model(tmp_path, caplog):
     """The acceptance path on a few pairs: SmolLM2-135M-Instruct judges in both orders on CPU."""
+    caplog.set_level(logging.INFO, logger="rlxf")
     data = _write(tmp_path / "candidates.jsonl", GOOD)
     out = tmp_path / "judged"
     assert main(["judge", "--data", str(data), "--out", str(out), "--device", "cpu"]) == 0
-    assert "position_consistency" in capsys.readouterr().out
+    assert "position_consistency" in caplog.text
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     assert metrics["pairs"] == 4 and 0.0 <= metrics["position_consistency"] <= 1.0
     assert metrics["answer_mass/mean"] > 0.05  # the instruction model does answer with a letter

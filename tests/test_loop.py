@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-import rlxf.algos.sft as sft_module
+import rlxf.algos.offline as offline_module
 from rlxf.algos.sft import SFTConfig, count_label_tokens, sft, sft_loss
 from rlxf.config import ConfigError, load_config, to_yaml
 from rlxf.data import IGNORE_INDEX, collate_sft
@@ -257,13 +257,13 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_fp32_weights(tiny_tokenizer, exam
 
 def test_precision_bf16_trains_bf16_weights(tiny_model_dir, tmp_path, monkeypatch):
     captured = {}
-    original = sft_module.save_model
+    original = offline_module.save_model
 
     def save_model(model, tokenizer, out_dir):
         captured["dtypes"] = {p.dtype for p in model.parameters()}
         return original(model, tokenizer, out_dir)
 
-    monkeypatch.setattr(sft_module, "save_model", save_model)
+    monkeypatch.setattr(offline_module, "save_model", save_model)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sft_records(8)), encoding="utf-8")
     cfg = resume_config(tiny_model_dir, data, tmp_path / "bf16")
@@ -271,6 +271,35 @@ def test_precision_bf16_trains_bf16_weights(tiny_model_dir, tmp_path, monkeypatc
     final = sft(cfg)
     assert captured["dtypes"] == {torch.bfloat16}
     assert math.isfinite(final["loss"])
+
+
+# ------------------------------------------------------------------------------------ held-out cadence
+
+
+def test_evaluates_at_step_0_every_eval_every_and_at_the_end(tiny_tokenizer, examples, tmp_path):
+    """Cadence: evaluate before the first step (logged at step 0), at eval_every, and after the last step in
+    that step's record; eval_start / eval_end hold the two ends."""
+    seen = []
+
+    def evaluate(model) -> dict[str, float]:
+        seen.append(len(seen))
+        return {"loss": float(len(seen))}  # 1.0 at step 0, then 2.0, 3.0 ...
+
+    trainer = make_trainer(tiny_tokenizer, examples, tmp_path / "run", micro=8, steps=5, evaluate=evaluate)
+    trainer.cfg.eval_every = 2
+    trainer.fit()
+    trainer.run.close()
+    records = read_metrics(trainer.run.metrics_path)
+    assert [(r["step"], r.get("eval/loss")) for r in records] == [
+        (0, 1.0),
+        (1, None),
+        (2, 2.0),
+        (3, None),
+        (4, 3.0),
+        (5, 4.0),  # the end: evaluated into the last step's record, not a record of its own
+    ]
+    assert "loss" not in records[0] and "loss" in records[-1]
+    assert trainer.eval_start == {"eval/loss": 1.0} and trainer.eval_end == {"eval/loss": 4.0}
 
 
 # ------------------------------------------------------------------------------------ failures

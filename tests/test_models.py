@@ -113,3 +113,22 @@ def test_lora_trains_only_adapters_and_saves_merged(tiny_model_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     fresh_logits = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
     assert torch.allclose(fresh_logits, after[0, -1, :5], atol=1e-4)
+
+
+def test_loading_never_asks_the_hub_without_any_offline_setting(monkeypatch, tiny_model_dir):
+    """rlxf does not rely on HF_HUB_OFFLINE (importing it sets nothing): every load says local files only."""
+    import transformers
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        original = cls.from_pretrained
+
+        def spy(*args, _original=original, _name=cls.__name__, **kwargs):
+            calls.append((_name, kwargs.get("local_files_only")))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    model, _ = load_model(tiny_cfg(tiny_model_dir))
+    assert calls == [("AutoTokenizer", True), ("AutoModelForCausalLM", True)]
+    assert not model.training

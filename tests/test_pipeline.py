@@ -14,6 +14,7 @@ the learned reward) -> eval. Checked:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -100,9 +101,7 @@ def pipeline(workdir: Path, model: Path, rl_steps: int = 3, eval_seed: int = 0, 
                     "prompts_per_step": 4,
                     "num_steps": rl_steps,
                     "micro_batch_size": 4,
-                    "learning_rate": 1e-2,
-                    "precision": "fp32",
-                    "save_every": save_every,
+                    "train": {"learning_rate": 1e-2, "precision": "fp32", "save_every": save_every},
                     "reward_options": {"dtype": "float32"},
                 },
             },
@@ -132,7 +131,8 @@ def stage_mtimes(out: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime_ns for p in out.glob(f"*/{STAGE_FILE}")}
 
 
-def test_runs_end_to_end_then_reuses_everything(workdir, tiny_model_dir, capsys):
+def test_runs_end_to_end_then_reuses_everything(workdir, tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="rlxf")
     cfg = load_config(PipelineConfig, overrides=pipeline(workdir, tiny_model_dir))
     assert run_pipeline(cfg) == 0
     out = workdir / "loop"
@@ -142,10 +142,13 @@ def test_runs_end_to_end_then_reuses_everything(workdir, tiny_model_dir, capsys)
     assert summary["baseline"] == str(tiny_model_dir)  # found from the policy run's config
     assert (out / "eval" / "report.html").is_file()
     before = stage_mtimes(out)
-    capsys.readouterr()
+    caplog.clear()
     assert run_pipeline(cfg) == 0
     assert stage_mtimes(out) == before
-    assert capsys.readouterr().err.count("finished earlier, reusing") == 5
+    reused = [
+        r for r in caplog.records if r.name == "rlxf.pipeline" and "finished earlier, reusing" in r.message
+    ]
+    assert len(reused) == 5
 
     # A changed eval option runs eval again, and nothing before it.
     changed = load_config(PipelineConfig, overrides=pipeline(workdir, tiny_model_dir, eval_seed=1))
@@ -221,7 +224,7 @@ def test_a_failing_stage_stops_the_pipeline_and_keeps_the_earlier_ones(workdir, 
     assert not (out / "rm").exists()
 
 
-def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, tiny_model_dir, capsys):
+def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, tiny_model_dir, caplog):
     """sample -> label (a pairwise project people judge in the web app) -> reward model. The first run
     stops with status 3 at the label stage; once a labeller has judged every pair, a re-run exports the
     labels and trains the reward model on them."""
@@ -256,9 +259,9 @@ def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, t
     rm["options"]["data"] = "${people}/preferences.jsonl"
     spec["stages"] = [samples, label, rm]
     cfg = load_config(PipelineConfig, overrides=spec)
+    caplog.set_level(logging.INFO, logger="rlxf")
     assert run_pipeline(cfg) == WAITING_FOR_LABELS
-    err = capsys.readouterr().err
-    assert "0 of 4 items have 1 label(s)" in err and "Come back when it is labelled" in err
+    assert "0 of 4 items have 1 label(s)" in caplog.text and "Come back when it is labelled" in caplog.text
     assert not (workdir / "loop" / "rm").exists()
 
     app = create_app(db_url, hasher=password_hasher(cheap=True))
@@ -277,3 +280,63 @@ def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, t
     exported = (workdir / "loop" / "people" / "preferences.jsonl").read_text().splitlines()
     assert len(exported) == 4
     assert (workdir / "loop" / "rm" / STAGE_FILE).is_file()
+
+
+# Options that build each stage kind's config (no file is read when a config is built).
+MINIMAL_OPTIONS = {
+    "sample": {"prompts": "p.jsonl"},
+    "simulate": {"data": "c.jsonl", "reward": "sentiment"},
+    "judge": {"data": "c.jsonl"},
+    "label": {"data": "c.jsonl", "name": "project"},
+    "sft": {"data": "d.jsonl"},
+    "reward": {"data": "d.jsonl"},
+    "dpo": {"data": "d.jsonl"},
+    "kto": {"data": "d.jsonl"},
+    "rl": {"prompts": "p.jsonl", "reward": "sentiment"},
+    "eval": {"prompts": "p.jsonl", "reward": "sentiment", "model": {"name_or_path": "some/run"}},
+}
+
+
+def test_stage_kinds_and_cli_commands_are_one_table(tmp_path):
+    """Every stage kind is a CLI command (same config class, same function) and every CLI command is a
+    stage kind, but for rlxf.commands.NOT_STAGES, which docs/pipeline.md lists."""
+    import typing
+
+    from rlxf.cli import find_command
+    from rlxf.commands import COMMANDS, NOT_STAGES
+    from rlxf.pipeline import StageConfig, plan
+
+    kinds = typing.get_args(typing.get_type_hints(StageConfig)["kind"])
+    assert sorted(kinds) == sorted(MINIMAL_OPTIONS)  # a new kind needs a line above
+    assert sorted(kinds) == sorted(c.stage for c in COMMANDS if c.stage is not None)
+    with pytest.raises(ConfigError, match="'ppo' is not one of"):
+        load_config(StageConfig, overrides={"name": "x", "kind": "ppo"})
+
+    spec = {
+        "out": str(tmp_path / "loop"),
+        "stages": [{"name": kind, "kind": kind, "options": MINIMAL_OPTIONS[kind]} for kind in kinds],
+    }
+    for stage in plan(load_config(PipelineConfig, overrides=spec)):
+        (entry,) = [c for c in COMMANDS if c.stage == stage.spec.kind]
+        assert find_command([*entry.name.split(), "--help"]) == (entry, ["--help"])  # the CLI runs it
+        assert stage.config_cls is entry.config_class() and stage.run is entry.library_function()
+
+    assert {c.name for c in COMMANDS if c.stage is None} == set(NOT_STAGES)
+    documented = (Path(__file__).parents[1] / "docs" / "pipeline.md").read_text()
+    for name in NOT_STAGES:
+        assert f"`rlxf {name}`" in documented, name
+
+
+def test_label_collect_is_the_label_stage_on_the_command_line(tmp_path, capsys):
+    """`rlxf label collect` creates the project, then exits with status 3 until people have labelled it."""
+    from rlxf.cli import main
+    from rlxf.pipeline import WAITING_FOR_LABELS
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(json.dumps({"prompt": "The film was", "responses": [" good.", " bad."]}) + "\n")
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    argv = ["label", "collect", "--db", db, "--name", "films", "--data", str(candidates)]
+    assert main([*argv, "--out", str(tmp_path / "people")]) == WAITING_FOR_LABELS
+    err = capsys.readouterr().err
+    assert "created pairwise project 'films'" in err and "0 of 1 items have 1 label(s)" in err
+    assert not (tmp_path / "people" / "preferences.jsonl").exists()

@@ -1,7 +1,10 @@
 """The online RL trainer (`rlxf rl`, rlxf/algos/rl.py) on a tiny random model.
 
 * every estimator (ppo with a separate and a shared critic, grpo, rloo, reinforce++) runs, changes the
-  policy, logs finite metrics under their documented names and saves a model plain transformers loads;
+  policy, logs exactly the metrics of RL_METRICS / RL_EVAL_METRICS (finite), which docs/rl.md lists, and
+  saves a model plain transformers loads; the finished run keeps no checkpoint unless asked to;
+* the flat keys of earlier releases still work, with a deprecation message (warmup_steps converted
+  exactly to train.warmup_ratio);
 * on-policy: at step 0 the policy equals the reference, so the logged KL is 0 (engine log-probs agree with
   the training forward); the ratio is 1, nothing is clipped;
 * one mini-batch of 8 equals 8 accumulated micro-batches of 1 (same update);
@@ -20,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlxf.algos.rl import RLConfig, RLTrainer, rl
-from rlxf.config import load_config
+from rlxf.algos.rl import RL_EVAL_METRICS, RL_METRICS, RLConfig, RLTrainer, rl
+from rlxf.config import ConfigError, load_config
 from rlxf.train.metrics import read_metrics
 from rlxf.train.run import RunDir
 
@@ -62,9 +65,9 @@ def setup(tmp_path, tiny_model_dir):
     return tmp_path, prompts, reward, tiny_model_dir
 
 
-def make_config(setup, **overrides) -> RLConfig:
+def base_values(setup) -> dict:
     tmp_path, prompts, reward, model_dir = setup
-    base = {
+    return {
         "model": {"name_or_path": str(model_dir)},
         "prompts": str(prompts),
         "prompts_split": "train",
@@ -77,9 +80,12 @@ def make_config(setup, **overrides) -> RLConfig:
         "prompts_per_step": 4,
         "num_steps": 2,
         "micro_batch_size": 4,
-        "learning_rate": 1e-2,
-        "precision": "fp32",
+        "train": {"learning_rate": 1e-2, "precision": "fp32"},
     }
+
+
+def make_config(setup, **overrides) -> RLConfig:
+    base = base_values(setup)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
@@ -110,49 +116,87 @@ ESTIMATORS = [
     ("reinforce++", {}),
     ("ppo", {"critic": {"kind": "separate"}, "ppo_epochs": 2, "mini_batch_size": 4}),
     ("ppo", {"critic": {"kind": "shared"}}),
+    ("grpo", {"kl": {"coef": 0.0}}),  # no reference: no kl
 ]
 
 
+def expected_metrics(estimator: str, with_reference: bool) -> tuple[set[str], set[str]]:
+    """The per-step and held-out metric names the constants promise for this setting (clipping on)."""
+    step = {m for m in RL_METRICS if estimator == "ppo" or not m.startswith("value/")}
+    held_out = {f"eval/{m}" for m in RL_EVAL_METRICS}
+    if not with_reference:
+        step.discard("kl")
+        held_out.discard("eval/kl")
+    return step, held_out
+
+
 @pytest.mark.parametrize(
-    ("estimator", "extra"), ESTIMATORS, ids=["grpo", "rloo", "reinforce++", "ppo", "ppo-shared"]
+    ("estimator", "extra"), ESTIMATORS, ids=["grpo", "rloo", "reinforce++", "ppo", "ppo-shared", "grpo-no-kl"]
 )
 def test_each_estimator_trains_and_saves(setup, estimator, extra):
     cfg = make_config(setup, estimator=estimator, **extra)
-    final = rl(cfg)
+    result = rl(cfg)
     out = Path(cfg.out)
+    assert result.out == out and result.model_dir == out / "model"
     records = read_metrics(out / "metrics.jsonl")
-    train_records = [r for r in records if "reward/mean" in r]
-    assert [r["step"] for r in train_records] == [1, 2]
-    expected = {
-        "reward/mean",
-        "reward/std",
-        "kl",
-        "kl_coef",
-        "entropy",
-        "loss" if False else "policy/loss",
-        "policy/clip_frac",
-        "response_len/mean",
-        "tokens_per_s",
-        "time/generate",
-        "time/score",
-        "time/train",
-        "lr",
-        "grad_norm",
-    }
-    if estimator == "ppo":
-        expected |= {"value/loss", "value/explained_variance"}
-    for record in train_records:
-        missing = expected - set(record)
-        assert not missing, missing
-        for name in expected - {"value/explained_variance"}:
+    assert [r["step"] for r in records] == [0, 1, 2, 2]  # held-out before, two steps, held-out after
+    step_names, eval_names = expected_metrics(estimator, with_reference=cfg.kl.coef > 0)
+    for record in records[1:3]:
+        assert set(record) - {"step"} == step_names
+        for name in step_names - {"value/explained_variance"}:
             assert math.isfinite(record[name]), (name, record[name])
-    assert "eval/reward/mean" in records[0] and records[0]["step"] == 0  # held-out before training
-    assert "eval/reward/mean" in final and "eval/kl" in final and "eval/repetition" in final
+    assert set(records[0]) - {"step"} == eval_names == set(records[3]) - {"step"}
+    assert set(result.metrics) == step_names | eval_names
     assert (out / "samples" / "step-000000.jsonl").is_file()
     assert (out / "samples" / "step-000002.jsonl").is_file()
     assert max_difference(saved_weights(out), initial_weights(Path(cfg.model.name_or_path))) > 1e-4
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "finished"
+    assert summary["status"] == "finished" and result.summary == summary
+    assert not list(out.glob("checkpoints/step-*"))  # a finished run keeps model/, no optimizer state
+
+
+def test_docs_list_every_metric():
+    text = (Path(__file__).parents[1] / "docs" / "rl.md").read_text(encoding="utf-8")
+    missing = [m for m in RL_METRICS if f"`{m}`" not in text]
+    missing += [f"eval/{m}" for m in RL_EVAL_METRICS if f"`eval/{m}`" not in text]
+    assert not missing, f"docs/rl.md does not list {missing}"
+
+
+def test_keep_final_checkpoint_keeps_the_last_ones(setup):
+    cfg = make_config(
+        setup, num_steps=3, train={"save_every": 1, "keep_last": 2, "keep_final_checkpoint": True}
+    )
+    rl(cfg)
+    kept = sorted(p.name for p in Path(cfg.out).glob("checkpoints/step-*"))
+    assert kept == ["step-000002", "step-000003"]
+
+
+def test_flat_keys_of_earlier_releases_still_work(setup, caplog):
+    flat = {"learning_rate": 3e-3, "precision": "fp32", "save_every": 2, "lr_schedule": "linear"}
+    values = {k: v for k, v in base_values(setup).items() if k != "train"} | flat
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = load_config(RLConfig, overrides=values)
+    assert sorted(str(w.message).split("`")[1] for w in caught) == sorted(flat)
+    assert "RLConfig: `learning_rate` is deprecated and will be removed in the next release" in caplog.text
+    assert cfg.train.learning_rate == 3e-3 and cfg.train.save_every == 2 and cfg.train.lr_schedule == "linear"
+    assert cfg.train.keep_last == 2 and cfg.train.warmup_ratio == 0.0  # RL's defaults for the rest
+    assert "write `train.precision`" in caplog.text
+    with pytest.raises(ConfigError, match="learning_rate and train.learning_rate are both given"):
+        make_config(setup, learning_rate=3e-3)  # make_config's base sets train.learning_rate
+
+
+def test_flat_warmup_steps_become_an_exact_warmup_ratio(setup):
+    # 4 prompts x 2 samples = 8 rows, mini-batches of 4, 2 epochs: 4 optimizer steps per rollout step.
+    cfg = make_config(setup, num_steps=10, ppo_epochs=2, mini_batch_size=4)
+    assert cfg.total_updates == 40
+    with pytest.warns(DeprecationWarning, match=r"train.warmup_ratio=0.075"):
+        cfg = make_config(setup, num_steps=10, ppo_epochs=2, mini_batch_size=4, warmup_steps=3)
+    assert cfg.train.warmup_ratio == 0.075
+    for total in (40, 7, 333):  # the trainer's round(ratio x total) gives every count back
+        for count in range(total):
+            assert round(count / total * total) == count
+    with pytest.raises(ConfigError, match="cover all 40 optimizer steps"):
+        make_config(setup, num_steps=10, ppo_epochs=2, mini_batch_size=4, warmup_steps=40)
 
 
 def test_saved_model_loads_with_plain_transformers(setup):
@@ -194,7 +238,9 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     rl(cfg_a)
     records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
 
-    cfg_b = dataclasses.replace(cfg_a, out=str(tmp_path / "b"), save_every=2)
+    cfg_b = dataclasses.replace(
+        cfg_a, out=str(tmp_path / "b"), train=dataclasses.replace(cfg_a.train, save_every=2)
+    )
     original = RLTrainer.train_step
 
     def interrupted(self, step):
@@ -217,6 +263,28 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
             if name in record:
                 assert record[name] == pytest.approx(reference[name], abs=1e-5), (record["step"], name)
     assert max_difference(saved_weights(tmp_path / "b"), saved_weights(tmp_path / "a")) < 1e-5
+
+
+def test_cadence_evaluates_logs_then_saves_as_the_offline_loop(setup, monkeypatch):
+    calls = []
+
+    def recording(name, original):
+        def wrapper(self, step, *args):
+            calls.append((name, step))
+            return original(self, step, *args)
+
+        return wrapper
+
+    monkeypatch.setattr(RLTrainer, "evaluate", recording("evaluate", RLTrainer.evaluate))
+    monkeypatch.setattr(RLTrainer, "save", recording("save", RLTrainer.save))
+    monkeypatch.setattr(RunDir, "log", recording("log", RunDir.log))
+    rl(make_config(setup, num_steps=3, train={"eval_every": 2, "save_every": 1}))
+    assert calls == [
+        ("evaluate", 0), ("log", 0),
+        ("log", 1), ("save", 1),
+        ("evaluate", 2), ("log", 2), ("save", 2),
+        ("log", 3), ("evaluate", 3), ("log", 3), ("save", 3),  # the last step, then the final eval
+    ]  # fmt: skip
 
 
 def test_nan_reward_names_the_source(setup):

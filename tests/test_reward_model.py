@@ -5,6 +5,7 @@ input, resume."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import statistics
@@ -205,13 +206,18 @@ def test_preference_run_learns_the_marker(preference_run):
     run = root / "run"
     assert final["eval/accuracy"] == 1.0 and final["eval/ties"] == 0.0 and final["eval/margin/mean"] > 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
     train_names = {"loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr"}
-    assert train_names <= set(records[0])
+    assert train_names <= set(train[0])
     eval_names = {"eval/accuracy", "eval/ties", "eval/margin/mean", "eval/loss"}
+    assert records[0]["step"] == 0 and eval_names <= set(records[0]) and "loss" not in records[0]  # step 0
     assert records[-1]["step"] == 30 and eval_names <= set(records[-1])
-    assert records[-2]["loss"] < records[0]["loss"]
+    assert train[-1]["loss"] < train[0]["loss"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["eval/accuracy"] == 1.0
+    held_out = summary["held_out"]
+    assert held_out["n"] == 12 and held_out["unit"] == "pairs" and held_out["warnings"] == []
+    assert held_out["start"]["accuracy"] == records[0]["eval/accuracy"] and held_out["end"]["accuracy"] == 1.0
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["architectures"] == ["LlamaForSequenceClassification"]
     assert saved["id2label"] == {"0": "reward"} and saved["rlxf_objective"] == "preferences"
@@ -335,7 +341,13 @@ def test_ratings_with_two_aspects(tiny_model_dir, tmp_path):
     )
     final = reward_train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "mse" in records[0] and final["mse"] < records[0]["mse"] / 5  # the outputs learn their targets
+    first = records[1]  # records[0]: the held-out figures before training (step 0)
+    assert "mse" in first and final["mse"] < first["mse"] / 5  # the outputs learn their targets
+    # judged by the held-out MSE: it fell, so no warning
+    assert final.summary["held_out"]["end"]["mse"] < final.summary["held_out"]["start"]["mse"]
+    assert (
+        final.summary["held_out"]["warnings"] == [] and final.summary["held_out"]["unit"] == "rated examples"
+    )
     # Held out: the error is under a quarter of the ratings' variance (what predicting their mean scores),
     # and the order is right.
     variance = statistics.pvariance([r["rating"] for r in records_in])
@@ -477,7 +489,7 @@ def test_config_mismatches_stop_before_writing(tiny_model_dir, tmp_path):
 def test_resume_continues_from_the_checkpoint(tiny_model_dir, tmp_path):
     """A run stopped after step 2 continues at step 3 (exact resume itself is the loop's tests' job)."""
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(32))
-    train = {"max_steps": 2, "lr_schedule": "constant"}
+    train = {"max_steps": 2, "lr_schedule": "constant", "keep_final_checkpoint": True}
     reward_train(config(tiny_model_dir, data, tmp_path / "run", train=train))
     reward_train(config(tiny_model_dir, data, tmp_path / "run", resume=True, train={**train, "max_steps": 4}))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -487,3 +499,29 @@ def test_resume_continues_from_the_checkpoint(tiny_model_dir, tmp_path):
     ]
     assert steps == [1, 2, 3, 4]
     assert (tmp_path / "run" / "checkpoints" / "step-000004").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- chance
+
+
+def test_random_labels_end_with_the_chance_warning(tiny_model_dir, tmp_path, caplog):
+    """120 pairs whose label is a coin flip: the default split holds out 32 (a tenth is 12, raised to the
+    minimum), nothing can be learned, and the run ends with the chance warning naming n and the bound."""
+    rng = random.Random(5)
+    records = []
+    for record in preference_records(120, seed=4):
+        if rng.random() < 0.5:
+            record["chosen"], record["rejected"] = record["rejected"], record["chosen"]
+        records.append(record)
+    data = write_jsonl(tmp_path / "prefs.jsonl", records)
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        result = reward_train(config(tiny_model_dir, data, tmp_path / "run", train={"max_steps": 4}))
+    assert "holding out 32 of 120 records" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "within noise of chance" in warnings[0]
+    # bound: 2 * sqrt(0.25 / 32) = 0.177
+    assert "on 32 pairs" in warnings[0] and "0.5 + 0.177" in warnings[0] and "learning_rate" in warnings[0]
+    held_out = result.summary["held_out"]
+    assert held_out["n"] == 32 and held_out["warnings"] == warnings
+    assert held_out["end"]["accuracy"] - 0.5 < 0.177
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["held_out"] == held_out

@@ -1,5 +1,6 @@
 """Reward sources: every spec form parses and scores (fn: module and file, http:, model:, judge:, sentiment,
-weighted sums), every failure names its source, and reward shaping (length penalty, batch and running
+weighted sums), every failure names its source, the JSON poster behind http: and the HTTP judge (what it
+retries and what not), and reward shaping (length penalty, batch and running
 normalisation, clipping) against hand-computed numbers."""
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape
 from rlxf.data import encode_prompt
 from rlxf.feedback import (
     DEFAULT_JUDGE_TEMPLATE,
-    JudgeScorer,
+    PointwiseJudge,
+    RemoteError,
     RewardError,
     RewardHead,
     RewardModel,
     RewardOptions,
     parse_reward_spec,
+    post_json,
     sentiment_scores,
 )
 from rlxf.feedback.reward_model import reward_pad_token_id
@@ -185,17 +188,24 @@ def test_bad_weighted_sums(spec, message):
 
 
 class _Scorer(BaseHTTPRequestHandler):
-    """/score: reward = len(completion); /fail: HTTP 500; /short: one reward too few; /text: not JSON."""
+    """/score: reward = len(completion); /fail: HTTP 500; /short: one reward too few; /text: not JSON;
+    /other: JSON without rewards; /echo: the body and the Authorization header sent back."""
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status, answer = 200, json.dumps({"rewards": [float(len(c)) for c in body["completions"]]})
+        status = 200
         if self.path == "/fail":
             status, answer = 500, "the scorer broke"
         elif self.path == "/short":
             answer = json.dumps({"rewards": [1.0] * (len(body["completions"]) - 1)})
         elif self.path == "/text":
             answer = "hello"
+        elif self.path == "/other":
+            answer = json.dumps({"scores": [1.0]})
+        elif self.path == "/echo":
+            answer = json.dumps({"body": body, "auth": self.headers.get("Authorization")})
+        else:
+            answer = json.dumps({"rewards": [float(len(c)) for c in body["completions"]]})
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -224,9 +234,10 @@ def test_http_scorer(server_url):
 @pytest.mark.parametrize(
     "path, message",
     [
-        ("/fail", "failed: RuntimeError: HTTP 500 .*the scorer broke"),
+        ("/fail", "failed: RemoteError: .*/fail: HTTP 500 .*the scorer broke"),
         ("/short", "returned 2 values for 3 completions"),
-        ("/text", "failed: ValueError: the answer is not JSON"),
+        ("/text", "failed: RemoteError: .*/text: the answer is not JSON: b'hello'"),
+        ("/other", 'failed: ValueError: the answer has no "rewards" field'),
     ],
 )
 def test_http_errors_name_the_url(server_url, path, message):
@@ -241,8 +252,29 @@ def test_http_connection_refused_after_retries():
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/score"
     source = parse_reward_spec(url, RewardOptions(retries=1, timeout=5))
-    with pytest.raises(RewardError, match=f"reward source '{url}' failed: URLError"):
+    with pytest.raises(
+        RewardError, match=f"reward source '{url}' failed: RemoteError: {url}: no answer after 2"
+    ):
         source(PROMPTS, COMPLETIONS)
+
+
+def test_post_json_sends_json_and_headers_and_retries_only_connections(server_url, monkeypatch):
+    answer = post_json(f"{server_url}/echo", {"x": [1, "é"]}, headers={"Authorization": "Bearer k"})
+    assert answer == {"body": {"x": [1, "é"]}, "auth": "Bearer k"}
+
+    pauses: list[float] = []
+    monkeypatch.setattr("rlxf.feedback.http.time.sleep", pauses.append)
+    with pytest.raises(RemoteError, match="HTTP 500"):  # the server answered: asked once
+        post_json(f"{server_url}/fail", {}, retries=3)
+    assert pauses == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RemoteError, match=r"no answer after 4 attempts \(URLError"):
+        post_json(f"http://127.0.0.1:{port}/", {}, retries=3)
+    assert pauses == [0.5, 1.0, 2.0]  # a growing pause between the 4 attempts
+    with pytest.raises(ValueError, match="retries >= 0"):
+        post_json(f"{server_url}/echo", {}, retries=-1)
 
 
 # ---------------------------------------------------------------------------------------------- model:
@@ -292,7 +324,7 @@ def test_ensemble_source_is_the_mean_minus_k_std(tiny_model_dir, tmp_path):
 
 def test_judge_is_the_expected_digit_under_the_judge(tiny_model_dir, tiny_tokenizer):
     source = parse_reward_spec(f"judge:{tiny_model_dir}", CPU)
-    judge = source.scorer
+    judge = source.scorer.judge  # the reward source adapts a pointwise judge
     rewards = source(PROMPTS, COMPLETIONS)
     assert all(0.0 <= r <= 1.0 for r in rewards)
     ratings = judge.rate(PROMPTS, COMPLETIONS)
@@ -321,7 +353,7 @@ def test_judge_without_a_chat_template_and_with_a_custom_rubric(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     tokenizer.chat_template = None
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    judge = JudgeScorer(model, tokenizer, template="Is '{completion}' a good end of '{prompt}'?")
+    judge = PointwiseJudge(model, tokenizer, template="Is '{completion}' a good end of '{prompt}'?")
     assert judge.render("a", "b") == "Is 'b' a good end of 'a'?\nRating:"
     assert all(1.0 <= x <= 9.0 for x in judge.rate(PROMPTS, COMPLETIONS).expected.tolist())
     with pytest.raises(ValueError, match="no {completion} placeholder"):

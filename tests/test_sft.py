@@ -5,6 +5,7 @@ memorisation)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -16,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import rlxf.algos.sft as sft_module
+import rlxf.algos.offline as offline_module
 from rlxf.algos.sft import SFTConfig, count_label_tokens, pack_examples, sft, sft_loss
 from rlxf.config import ConfigError, load_config
 from rlxf.data import IGNORE_INDEX, DataError, tokenize_sft
 from rlxf.train.metrics import read_metrics
+from rlxf.train.run import RunExistsError
 
 PROMPTS = [
     ("The movie was", " a delight from start to finish."),
@@ -80,13 +82,13 @@ def one_thread():
 def captured_model(monkeypatch):
     """The trained in-memory model that ``sft`` hands to ``save_model`` (as ``captured["model"]``)."""
     captured: dict = {}
-    original = sft_module.save_model
+    original = offline_module.save_model
 
     def save_model(model, tokenizer, out_dir):
         captured["model"] = model
         return original(model, tokenizer, out_dir)
 
-    monkeypatch.setattr(sft_module, "save_model", save_model)
+    monkeypatch.setattr(offline_module, "save_model", save_model)
     return captured
 
 
@@ -185,16 +187,27 @@ def test_sft_run_trains_and_writes_a_plain_hf_model(tiny_model_dir, tmp_path, ca
     out = tmp_path / "run"
     final = sft(make_config(tiny_model_dir, data, out, eval_split=0.2))  # 16 to train on, 4 held out
 
-    for entry in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json", "checkpoints/latest"):
+    for entry in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json"):
         assert (out / entry).exists(), entry
+    assert not (out / "checkpoints").exists()  # a finished run keeps model/, no optimizer state
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and 0 <= r["token_accuracy"] <= 1 for r in records if "loss" in r)
     assert math.isfinite(final["loss"])
     assert final["eval/perplexity"] == pytest.approx(math.exp(final["eval/loss"]))
     assert records[-1]["eval/loss"] == final["eval/loss"] and math.isfinite(final["eval/loss"])
+    assert records[0] == {
+        "step": 0,
+        "eval/loss": records[0]["eval/loss"],
+        "eval/perplexity": pytest.approx(math.exp(records[0]["eval/loss"])),
+    }  # the untrained model, evaluated before the first step
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["num_tokens"] > 0
+    held_out = summary["held_out"]
+    assert held_out["n"] == 4 and held_out["unit"] == "examples"
+    assert held_out["start"]["loss"] == records[0]["eval/loss"]
+    assert held_out["end"]["loss"] == final["eval/loss"] == summary["metrics"]["eval/loss"]
+    assert final.summary == summary and final.out == out and final.model_dir == out / "model"
 
     trained = captured_model["model"]
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -265,16 +278,33 @@ def test_training_loss_falls_when_memorising(tiny_model_dir, tmp_path):
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
 
 
-def test_packing_fills_rows_and_trains(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
+def test_packing_fills_rows_and_trains(tiny_model_dir, tiny_tokenizer, tmp_path, caplog):
     records = sft_records(16)
     data = write_jsonl(tmp_path / "train.jsonl", records)
     out = tmp_path / "run"
     cfg = make_config(tiny_model_dir, data, out, max_steps=2, micro_batch_size=2, global_batch_size=4)
     cfg.packing, cfg.max_length = True, 32
-    final = sft(cfg)
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        final = sft(cfg)
     total = sum(len(tokenize_sft(r, tiny_tokenizer)["input_ids"]) for r in records)
-    packed = re.search(r"packed 16 examples into (\d+) rows", capsys.readouterr().out)
+    packed = re.search(r"packed 16 examples into (\d+) rows", caplog.text)
     assert packed and int(packed.group(1)) == math.ceil(total / 32)
     # the rows of a step are full (2 steps x 4 rows x 32 tokens), but for a shorter last row
     assert 2 * 4 * 32 - 32 < final["train_tokens"] <= 2 * 4 * 32
     assert math.isfinite(final["loss"])
+
+
+def test_resuming_a_finished_run_without_checkpoints_is_refused(tiny_model_dir, tmp_path):
+    """A finished run keeps no checkpoint by default, so --resume cannot extend it: a clear error that
+    leaves the run as it was (never a silent restart that wipes it)."""
+    data = write_jsonl(tmp_path / "train.jsonl", sft_records(16))
+    out = tmp_path / "run"
+    sft(make_config(tiny_model_dir, data, out, max_steps=1))
+    before = (out / "model" / "model.safetensors").read_bytes()
+    cfg = make_config(tiny_model_dir, data, out, max_steps=2)
+    cfg.resume = True
+    with pytest.raises(RunExistsError, match="finished run whose checkpoints were not kept") as info:
+        sft(cfg)
+    assert "keep_final_checkpoint" in str(info.value) and "--overwrite" in str(info.value)
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"

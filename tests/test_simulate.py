@@ -5,6 +5,7 @@ for a seed, and ``rlxf simulate`` end to end (its output read back by rlxf's rea
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from rlxf.cli import main
 from rlxf.data import read_data
 from rlxf.feedback.rewards import RewardSource
-from rlxf.feedback.simulate import simulate_preferences, simulate_ratings, simulation_summary
+from rlxf.feedback.simulate import SimulateConfig, simulate_preferences, simulate_ratings, simulation_summary
+from rlxf.train.outdir import claim_output_folder, write_output_folder
+from rlxf.train.run import RunExistsError
 
 N = 4000  # pairs for the rate tests: a binomial share's standard error is at most 0.008 at this size
 
@@ -104,7 +107,8 @@ def test_ratings_are_the_reward_plus_gaussian_noise():
     assert simulate_ratings(records, length_reward(), rating_noise=2.0, seed=7) == noisy
 
 
-def test_simulate_command_end_to_end(tmp_path, capsys):
+def test_simulate_command_end_to_end(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="rlxf")
     oracle = tmp_path / "oracle.py"
     oracle.write_text("def length(prompts, completions):\n    return [float(len(c)) for c in completions]\n")
     records = [
@@ -116,12 +120,16 @@ def test_simulate_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "sim"
     args = ["simulate", "--data", str(data), "--reward", f"fn:{oracle}:length", "--out", str(out)]
     assert main(args) == 0
-    assert "oracle_agreement" in capsys.readouterr().out
+    assert "oracle_agreement" in caplog.text  # the figures are logged
     prefs = read_data(out / "preferences.jsonl")
     assert prefs.kind == "preferences" and len(prefs) == 30
     assert [r["chosen"] for r in prefs.records] == [r["chosen"] for r in records]  # the oracle agrees here
     summary = json.loads((out / "summary.json").read_text())
     assert summary["oracle"] == f"fn:{oracle}:length" and summary["metrics"]["agreement"] == 1.0
+    assert main(args) == 2  # the folder holds this output now: refused without --overwrite
+    assert "already holds rlxf simulate output (preferences.jsonl, summary.json, config.yaml)" in (
+        capsys.readouterr().err
+    )
 
     noisy = [*args, "--overwrite", "--noise", "1.0", "--seed", "3"]
     assert main(noisy) == 0
@@ -138,3 +146,27 @@ def test_simulate_command_end_to_end(tmp_path, capsys):
         == 2
     )
     assert "noise: give one value or one per annotator (2), got 3" in capsys.readouterr().err
+
+
+def test_the_output_folder_guard(tmp_path):
+    """One guard for sample, judge, simulate and eval: refuse an earlier output unless overwrite, then
+    delete exactly the command's entries (files and folders), never the user's other files."""
+    out = tmp_path / "out"
+    entries = ("summary.json", "data.jsonl", "plots")
+    assert claim_output_folder(out, entries, overwrite=False, command="rlxf x") == out
+    assert not out.exists()  # claiming creates nothing: a failed command leaves no empty folder
+    write_output_folder(
+        out, SimulateConfig(data="d", reward="sentiment", out=str(out)), {"n": 1}, {"data.jsonl": [{"a": 1}]}
+    )
+    (out / "plots").mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert json.loads((out / "summary.json").read_text()) == {"n": 1}
+    assert (out / "config.yaml").read_text().startswith("data: d")
+    with pytest.raises(
+        RunExistsError, match=r"already holds rlxf x output \(summary.json, data.jsonl, plots\)"
+    ):
+        claim_output_folder(out, entries, overwrite=False, command="rlxf x")
+    claim_output_folder(out, entries, overwrite=True, command="rlxf x")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+    with pytest.raises(NotADirectoryError):
+        claim_output_folder(out / "notes.txt", entries, overwrite=True, command="rlxf x")

@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume of a tiny training loop, atomic saves under kills, keep_last, LoRA."""
+"""Checkpoints: exact resume of a tiny training loop, atomic saves under kills, keep_last, tidying at the
+end of a run, LoRA."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 from rlxf.train import checkpoint as ckpt_mod
 from rlxf.train.checkpoint import (
     CheckpointError,
+    finish_checkpoints,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -311,6 +313,42 @@ def test_keep_last(tmp_path):
     assert len(list_checkpoints(ckpt_dir)) == 5
     with pytest.raises(ValueError):
         save_checkpoint(ckpt_dir, 9, model, optimizer, keep_last=0)
+
+
+def test_finish_checkpoints_deletes_all_by_default(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    model, optimizer = small_parts()
+    for step in (2, 4, 6):
+        save_checkpoint(ckpt_dir, step, model, optimizer, keep_last=None)
+    (ckpt_dir / ".tmp-step-000008-1").mkdir()  # left by a save killed half-way
+    finish_checkpoints(ckpt_dir, keep_final=False, keep_last=2)
+    assert not ckpt_dir.exists()  # no checkpoint, no `latest`, no optimizer state
+    finish_checkpoints(ckpt_dir, keep_final=False, keep_last=2)  # nothing left to do: no error
+
+
+def test_finish_checkpoints_keeps_the_last_ones_when_asked(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    model, optimizer = small_parts()
+    for step in (2, 4, 6):
+        save_checkpoint(ckpt_dir, step, model, optimizer, keep_last=None)
+    finish_checkpoints(ckpt_dir, keep_final=True, keep_last=2)
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-000004", "step-000006"]
+    assert latest_checkpoint(ckpt_dir) == ckpt_dir / "step-000006"
+    assert (ckpt_dir / "step-000006" / "optimizer.pt").is_file()  # what --resume needs to extend the run
+    finish_checkpoints(ckpt_dir, keep_final=True, keep_last=1)
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-000006"]
+
+
+def test_finish_checkpoints_leaves_other_files_alone(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    model, optimizer = small_parts()
+    save_checkpoint(ckpt_dir, 1, model, optimizer)
+    (ckpt_dir / "notes.txt").write_text("mine")
+    finish_checkpoints(ckpt_dir, keep_final=False, keep_last=2)
+    assert list_checkpoints(ckpt_dir) == [] and not (ckpt_dir / "latest").exists()
+    assert (ckpt_dir / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="keep_last"):
+        finish_checkpoints(ckpt_dir, keep_final=True, keep_last=0)
 
 
 def test_no_checkpoint_is_an_error(tmp_path):

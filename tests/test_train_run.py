@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 
 import pytest
@@ -161,3 +162,35 @@ def test_print_config_plain(tmp_path):
     assert "optim:\n  lr: 1.0e-05\n  warmup_steps: 10\n" in text
     assert "\x1b[" not in text  # no colour codes into a file
     assert render_config({"a": 1}, "t").splitlines()[1] == "a: 1"
+
+
+def test_resuming_a_finished_run_needs_its_checkpoint(tmp_path):
+    """A finished run whose checkpoints were tidied away (the default) cannot be resumed: a clear error, and
+    the run stays as it was. One that kept its final checkpoint resumes from it."""
+    out = tmp_path / "run"
+    with RunDir.create(out, ToyConfig(), tensorboard=False) as run:
+        run.log(1, {"loss": 1.0})
+        run.write_summary({"loss": 1.0})
+    with pytest.raises(RunExistsError, match="finished run whose checkpoints were not kept") as info:
+        RunDir.create(out, ToyConfig(steps=8), resume=True, tensorboard=False)
+    message = str(info.value)
+    assert "keep_final_checkpoint" in message and "--overwrite" in message and str(out / "model") in message
+    assert run_status(out) == "finished" and read_metrics(out / "metrics.jsonl") == [{"step": 1, "loss": 1.0}]
+
+    save_checkpoint(out / "checkpoints", 1, torch.nn.Linear(2, 2))  # kept: keep_final_checkpoint=true
+    with RunDir.create(out, ToyConfig(steps=8), resume=True, tensorboard=False) as run:
+        assert run.resume_step == 1 and run_status(out) == "in_progress"
+
+
+def test_notes_and_config_are_logged(tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        print_config(ToyConfig(), title="rlxf sft")
+        with RunDir.create(out, ToyConfig(), tensorboard=False) as run:
+            save_checkpoint(run.checkpoints_dir, 2, torch.nn.Linear(2, 2))
+        RunDir.create(out, ToyConfig(steps=7), resume=True, tensorboard=False).close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("── rlxf sft ") and "steps: 6" in messages[0]
+    assert any("from step-000002 (step 2)" in m for m in messages)
+    assert any("steps: 6 -> 7" in m for m in messages)
+    assert all(r.name.startswith("rlxf.") and r.levelname == "INFO" for r in caplog.records)

@@ -31,18 +31,9 @@ the loss of one pair is
 Implicit reward (paper, section 5): ``r(x, y) = beta * (log pi(y|x) - log ref(y|x))``; ``beta * h`` is
 the reward margin of the pair.
 
-Reference (``reference``):
-
-* ``precompute`` (default): ``log ref(y|x)`` of every training and held-out pair is computed once before
-  training with the initial policy (eval mode, no gradient, the same autocast as training; LoRA
-  adapters switched off) and kept in memory beside each example. No second copy of the weights during
-  training, one forward pass per step instead of two. At step 0 policy and reference agree to float
-  rounding (exactly, when a batch has the same padded width as the batch its reference was computed in).
-* ``adapter_disabled`` (LoRA only): the reference is the policy with its adapters switched off
-  (``peft``'s ``disable_adapter()``), computed at each step without gradient.
-
-A frozen copy of the model (TRL's default) is left out: for offline data it gives the numbers
-``precompute`` gives, at the cost of a second model in memory.
+Reference (``reference``): ``log ref(y|x)`` precomputed once before training with the initial model
+(default), or the LoRA policy with its adapters off (``adapter_disabled``); see
+:mod:`rlxf.algos.preference`, which DPO shares with KTO.
 
 Normalisation. ``compute_loss`` returns the loss **summed** over the pairs of a micro-batch; the shared
 loop (:mod:`rlxf.train.loop`) divides by the number of pairs of the whole optimizer step, so the update
@@ -54,7 +45,10 @@ Metrics (TRL's names; means over the step's pairs): ``loss``, ``rewards/chosen``
 (implicit rewards), ``rewards/margins`` (their difference), ``rewards/accuracies`` (share of pairs with
 a positive margin), ``logps/chosen``, ``logps/rejected`` (policy sequence log-probs), plus the loop's
 ``lr``, ``grad_norm``, ``tokens_per_s``, ``epoch``. Held-out (``eval/``): ``loss``, ``accuracy`` (share
-of pairs with ``beta * h > 0``), ``rewards/margins``, ``rewards/chosen``, ``rewards/rejected``.
+of pairs with ``beta * h > 0``), ``rewards/margins``, ``rewards/chosen``, ``rewards/rejected``. Without
+``eval_data`` a validation split is held out by default, and a held-out loss that did not fall below
+step 0's (``log 2`` for DPO) is a warning (:mod:`rlxf.algos.offline`). The ``train:`` defaults are
+:func:`_default_dpo_train`'s (learning rate 1e-6, TRL's, for full fine-tuning; LoRA wants ~5e-5).
 
 Left out: online / iterative DPO (sampling new pairs), RPO's NLL term (``rpo_alpha``), the data's
 optional ``margin`` field (read, not used), reference refreshing (TR-DPO), the other loss types of TRL
@@ -63,10 +57,8 @@ optional ``margin`` field (read, not used), reference refreshing (TR-DPO), the o
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -74,95 +66,28 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from rlxf.algos.offline import eval_batches, fit_and_save, read_and_tokenize
+from rlxf.algos.preference import PreferenceRunConfig, load_policy, sequence_logps
 from rlxf.config import option
-from rlxf.data import (
-    ChatTemplateMode,
-    DataError,
-    Dataset,
-    Kind,
-    Truncation,
-    pad_token_id,
-    read_data,
-    split_data,
-    tokenize_dataset,
-    tokenize_preference,
-)
-from rlxf.data.collate import collate_preferences, pad
-from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
-from rlxf.models.precision import autocast, resolve_precision, weight_dtype
+from rlxf.data import Dataset, pad_token_id, tokenize_dataset, tokenize_preference
+from rlxf.data.collate import collate_preferences
 from rlxf.models.reference import reference_model
-from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig
-from rlxf.train.progress import Progress
-from rlxf.train.run import RunDir, print_config
-from rlxf.train.seed import seed_everything
+from rlxf.train.loop import LossOutput, TrainingConfig
+from rlxf.train.run import RunResult, print_config
 
-Reference = Literal["precompute", "adapter_disabled"]
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PreferenceTrainingConfig(TrainingConfig):
-    """The shared loop's options, with the preference learners' default learning rate (TRL's)."""
-
-    learning_rate: float = option(
-        1e-6, help="peak learning rate (AdamW); 1e-6 suits full fine-tuning (TRL's default), LoRA wants ~5e-5"
-    )
-
-
-@dataclass
-class PreferenceRunConfig(RunConfig):
-    """Options DPO and KTO share: beta, where the reference log-probs come from, lengths, rendering."""
-
-    train: PreferenceTrainingConfig = field(default_factory=PreferenceTrainingConfig)
-    beta: float = option(
-        0.1,
-        help="strength of the KL tie to the reference (DPO's / KTO's beta; IPO's target margin is 1/(2 beta))",
-    )
-    reference: Reference = option(
-        "precompute",
-        help="precompute: reference log-probs computed once before training with the initial model; "
-        "adapter_disabled: the LoRA policy with adapters off, at each step",
-    )
-    max_length: int | None = option(1024, help="longest prompt + completion in tokens (completions are cut)")
-    max_prompt_length: int | None = option(512, help="longest prompt in tokens (cut as `truncation` says)")
-    truncation: Truncation = option(
-        "keep_end",
-        help="a too-long prompt keeps its last (keep_end) or first (keep_start) tokens, or is an error",
-    )
-    chat_template: ChatTemplateMode = option(
-        "auto",
-        help="auto: messages use the chat template, plain prompts stay raw; always: a plain prompt becomes "
-        "a user turn; never: raw text only",
-    )
-    disable_dropout: bool = option(True, help="switch dropout off, so policy and reference see the same net")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.reference == "adapter_disabled" and self.model.lora.r <= 0:
-            raise ValueError(
-                "reference=adapter_disabled needs LoRA (model.lora.r > 0): without adapters there is nothing "
-                "to switch off; use reference=precompute"
-            )
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
-        if (
-            self.max_length is not None
-            and self.max_prompt_length is not None
-            and self.max_prompt_length >= self.max_length
-        ):
-            raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
-            )
+def _default_dpo_train() -> TrainingConfig:
+    """DPO's ``train:`` defaults (the shared loop's, but for the learning rate: TRL's 1e-6)."""
+    return TrainingConfig(learning_rate=1e-6)
 
 
 @dataclass
 class DPOConfig(PreferenceRunConfig):
-    """Options of ``rlxf dpo``."""
+    """Options of ``rlxf dpo`` (beta, reference, lengths: :class:`~rlxf.algos.preference.PreferenceRunConfig`)."""
 
+    train: TrainingConfig = field(default_factory=_default_dpo_train)
     loss_type: Literal["sigmoid", "ipo"] = option(
         "sigmoid",
         help="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023), on mean token log-probs",
@@ -213,108 +138,7 @@ def ipo_loss(
     return (h - 1 / (2 * beta)) ** 2
 
 
-# ---------------------------------------------------------------------------------------------- log-probs
-
-
-@functools.cache
-def _takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under DDP / peft wrappers."""
-    model = getattr(model, "module", model)  # DDP
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def sequence_logps(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
-) -> torch.Tensor:
-    """``log pi(y|x)`` of each row ``[batch]`` (float32): the sum of the completion tokens' log-probs.
-
-    ``completion_mask[b, t] = 1`` where token ``t`` is scored (the completion), 0 at prompt and padding.
-    Token ``t`` is predicted by the logits at ``t - 1``::
-
-        log pi(y_t | y_<t) = logits[t-1, y_t] - logsumexp(logits[t-1, :])
-
-    computed in float32 from a gather and a logsumexp, without a whole-vocabulary log-softmax tensor. Only
-    the positions from the first completion token of the batch on go through the output head
-    (``logits_to_keep``): the prompt's logits are never needed.
-    """
-    seq_len = input_ids.shape[1]
-    first = int(completion_mask.argmax(dim=-1).min())  # earliest scored token of the batch
-    start = max(first - 1, 0)  # the logits at `start` predict token `start + 1`
-    keep = seq_len - start
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if _takes_logits_to_keep(type(_base_model(model))):
-        kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:]  # [batch, keep, vocab]: positions start .. seq_len-1
-    logits = logits[:, :-1].float()  # [batch, keep-1, vocab]: predict tokens start+1 .. seq_len-1
-    targets = input_ids[:, start + 1 :]  # [batch, keep-1]
-    mask = completion_mask[:, start + 1 :].to(logits.dtype)  # [batch, keep-1]
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(dim=-1)  # [batch]
-
-
-@torch.no_grad()
-def score_completions(
-    model: torch.nn.Module,
-    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    pad_id: int,
-    batch_size: int,
-    precision: str,
-) -> list[float]:
-    """``log pi(completion | prompt)`` of ``(prompt_ids, completion_ids)`` pairs, scored by the reference
-    network of ``model`` (adapters off) in eval mode without gradient.
-
-    Sequences are scored in length-sorted chunks of ``batch_size`` (little padding) under the training
-    precision's autocast, so the numbers are those the policy gives at step 0.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
-    out = [0.0] * len(sequences)
-    progress = Progress(len(order), "reference log-probs", unit="sequence")
-    with reference_model(model) as ref, autocast(precision, device):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            rows = [list(sequences[i][0]) + list(sequences[i][1]) for i in chunk]
-            masks = [[0] * len(sequences[i][0]) + [1] * len(sequences[i][1]) for i in chunk]
-            input_ids = pad(rows, pad_id).to(device)
-            attention_mask = pad([[1] * len(r) for r in rows], 0).to(device)
-            logps = sequence_logps(ref, input_ids, attention_mask, pad(masks, 0).to(device))
-            for i, value in zip(chunk, logps.tolist()):
-                out[i] = value
-            progress.update(len(chunk))
-    progress.close()
-    model.train(was_training)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- data
-
-
-def read_train_eval(cfg: RunConfig, kind: Kind) -> tuple[Dataset, Dataset | None]:
-    """Training data and held-out data (``eval_data``, else ``eval_split`` of ``data``, else none)."""
-    train_ds = read_data(cfg.data, kind=kind)
-    eval_ds = None
-    if cfg.eval_data:
-        eval_ds = read_data(cfg.eval_data, kind=kind)
-    elif cfg.eval_split > 0:
-        train_ds, eval_ds = split_data(train_ds, cfg.eval_split, cfg.seed)
-    if len(train_ds) < cfg.train.global_batch_size:
-        held_out = f" once {len(eval_ds)} are held out" if eval_ds is not None and not cfg.eval_data else ""
-        raise DataError(
-            f"{len(train_ds)} training records{held_out} make no full batch of train.global_batch_size="
-            f"{cfg.train.global_batch_size}: lower it or add data",
-            path=train_ds.path,
-        )
-    return train_ds, eval_ds
 
 
 def collate_pairs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -405,61 +229,33 @@ def tokenize_pairs(ds: Dataset, tokenizer: Any, cfg: DPOConfig) -> list[dict[str
     )
 
 
-def dpo(cfg: DPOConfig) -> dict[str, float]:
-    """Train ``cfg.model`` on the preference pairs ``cfg.data`` with DPO / cDPO / IPO (``rlxf dpo``).
-
-    Writes the run folder ``cfg.out`` (config, metrics, checkpoints, the model as a plain HF folder with
-    LoRA merged, summary) and returns the final metrics. All data is read, validated and tokenised
-    before ``cfg.out`` is touched, so bad input writes nothing.
+def dpo(cfg: DPOConfig) -> RunResult:
+    """DPO / cDPO / IPO of ``cfg.model`` on the preference pairs ``cfg.data`` (``rlxf dpo``); the run folder
+    and result are :func:`~rlxf.algos.offline.fit_and_save`'s. Bad input stops it before ``cfg.out`` is touched.
     """
     print_config(cfg, "rlxf dpo")
-    device = resolve_device(cfg.model.device)
-    precision = resolve_precision(cfg.train.precision, device)
 
     # 1. Data: read, validate, split and tokenise everything up front.
-    train_ds, eval_ds = read_train_eval(cfg, "preferences")
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    train_examples = tokenize_pairs(train_ds, tokenizer, cfg)
-    eval_examples = tokenize_pairs(eval_ds, tokenizer, cfg) if eval_ds is not None else []
-    same = sum(f["chosen_ids"] == f["rejected_ids"] for f in train_examples)
+    data = read_and_tokenize(cfg, "preferences", functools.partial(tokenize_pairs, cfg=cfg))
+    same = sum(f["chosen_ids"] == f["rejected_ids"] for f in data.train)
     if same:
-        print(
-            f"note: {same} pairs have identical chosen and rejected tokens after truncation", file=sys.stderr
-        )
-    pad_id = pad_token_id(tokenizer)
+        logger.warning(f"{same} pairs have identical chosen and rejected tokens after truncation")
+    pad_id = pad_token_id(data.tokenizer)
 
-    # 2. Policy: fp32 master weights unless precision is pure bf16; LoRA adapters when model.lora.r > 0.
-    seed_everything(cfg.seed)
-    model, _ = load_model(dataclasses.replace(cfg.model, dtype=weight_dtype(precision)), trainable=True)
-    if cfg.disable_dropout:
-        disable_dropout(model)
+    # 2. Model: the policy, and the reference log-probs of every pair, once, with the initial policy.
+    reference_of = {"chosen_ids": "ref_chosen_logps", "rejected_ids": "ref_rejected_logps"}
+    model = load_policy(cfg, data.train + data.eval, reference_of, pad_id)
 
-    # 3. Reference log-probs, once, with the initial policy: rows [chosen of every example, rejected ...].
-    #    On --resume too: the loop loads the checkpoint later, so the reference stays the initial model.
-    if cfg.reference == "precompute":
-        examples = train_examples + eval_examples
-        sequences = [(f["prompt_ids"], f[key]) for key in ("chosen_ids", "rejected_ids") for f in examples]
-        logps = score_completions(
-            model, sequences, pad_id=pad_id, batch_size=2 * cfg.train.micro_batch_size, precision=precision
-        )
-        for i, f in enumerate(examples):
-            f["ref_chosen_logps"], f["ref_rejected_logps"] = logps[i], logps[len(examples) + i]
-
+    # 3. Loss: summed over the pairs; the loop divides by the step's number of pairs.
     collate = functools.partial(collate_pairs, pad_id=pad_id)
-    compute_loss = functools.partial(dpo_compute_loss, cfg=cfg)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         """Held-out loss, implicit-reward accuracy and margins (means over the held-out pairs)."""
-        sums = {
-            "loss": 0.0,
-            "accuracy": 0.0,
-            "rewards/margins": 0.0,
-            "rewards/chosen": 0.0,
-            "rewards/rejected": 0.0,
-        }
-        micro = cfg.train.micro_batch_size
-        for start in range(0, len(eval_examples), micro):
-            batch = {k: v.to(device) for k, v in collate(eval_examples[start : start + micro]).items()}
+        sums = dict.fromkeys(
+            ("loss", "accuracy", "rewards/margins", "rewards/chosen", "rewards/rejected"), 0.0
+        )
+        device = next(model.parameters()).device
+        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
             out = dpo_pairs(model, batch, cfg)
             margins = out.chosen_rewards - out.rejected_rewards  # beta * h
             sums["loss"] += out.losses.sum().item()
@@ -467,24 +263,19 @@ def dpo(cfg: DPOConfig) -> dict[str, float]:
             sums["rewards/margins"] += margins.sum().item()
             sums["rewards/chosen"] += out.chosen_rewards.sum().item()
             sums["rewards/rejected"] += out.rejected_rewards.sum().item()
-        return {name: value / len(eval_examples) for name, value in sums.items()}
+        return {name: value / len(data.eval) for name, value in sums.items()}
 
-    # 4. Train: the loop divides each step's summed loss by its number of pairs.
-    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
-        trainer = Trainer(
-            cfg.train,
-            model=model,
-            examples=train_examples,
-            collate=collate,
-            units=count_pairs,
-            compute_loss=compute_loss,
-            run=run,
-            seed=cfg.seed,
-            evaluate=evaluate if eval_examples else None,
-            desc="dpo" if cfg.loss_type == "sigmoid" else cfg.loss_type,
-        )
-        final = trainer.fit()
-        if trainer.accelerator.is_main_process:
-            save_model(trainer.model, tokenizer, run.model_dir)
-            run.write_summary(final, num_tokens=int(final.get("train_tokens", 0)))
-    return final
+    # 4. Fit, save model/ and summary.json.
+    return fit_and_save(
+        cfg,
+        model=model,
+        tokenizer=data.tokenizer,
+        train_examples=data.train,
+        eval_examples=data.eval,
+        collate=collate,
+        units=count_pairs,
+        compute_loss=functools.partial(dpo_compute_loss, cfg=cfg),
+        evaluate=evaluate,
+        desc="dpo" if cfg.loss_type == "sigmoid" else cfg.loss_type,
+        unit="pairs",
+    )

@@ -23,7 +23,7 @@ The weights should satisfy ``lambda_D n_D / (lambda_U n_U) in [1, 4/3]`` (paper,
 the numbers of desirable and undesirable examples); a note says so when the data is unbalanced and
 neither weight is in range.
 
-Reference, normalisation and dropout as in :mod:`rlxf.algos.dpo`: reference log-probs (of ``y`` and of
+Reference and dropout as in DPO (:mod:`rlxf.algos.preference`): reference log-probs (of ``y`` and of
 ``y'``) precomputed once with the initial model (default), or from the LoRA policy with its adapters off
 (``reference=adapter_disabled``). ``compute_loss`` returns the loss summed over the micro-batch's
 examples; the loop divides by the examples of the whole step (TRL: the mean over the batch).
@@ -34,7 +34,9 @@ Metrics (TRL's names): ``loss``, ``kl`` (the ``z_ref`` estimate), ``rewards/chos
 examples logs no ``rewards/chosen`` (``rewards/rejected``); the loop then averages that metric over all
 the step's examples, which biases it towards 0 -- rare with micro-batches of several balanced examples.
 Held-out metrics (``eval/``) are exact means: ``loss``, ``kl``, ``rewards/chosen``, ``rewards/rejected``,
-``rewards/margins``.
+``rewards/margins``. Without ``eval_data`` a validation split is held out by default, and a held-out
+loss that did not fall below step 0's is a warning (:mod:`rlxf.algos.offline`). The ``train:`` defaults
+are :func:`_default_kto_train`'s (learning rate 1e-6 for full fine-tuning, as DPO's).
 
 Left out: TRL's ``apo_zero_unpaired`` loss, turning preference pairs into unpaired data (give
 ``unpaired`` records), KTO without the KL term.
@@ -42,39 +44,38 @@ Left out: TRL's ``apo_zero_unpaired`` loss, turning preference pairs into unpair
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import logging
 import random
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from rlxf.algos.dpo import (
-    PreferenceRunConfig,
-    read_train_eval,
-    score_completions,
-    sequence_logps,
-)
+from rlxf.algos.offline import eval_batches, fit_and_save, read_and_tokenize
+from rlxf.algos.preference import PreferenceRunConfig, load_policy, sequence_logps
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, DataError, Dataset, Truncation, pad_token_id
 from rlxf.data.collate import pad
 from rlxf.data.tokenize import completion_token_ids, prompt_field, prompt_token_ids
-from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolve_device, save_model
-from rlxf.models.precision import resolve_precision, weight_dtype
 from rlxf.models.reference import reference_model
-from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, Trainer
-from rlxf.train.run import RunDir, print_config
-from rlxf.train.seed import seed_everything
+from rlxf.train.loop import LossOutput, TrainingConfig
+from rlxf.train.run import RunResult, print_config
+
+logger = logging.getLogger(__name__)
+
+
+def _default_kto_train() -> TrainingConfig:
+    """KTO's ``train:`` defaults (the shared loop's, but for the learning rate: 1e-6, as DPO's)."""
+    return TrainingConfig(learning_rate=1e-6)
 
 
 @dataclass
 class KTOConfig(PreferenceRunConfig):
-    """Options of ``rlxf kto`` (beta, reference, lengths: :class:`~rlxf.algos.dpo.PreferenceRunConfig`)."""
+    """Options of ``rlxf kto`` (beta, reference, lengths: :class:`~rlxf.algos.preference.PreferenceRunConfig`)."""
 
+    train: TrainingConfig = field(default_factory=_default_kto_train)
     desirable_weight: float = option(1.0, help="lambda_D: weight of the desirable examples' loss")
     undesirable_weight: float = option(1.0, help="lambda_U: weight of the undesirable examples' loss")
 
@@ -252,7 +253,7 @@ def kto_compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg
 
 
 def check_weights(examples: list[dict[str, Any]], cfg: KTOConfig) -> None:
-    """A note when ``lambda_D n_D / (lambda_U n_U)`` is outside ``[1, 4/3]`` (paper, eq. 8), as TRL warns."""
+    """A warning when ``lambda_D n_D / (lambda_U n_U)`` is outside ``[1, 4/3]`` (paper, eq. 8), as TRL's."""
     n_d = sum(f["label"] for f in examples)
     n_u = len(examples) - n_d
     if n_d == n_u or n_d == 0 or n_u == 0:
@@ -260,60 +261,36 @@ def check_weights(examples: list[dict[str, Any]], cfg: KTOConfig) -> None:
     ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u)
     if not 1.0 <= ratio <= 4 / 3:
         low, high = cfg.undesirable_weight * n_u / n_d, cfg.undesirable_weight * n_u / n_d * 4 / 3
-        print(
-            f"note: {n_d} desirable and {n_u} undesirable examples give lambda_D n_D / (lambda_U n_U) = "
+        logger.warning(
+            f"{n_d} desirable and {n_u} undesirable examples give lambda_D n_D / (lambda_U n_U) = "
             f"{ratio:.2f}, outside the [1, 4/3] the KTO paper recommends; e.g. desirable_weight in "
-            f"[{low:.2f}, {high:.2f}]",
-            file=sys.stderr,
+            f"[{low:.2f}, {high:.2f}]"
         )
 
 
-def kto(cfg: KTOConfig) -> dict[str, float]:
-    """Train ``cfg.model`` on the unpaired data ``cfg.data`` with KTO (``rlxf kto``).
-
-    Writes the run folder ``cfg.out`` (config, metrics, checkpoints, the model as a plain HF folder with
-    LoRA merged, summary) and returns the final metrics. All data is read, validated and tokenised
-    before ``cfg.out`` is touched, so bad input writes nothing.
+def kto(cfg: KTOConfig) -> RunResult:
+    """KTO of ``cfg.model`` on the unpaired data ``cfg.data`` (``rlxf kto``); the run folder and result are
+    :func:`~rlxf.algos.offline.fit_and_save`'s. Bad input stops it before ``cfg.out`` is touched.
     """
     print_config(cfg, "rlxf kto")
-    device = resolve_device(cfg.model.device)
-    precision = resolve_precision(cfg.train.precision, device)
 
     # 1. Data: read, validate, split, tokenise and pair with mismatched completions, all up front.
-    train_ds, eval_ds = read_train_eval(cfg, "unpaired")
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    train_examples = tokenize_examples(train_ds, tokenizer, cfg, cfg.seed)
-    eval_examples = tokenize_examples(eval_ds, tokenizer, cfg, cfg.seed + 1) if eval_ds is not None else []
-    check_weights(train_examples, cfg)
-    pad_id = pad_token_id(tokenizer)
+    data = read_and_tokenize(cfg, "unpaired", functools.partial(tokenize_examples, cfg=cfg, seed=cfg.seed))
+    check_weights(data.train, cfg)
+    pad_id = pad_token_id(data.tokenizer)
 
-    # 2. Policy: fp32 master weights unless precision is pure bf16; LoRA adapters when model.lora.r > 0.
-    seed_everything(cfg.seed)
-    model, _ = load_model(dataclasses.replace(cfg.model, dtype=weight_dtype(precision)), trainable=True)
-    if cfg.disable_dropout:
-        disable_dropout(model)
+    # 2. Model: the policy, and the reference log-probs of every (x, y) and (x, y'), once.
+    reference_of = {"completion_ids": "ref_logps", "kl_completion_ids": "ref_kl_logps"}
+    model = load_policy(cfg, data.train + data.eval, reference_of, pad_id)
 
-    # 3. Reference log-probs of every (x, y) and (x, y'), once, with the initial policy.
-    if cfg.reference == "precompute":
-        examples = train_examples + eval_examples
-        sequences = [
-            (f["prompt_ids"], f[key]) for key in ("completion_ids", "kl_completion_ids") for f in examples
-        ]
-        logps = score_completions(
-            model, sequences, pad_id=pad_id, batch_size=2 * cfg.train.micro_batch_size, precision=precision
-        )
-        for i, f in enumerate(examples):
-            f["ref_logps"], f["ref_kl_logps"] = logps[i], logps[len(examples) + i]
-
+    # 3. Loss: summed over the examples; the loop divides by the step's number of examples.
     collate = functools.partial(collate_unpaired, pad_id=pad_id)
-    compute_loss = functools.partial(kto_compute_loss, cfg=cfg)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         """Held-out loss, KL estimate and implicit rewards (exact means over the held-out examples)."""
         losses, rewards, labels, kls = [], [], [], []
-        micro = cfg.train.micro_batch_size
-        for start in range(0, len(eval_examples), micro):
-            batch = {k: v.to(device) for k, v in collate(eval_examples[start : start + micro]).items()}
+        device = next(model.parameters()).device
+        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
             out = kto_batch(model, batch, cfg)
             losses.append(out["losses"])
             rewards.append(out["rewards"])
@@ -322,7 +299,7 @@ def kto(cfg: KTOConfig) -> dict[str, float]:
         reward, label = torch.cat(rewards), torch.cat(labels)
         metrics = {
             "loss": torch.cat(losses).mean().item(),
-            "kl": (torch.stack(kls).sum() / len(eval_examples)).item(),
+            "kl": (torch.stack(kls).sum() / len(data.eval)).item(),
         }
         if label.any():
             metrics["rewards/chosen"] = reward[label].mean().item()
@@ -332,22 +309,16 @@ def kto(cfg: KTOConfig) -> dict[str, float]:
             metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
         return metrics
 
-    # 4. Train: the loop divides each step's summed loss by its number of examples.
-    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
-        trainer = Trainer(
-            cfg.train,
-            model=model,
-            examples=train_examples,
-            collate=collate,
-            units=count_examples,
-            compute_loss=compute_loss,
-            run=run,
-            seed=cfg.seed,
-            evaluate=evaluate if eval_examples else None,
-            desc="kto",
-        )
-        final = trainer.fit()
-        if trainer.accelerator.is_main_process:
-            save_model(trainer.model, tokenizer, run.model_dir)
-            run.write_summary(final, num_tokens=int(final.get("train_tokens", 0)))
-    return final
+    # 4. Fit, save model/ and summary.json.
+    return fit_and_save(
+        cfg,
+        model=model,
+        tokenizer=data.tokenizer,
+        train_examples=data.train,
+        eval_examples=data.eval,
+        collate=collate,
+        units=count_examples,
+        compute_loss=functools.partial(kto_compute_loss, cfg=cfg),
+        evaluate=evaluate,
+        desc="kto",
+    )

@@ -3,7 +3,8 @@
 * :func:`preference_metrics` and :func:`rating_metrics`: ``accuracy`` / ``ties`` / ``margin/mean`` and
   ``mse`` / ``spearman`` / ``pearson`` (ranks with averaged ties, :func:`average_ranks`);
 * :func:`reward_eval` and :func:`reward_score`: the library functions behind ``rlxf reward eval`` and
-  ``rlxf reward score``.
+  ``rlxf reward score``. They return their results (and write them to ``--out`` when given); showing
+  them is the command line's job (:func:`format_metrics`, :func:`records_jsonl`).
 
 Inference itself (inputs, the head, batched scoring, :class:`RewardModel`) lives in
 :mod:`rlxf.feedback.reward_model`, shared with training and with the ``model:PATH`` reward source; its
@@ -13,8 +14,8 @@ names are re-exported here so ``from rlxf.algos.reward_eval import RewardModel``
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from rlxf.feedback.reward_model import (
 from rlxf.models.load import Device, DType
 from rlxf.train.atomic import write_text_atomic
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_ASPECT",
     "TIE_TOLERANCE",
@@ -53,10 +56,12 @@ __all__ = [
     "collate_rewards",
     "encode_reward_record",
     "end_token_ids",
+    "format_metrics",
     "model_folder",
     "pearson",
     "preference_metrics",
     "rating_metrics",
+    "records_jsonl",
     "reward_eval",
     "reward_outputs",
     "reward_pad_token_id",
@@ -161,7 +166,7 @@ class RewardModelOptions:
 class RewardEvalConfig(RewardModelOptions):
     """Options of ``rlxf reward eval``."""
 
-    out: str | None = option(None, help="folder to write eval.json into (printed only when unset)")
+    out: str | None = option(None, help="folder to write eval.json into (only shown when unset)")
 
 
 def reward_eval(cfg: RewardEvalConfig) -> dict[str, float]:
@@ -171,7 +176,7 @@ def reward_eval(cfg: RewardEvalConfig) -> dict[str, float]:
     ``margin/mean``. Ratings: ``spearman`` and ``pearson`` between the model's score and the rating, and
     ``mse`` when the model was trained on ratings (its output for the record's aspect is compared; a
     preference model's scale is arbitrary, so no ``mse`` then). Returns the metrics (plus
-    ``num_examples``); prints them, and writes ``eval.json`` into ``cfg.out`` when set.
+    ``num_examples``; :func:`format_metrics` shows them), and writes ``eval.json`` into ``cfg.out`` when set.
     """
     ds = read_data(cfg.data)
     if ds.kind not in ("preferences", "ratings"):
@@ -204,10 +209,6 @@ def reward_eval(cfg: RewardEvalConfig) -> dict[str, float]:
         else:
             metrics = {"spearman": spearman(scores.reward, target), "pearson": pearson(scores.reward, target)}
     metrics["num_examples"] = float(len(features))
-
-    width = max(len(name) for name in metrics)
-    for name, value in metrics.items():
-        print(f"{name:<{width}}  {value:.6g}")
     if cfg.out:
         report = {
             "model": str(model_folder(cfg.model)),
@@ -217,6 +218,12 @@ def reward_eval(cfg: RewardEvalConfig) -> dict[str, float]:
         }
         write_text_atomic(Path(cfg.out) / "eval.json", json.dumps(_finite(report), indent=2) + "\n")
     return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One ``name  value`` line per metric, names aligned: what ``rlxf reward eval`` shows."""
+    width = max((len(name) for name in metrics), default=0)
+    return "\n".join(f"{name:<{width}}  {value:.6g}" for name, value in metrics.items())
 
 
 @dataclass
@@ -237,7 +244,8 @@ def reward_score(cfg: RewardScoreConfig) -> list[dict[str, Any]]:
     Records with ``prompt`` + ``completion`` (or ``messages``; SFT, ratings, unpaired files) get a
     ``reward`` field; preference records get ``reward_chosen`` and ``reward_rejected``. An ensemble adds
     ``reward_std`` (``reward_chosen_std`` ...). Returns the scored records, in file order, and writes them
-    as JSONL to ``cfg.out`` (written whole, then renamed into place) or stdout.
+    as JSONL to ``cfg.out`` when set (written whole, then renamed into place); without ``out`` the command
+    line writes :func:`records_jsonl` of them to stdout.
     """
     ds = read_data(cfg.data)
     if ds.kind == "prompts":
@@ -254,13 +262,15 @@ def reward_score(cfg: RewardScoreConfig) -> list[dict[str, Any]]:
             record[name] = scores.reward[i].item()
             if scores.std is not None:
                 record[f"{name}_std"] = scores.std[i].item()
-    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
     if cfg.out:
-        write_text_atomic(Path(cfg.out), text)
-        print(f"scored {len(records)} records into {cfg.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+        write_text_atomic(Path(cfg.out), records_jsonl(records))
+        logger.info(f"scored {len(records)} records into {cfg.out}")
     return records
+
+
+def records_jsonl(records: list[dict[str, Any]]) -> str:
+    """Records as JSONL text, one object a line (UTF-8 as is; values JSON lacks as strings)."""
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
 
 
 def _encode_options(rm: RewardModel) -> dict[str, Any]:

@@ -54,31 +54,29 @@ were built).
 ``rewards/ensemble_std``; ratings ``mse``. Held out (``eval/...``): ``loss``, ``accuracy``, ``ties``,
 ``margin/mean``; or ``mse``, ``spearman``, ``pearson`` (and ``.../<aspect>`` with several aspects).
 
+**Validation and defaults.** Without ``eval_data`` a validation split is held out by default
+(:mod:`rlxf.algos.offline`), and a preference model whose held-out accuracy is within noise of chance
+(``accuracy - 0.5 < 1 / sqrt(n)`` on ``n`` pairs) ends with a warning that says so. The ``train:``
+defaults are :func:`_default_reward_train`'s.
+
 Left out: per-token (process) rewards, reward-model distillation, pairwise-judge (generative) RMs.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from rlxf.algos.offline import fit_and_save, read_train_eval, training_precision
 from rlxf.algos.reward_eval import DEFAULT_ASPECT, preference_metrics, rating_metrics
 from rlxf.config import option
-from rlxf.data import (
-    ChatTemplateMode,
-    DataError,
-    Dataset,
-    Truncation,
-    read_data,
-    split_data,
-    tokenize_dataset,
-)
+from rlxf.data import ChatTemplateMode, DataError, Dataset, Truncation, tokenize_dataset
 from rlxf.feedback.reward_model import (
     Objective,
     RewardHead,
@@ -88,12 +86,14 @@ from rlxf.feedback.reward_model import (
     reward_pad_token_id,
     score_sequences,
 )
-from rlxf.models.load import ModelConfig, load_tokenizer, prepare_for_training, resolve_device, save_model
-from rlxf.models.precision import resolve_precision, weight_dtype
+from rlxf.models.load import ModelConfig, load_tokenizer, prepare_for_training, resolve_device
+from rlxf.models.precision import weight_dtype
 from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer
-from rlxf.train.run import RunDir, print_config
+from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig
+from rlxf.train.run import RunResult, print_config
 from rlxf.train.seed import seed_everything
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- losses
 
@@ -129,10 +129,16 @@ def centering_penalty(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
 # ---------------------------------------------------------------------------------------------- config
 
 
+def _default_reward_train() -> TrainingConfig:
+    """A reward model's ``train:`` defaults: learning rate, epochs and schedule in one place."""
+    return TrainingConfig()
+
+
 @dataclass
 class RewardTrainConfig(RunConfig):
     """Options of ``rlxf reward train``."""
 
+    train: TrainingConfig = field(default_factory=_default_reward_train)
     objective: Literal["auto", "preferences", "ratings"] = option(
         "auto", help="preferences (Bradley-Terry) or ratings (MSE); auto follows the data's kind"
     )
@@ -281,12 +287,16 @@ def load_reward_backbone(cfg: ModelConfig, num_labels: int, dtype: str) -> tuple
     hf_logging.set_verbosity_error()  # its load report lists the new head as MISSING: expected, said below
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=getattr(torch, dtype), output_loading_info=True
+            path,
+            num_labels=num_labels,
+            dtype=getattr(torch, dtype),
+            output_loading_info=True,
+            local_files_only=True,
         )
     finally:
         hf_logging.set_verbosity(previous)
     new = ", ".join(sorted(info["missing_keys"])) or "none"
-    print(f"reward model: new (randomly initialised) weights: {new}", file=sys.stderr)
+    logger.info(f"reward model: new (randomly initialised) weights: {new}")
     pad_id = reward_pad_token_id(tokenizer)  # never the EOS the score is read at
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     model.config.pad_token_id = pad_id
@@ -298,26 +308,20 @@ def load_reward_backbone(cfg: ModelConfig, num_labels: int, dtype: str) -> tuple
 # ---------------------------------------------------------------------------------------------- train
 
 
-def reward_train(cfg: RewardTrainConfig) -> dict[str, float]:
+def reward_train(cfg: RewardTrainConfig) -> RunResult:
     """Train a reward model on ``cfg.data``; the library function behind ``rlxf reward train``.
 
-    Writes the run folder ``cfg.out`` (config, metrics, checkpoints, ``model/`` as a plain HF
-    sequence-classification folder, summary) and returns the final metrics. All data is read, validated
-    and tokenised, and the model loaded, before ``cfg.out`` is touched: bad input writes nothing.
+    Writes the run folder ``cfg.out`` (config, metrics, ``model/`` as a plain HF sequence-classification
+    folder, summary with the held-out figures) and returns its :class:`~rlxf.train.run.RunResult`. All
+    data is read, validated and tokenised, and the model loaded, before ``cfg.out`` is touched: bad input
+    writes nothing.
     """
     print_config(cfg, "rlxf reward train")
-    device = resolve_device(cfg.model.device)
-    precision = resolve_precision(cfg.train.precision, device)
 
     # 1. Data: read, validate, split and tokenise everything up front.
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    train_ds = read_data(cfg.data)
+    train_ds, eval_ds = read_train_eval(cfg, None if cfg.objective == "auto" else cfg.objective)
     objective = resolve_objective(cfg.objective, train_ds)
-    eval_ds = None
-    if cfg.eval_data:
-        eval_ds = read_data(cfg.eval_data, kind=objective)
-    elif cfg.eval_split > 0:
-        train_ds, eval_ds = split_data(train_ds, cfg.eval_split, cfg.seed)
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
     if objective == "ratings":
         if cfg.ensemble_size > 1:
             raise DataError("ensemble_size > 1 is for preferences; these are ratings", path=train_ds.path)
@@ -347,21 +351,18 @@ def reward_train(cfg: RewardTrainConfig) -> dict[str, float]:
         counts = bootstrap_counts(len(train_examples), cfg.ensemble_size, cfg.seed)  # [n, heads]
         for example, row in zip(train_examples, counts.tolist()):
             example["head_weights"] = row
-    if len(train_examples) < cfg.train.global_batch_size:
-        raise DataError(
-            f"{len(train_examples)} training examples make no full batch of train.global_batch_size="
-            f"{cfg.train.global_batch_size}: lower it or add data",
-            path=train_ds.path,
-        )
 
     # 2. Model: fp32 master weights unless precision is pure bf16; a new head of K outputs.
     seed_everything(cfg.seed)
-    model, tokenizer = load_reward_backbone(cfg.model, len(head.labels), weight_dtype(precision))
+    model, tokenizer = load_reward_backbone(
+        cfg.model, len(head.labels), weight_dtype(training_precision(cfg))
+    )
     pad_id = int(model.config.pad_token_id)
     collate = functools.partial(collate_rewards, pad_token_id=pad_id)
     margin_in_loss = cfg.margin_in_loss
     coefficient = cfg.center_rewards_coefficient
 
+    # 3. Loss: summed over the pairs (or rated examples); the loop divides by the step's count.
     def preference_loss(model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         outputs = reward_outputs(model, batch)  # [2B, K]: chosen rows, then rejected rows
         n = outputs.shape[0] // 2
@@ -419,23 +420,8 @@ def reward_train(cfg: RewardTrainConfig) -> dict[str, float]:
                     metrics.update({f"{name}/{aspect}": value for name, value in per_aspect.items()})
         return metrics
 
-    # 3. Train: the shared loop normalises each step's summed loss by its pairs (or rated examples).
-    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
-        trainer = Trainer(
-            cfg.train,
-            model=model,
-            examples=train_examples,
-            collate=collate,
-            units=lambda batch: int(batch["input_ids"].shape[0] // (2 if objective == "preferences" else 1)),
-            compute_loss=preference_loss if objective == "preferences" else ratings_loss,
-            run=run,
-            seed=cfg.seed,
-            evaluate=evaluate if eval_examples else None,
-            desc="reward",
-        )
-        final = trainer.fit()
-
-        # 4. Centre (optional), describe the head in the config, save a plain HF folder.
+    def centre_and_describe(trainer: Trainer, final: dict[str, float]) -> None:
+        """Centre (optional) and describe the head in the config, so model/ is scored as trained."""
         if cfg.center_rewards:
             trainer.model.eval()
             keys = ("chosen_ids", "rejected_ids", "input_ids")
@@ -444,12 +430,26 @@ def reward_train(cfg: RewardTrainConfig) -> dict[str, float]:
                 outputs = score_sequences(trainer.model, rows, pad_id, 2 * cfg.train.micro_batch_size)
             head.reward_mean = head.combine(outputs)[0].mean().item()
             final["reward_mean"] = head.reward_mean
-            print(f"centred: rlxf's scorer subtracts the mean training reward {head.reward_mean:.4f}")
-        if trainer.accelerator.is_main_process:
-            head.save_to(trainer.model.config)
-            trainer.model.config.rlxf_max_length = cfg.max_length
-            trainer.model.config.rlxf_chat_template = cfg.chat_template
-            trainer.model.config.rlxf_truncation = cfg.truncation
-            save_model(trainer.model, tokenizer, run.model_dir)
-            run.write_summary(final, num_tokens=int(final.get("train_tokens", 0)))
-    return final
+            logger.info(f"centred: rlxf's scorer subtracts the mean training reward {head.reward_mean:.4f}")
+        head.save_to(trainer.model.config)
+        trainer.model.config.rlxf_max_length = cfg.max_length
+        trainer.model.config.rlxf_chat_template = cfg.chat_template
+        trainer.model.config.rlxf_truncation = cfg.truncation
+
+    # 4. Fit, centre, save model/ and summary.json.
+    preferences = objective == "preferences"
+    return fit_and_save(
+        cfg,
+        model=model,
+        tokenizer=tokenizer,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+        collate=collate,
+        units=lambda batch: int(batch["input_ids"].shape[0] // (2 if preferences else 1)),
+        compute_loss=preference_loss if preferences else ratings_loss,
+        evaluate=evaluate,
+        desc="reward",
+        judge_by="accuracy" if preferences else "mse",
+        unit="pairs" if preferences else "rated examples",
+        before_save=centre_and_describe,
+    )

@@ -52,17 +52,23 @@ updates per batch the old log-probs come from one no-grad pass of the policy in 
 Log-probs are computed micro-batch by micro-batch, from the completion positions' logits only, so the
 full-vocabulary logits never exist for the whole batch.
 
+Options. The ``train:`` section is the one every learner takes (:class:`rlxf.train.loop.UpdateConfig`:
+learning rate, schedule, ``warmup_ratio`` of the ``num_steps x updates_per_step`` optimizer steps, weight
+decay, clipping, precision, log / evaluate / save cadence), with RL's own defaults (lr 1e-6, constant, no
+warm-up); the batch shape (``prompts_per_step``, ``mini_batch_size``, ``micro_batch_size``,
+``ppo_epochs``, ``num_steps``) is RL's own. The flat keys of earlier releases (``learning_rate``,
+``precision``, ``warmup_steps`` ...) still work for one release, with a deprecation message.
+
 Precision. ``bf16-mixed`` trains fp32 weights under bf16 autocast; rollouts run under the same autocast.
 Sampling seeds depend on the step alone and mini-batch order on (seed, step, epoch), so ``--resume``
 continues exactly (checkpoint: policy, critic, optimizer, scheduler, KL coefficient, reward statistics).
+The loop follows :class:`rlxf.train.loop.Cadence` (evaluate, log, save), as the offline learners do; a
+finished run keeps ``model/`` and drops its checkpoints unless ``train.keep_final_checkpoint``.
 
-Metrics per step: ``reward/mean``, ``reward/std`` (raw rewards), ``reward/shaped_mean``, ``kl``,
-``kl_coef``, ``entropy``, ``loss``, ``policy/loss``, ``policy/clip_frac``, ``policy/approx_kl``,
-``value/loss`` and ``value/explained_variance`` (ppo), ``response_len/mean``, ``response/truncated``
-(share that hit ``max_new_tokens`` without EOS), ``tokens_per_s``, ``time/generate``, ``time/score``,
-``time/train`` (seconds), ``lr``, ``grad_norm``. Held-out prompts (``eval/``): the same reward, KL, length
-and repetition figures on fresh samples, at step 0 and every ``eval_every`` steps; their samples are
-written to ``samples/step-NNNNNN.jsonl``.
+Metrics: :data:`RL_METRICS` per step (``value/*`` with ``estimator=ppo``, ``kl`` with a reference,
+``grad_norm`` with clipping), :data:`RL_EVAL_METRICS` on held-out prompts (logged as ``eval/...``) at
+step 0, every ``train.eval_every`` steps and at the end, with their samples in
+``samples/step-NNNNNN.jsonl``; docs/rl.md says what each means.
 
 Left out: process (per-step) rewards, PPO-ptx (a pre-training loss mixed in), value-head pre-training
 warm-up, entropy bonus, asynchronous / off-policy rollouts, multiple processes for generation (vLLM and
@@ -75,10 +81,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import sys
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -92,6 +100,7 @@ from rlxf.algos.advantages import (
     token_level_rewards,
 )
 from rlxf.algos.kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_estimate, kl_k1
+from rlxf.algos.offline import auto_eval_size
 from rlxf.algos.policy_loss import (
     LossAggregation,
     aggregate_sum,
@@ -106,22 +115,39 @@ from rlxf.config import option
 from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_prompts, render_prompt, split_data
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models.load import ModelConfig, disable_dropout, load_model, resolve_device, save_model
-from rlxf.models.precision import Precision, autocast, resolve_precision, weight_dtype
+from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_ids_of
 from rlxf.rollout.text_stats import repeats_ngram
 from rlxf.train.atomic import write_jsonl_atomic
-from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
-from rlxf.train.optim import ScheduleKind, adamw, build_scheduler, param_groups
+from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
+from rlxf.train.loop import Cadence, UpdateConfig
+from rlxf.train.optim import adamw, build_scheduler, param_groups
 from rlxf.train.progress import Progress
-from rlxf.train.run import RunDir, print_config
+from rlxf.train.run import RunDir, RunResult, render_config
 from rlxf.train.seed import seed_everything
+
+logger = logging.getLogger(__name__)
 
 Estimator = Literal["ppo", "grpo", "rloo", "reinforce++"]
 KLPlacement = Literal["reward", "loss"]
 CriticKind = Literal["separate", "shared"]
+
+# Every metric the trainer logs per step (docs/rl.md explains each; a test checks both against the log).
+# value/* only with estimator=ppo; kl only with a reference (kl.coef > 0 or kl.target); grad_norm and
+# value/grad_norm only when train.max_grad_norm > 0.
+# fmt: off
+RL_METRICS: tuple[str, ...] = (
+    "reward/mean", "reward/std", "reward/shaped_mean", "advantages/mean", "kl", "kl_coef", "entropy",
+    "policy/loss", "policy/clip_frac", "policy/clip_frac_low", "policy/clip_frac_high", "policy/approx_kl",
+    "policy/ratio_mean", "value/loss", "value/explained_variance", "value/grad_norm", "grad_norm", "lr",
+    "response_len/mean", "response/truncated", "tokens_per_s", "time/generate", "time/score", "time/train",
+)
+# fmt: on
+# On held-out prompts, logged with the prefix eval/ (kl only with a reference).
+RL_EVAL_METRICS: tuple[str, ...] = ("reward/mean", "reward/std", "response_len/mean", "repetition", "kl")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -171,6 +197,24 @@ def _default_sampling() -> SamplingConfig:
     return SamplingConfig(max_new_tokens=32, temperature=1.0, n=4, batch_size=64)
 
 
+def _default_rl_train() -> UpdateConfig:
+    """RL's defaults of the shared ``train:`` knobs: a small constant learning rate, no warm-up."""
+    return UpdateConfig(learning_rate=1e-6, lr_schedule="constant", warmup_ratio=0.0)
+
+
+def _warmup_steps_to_ratio(cfg: RLConfig, warmup_steps: Any) -> float:
+    """The deprecated ``warmup_steps`` count as ``train.warmup_ratio``, the share of the run's optimizer
+    steps; exact: the trainer's ``round(ratio x total)`` gives the count back."""
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"expected a count of optimizer steps >= 0, got {warmup_steps!r}")
+    if warmup_steps >= cfg.total_updates:
+        raise ValueError(
+            f"{warmup_steps} warm-up steps cover all {cfg.total_updates} optimizer steps of the run "
+            f"(num_steps x updates_per_step): train.warmup_ratio must be below 1"
+        )
+    return warmup_steps / cfg.total_updates
+
+
 @dataclass
 class RLConfig:
     """Options of ``rlxf rl``."""
@@ -182,7 +226,11 @@ class RLConfig:
     )
     eval_prompts: str | None = option(None, help="held-out prompts file; unset: eval_split of prompts")
     eval_prompts_split: str | None = option(None, help="use only held-out records whose `split` equals this")
-    eval_split: float = option(0.0, help="share of prompts held out when eval_prompts is unset")
+    eval_split: float | Literal["auto"] = option(
+        "auto",
+        help="share of prompts held out when eval_prompts is unset; auto: a tenth (32 to 512), none below "
+        "100 prompts; 0: none",
+    )
     chat_template: ChatTemplateMode = option("auto", help="auto, always or never (never: raw continuation)")
     reward: Any = option(
         "", help="reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL, or a weighted list"
@@ -204,12 +252,7 @@ class RLConfig:
     ppo_epochs: int = option(1, help="passes over each rollout batch")
     mini_batch_size: int = option(0, help="completions per optimizer step; 0: the whole rollout batch")
     micro_batch_size: int = option(16, help="completions per forward/backward pass (and no-grad passes)")
-    learning_rate: float = option(1e-6, help="peak policy learning rate (AdamW)")
-    lr_schedule: ScheduleKind = option("constant", help="constant, linear or cosine after warm-up")
-    warmup_steps: int = option(0, help="optimizer steps of linear warm-up")
-    weight_decay: float = option(0.0, help="AdamW weight decay (not on biases and norms)")
-    max_grad_norm: float = option(1.0, help="clip the gradient's global norm; 0 disables")
-    precision: Precision = option("auto", help="fp32, bf16-mixed, bf16; auto = bf16-mixed where native")
+    train: UpdateConfig = field(default_factory=_default_rl_train)
     clip_eps: float = option(0.2, help="PPO ratio clip: 1 - clip_eps .. 1 + clip_eps_high")
     clip_eps_high: float | None = option(None, help="upper clip (DAPO clip-higher); unset: clip_eps")
     loss_aggregation: LossAggregation = option(
@@ -221,10 +264,20 @@ class RLConfig:
     lam: float = option(0.95, help="GAE lambda (ppo)")
     kl: KLConfig = field(default_factory=KLConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
-    log_every: int = option(1, help="log metrics every N steps")
-    eval_every: int = option(0, help="evaluate on held-out prompts every N steps (0: start and end only)")
-    save_every: int = option(0, help="checkpoint every N steps (0: only at the end)")
-    keep_last: int = option(2, help="checkpoints kept")
+
+    # The flat keys of earlier releases, kept for one release (rlxf.config: "Renamed keys").
+    # fmt: off
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "learning_rate": "train.learning_rate", "lr_schedule": "train.lr_schedule",
+        "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm",
+        "precision": "train.precision", "log_every": "train.log_every", "eval_every": "train.eval_every",
+        "save_every": "train.save_every", "keep_last": "train.keep_last",
+        "warmup_steps": "train.warmup_ratio",  # a count then, a share now: see renamed_conversions
+    }
+    # fmt: on
+    renamed_conversions: ClassVar[dict[str, Callable[[RLConfig, Any], Any]]] = {
+        "warmup_steps": _warmup_steps_to_ratio
+    }
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -234,16 +287,12 @@ class RLConfig:
         if self.reward in ("", None, []):
             raise ValueError("give the reward: --reward SPEC (e.g. sentiment, model:runs/rm)")
         if self.model.dtype != "auto":
-            raise ValueError("for training, set the precision with `precision`, not model.dtype")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
-        for name in ("prompts_per_step", "num_steps", "ppo_epochs", "micro_batch_size", "log_every"):
+            raise ValueError("for training, set the precision with train.precision, not model.dtype")
+        if self.eval_split != "auto" and not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"eval_split must be auto or in [0, 1), got {self.eval_split}")
+        for name in ("prompts_per_step", "num_steps", "ppo_epochs", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.keep_last < 1 or self.eval_every < 0 or self.save_every < 0 or self.warmup_steps < 0:
-            raise ValueError("keep_last must be >= 1; eval_every, save_every, warmup_steps >= 0")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         rows = self.rollout_batch_size
         mini = self.mini_batch_size or rows
         if rows % mini or mini % self.micro_batch_size:
@@ -274,6 +323,12 @@ class RLConfig:
         return self.ppo_epochs * (
             self.rollout_batch_size // (self.mini_batch_size or self.rollout_batch_size)
         )
+
+    @property
+    def total_updates(self) -> int:
+        """Optimizer steps of the run, ``num_steps x updates_per_step``: what ``train.warmup_ratio`` is a
+        share of."""
+        return self.num_steps * self.updates_per_step
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -380,6 +435,12 @@ def load_prompt_sets(cfg: RLConfig) -> tuple[Dataset, Dataset | None]:
     train = read_prompts(cfg.prompts, cfg.prompts_split)
     if cfg.eval_prompts:
         return train, read_prompts(cfg.eval_prompts, cfg.eval_prompts_split)
+    if cfg.eval_split == "auto":
+        n_eval = auto_eval_size(len(train))  # the offline learners' rule: a tenth, 32 to 512, none below 100
+        if n_eval:
+            logger.info(f"holding out {n_eval} of {len(train)} prompts for evaluation (eval_split=auto)")
+            return split_data(train, n_eval, cfg.seed)
+        return train, None
     if cfg.eval_split > 0:
         return split_data(train, cfg.eval_split, cfg.seed)
     return train, None
@@ -391,14 +452,13 @@ def load_prompt_sets(cfg: RLConfig) -> tuple[Dataset, Dataset | None]:
 class RLTrainer:
     """Rollout -> reward -> advantages -> clipped updates, ``num_steps`` times (module docstring)."""
 
-    def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any, stream: Any = None) -> None:
+    def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any) -> None:
         self.cfg = cfg
         self.run = run
-        self.stream = stream if stream is not None else sys.stderr
         train_set, eval_set = load_prompt_sets(cfg)
         self.reward_source = reward_source
         seed_everything(cfg.seed)
-        self.precision = resolve_precision(cfg.precision, resolve_device(cfg.model.device))
+        self.precision = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
         model_cfg = copy.deepcopy(cfg.model)
         model_cfg.dtype = weight_dtype(self.precision)  # type: ignore[assignment]
         self.policy, self.tokenizer = load_model(model_cfg, trainable=True)
@@ -426,6 +486,7 @@ class RLTrainer:
                 backbone = AutoModel.from_pretrained(
                     resolve_model(cfg.critic.init or cfg.model.name_or_path),
                     dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32,
+                    local_files_only=True,
                 )
                 self.critic = SeparateCritic(backbone).to(self.device)
                 disable_dropout(self.critic)
@@ -456,16 +517,16 @@ class RLTrainer:
 
         # One AdamW over the policy and the critic (own learning rate), one schedule for both.
         self.modules = torch.nn.ModuleDict({"policy": self.policy})
-        groups = param_groups(self.policy, cfg.weight_decay)
+        groups = param_groups(self.policy, cfg.train.weight_decay)
         critic_module = self.critic if self.critic is not None else self.value_head
         if critic_module is not None:
             self.modules["critic"] = critic_module
-            for group in param_groups(critic_module, cfg.weight_decay):
-                group["lr"] = cfg.critic.learning_rate or cfg.learning_rate
+            for group in param_groups(critic_module, cfg.train.weight_decay):
+                group["lr"] = cfg.critic.learning_rate or cfg.train.learning_rate
                 groups.append(group)
-        self.optimizer = adamw(groups, lr=cfg.learning_rate)
-        total_updates = cfg.num_steps * cfg.updates_per_step
-        self.scheduler = build_scheduler(self.optimizer, cfg.lr_schedule, cfg.warmup_steps, total_updates)
+        self.optimizer = adamw(groups, lr=cfg.train.learning_rate)
+        warmup = round(cfg.train.warmup_ratio * cfg.total_updates)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.lr_schedule, warmup, cfg.total_updates)
         self.kl_ctl = (
             AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.target is not None
@@ -684,16 +745,16 @@ class RLTrainer:
                     share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
                     for k, v in stats.items():
                         micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
-                if cfg.max_grad_norm > 0:
+                if cfg.train.max_grad_norm > 0:
                     # Policy and critic are clipped apart (as with two optimizers): a large value-loss
                     # gradient early in training must not shrink the policy's step.
                     micro_stats["grad_norm"] = float(
-                        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
                     )
                     if "critic" in self.modules:
                         micro_stats["value/grad_norm"] = float(
                             torch.nn.utils.clip_grad_norm_(
-                                self.modules["critic"].parameters(), cfg.max_grad_norm
+                                self.modules["critic"].parameters(), cfg.train.max_grad_norm
                             )
                         )
                 micro_stats["lr"] = self.scheduler.get_last_lr()[0]
@@ -708,7 +769,8 @@ class RLTrainer:
     # ------------------------------------------------------------------------------------------ evaluation
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out reward, KL per completion, length and repetition on fresh samples (fixed seed)."""
+        """Held-out reward, KL per completion, length and repetition on fresh samples (fixed seed), as
+        ``eval/...`` metrics (:data:`RL_EVAL_METRICS`); the samples go to ``samples/step-NNNNNN.jsonl``."""
         if not self.eval_prompts:
             return {}
         sampling = self.cfg.eval_sampling or dataclasses.replace(self.cfg.sampling, n=1)
@@ -731,7 +793,7 @@ class RLTrainer:
             for p, c, r, f in zip(batch.prompts, batch.completions, rewards.tolist(), batch.finish_reasons)
         ]
         write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
-        return metrics
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -765,7 +827,12 @@ class RLTrainer:
         return metrics
 
     def fit(self) -> dict[str, float]:
+        """Train to ``num_steps`` (continuing from the run's checkpoint when resuming); final metrics.
+
+        The order is :class:`~rlxf.train.loop.Cadence`'s, as in the offline loop: after each step evaluate
+        (when due), log, save (when due); at the end evaluate, log, save the final checkpoint."""
         cfg = self.cfg
+        cadence = Cadence.of(cfg.train, cfg.num_steps)
         start = 0
         if self.run.resume_checkpoint is not None:
             ckpt = load_checkpoint(self.run.resume_checkpoint, self.modules, self.optimizer, self.scheduler)
@@ -774,29 +841,29 @@ class RLTrainer:
             self.reward_stats.load_state_dict(ckpt.extra["reward_stats"])
         last: dict[str, float] = {}
         if start == 0 and self.eval_prompts:
-            first_eval = {f"eval/{k}": v for k, v in self.evaluate(0).items()}
+            first_eval = self.evaluate(0)
             self.run.log(0, first_eval)
-            print(_describe("step 0 (before training)", first_eval), file=self.stream)
+            logger.info(_describe("step 0 (before training)", first_eval))
         progress = Progress(cfg.num_steps, f"rl ({cfg.estimator})", initial=start)
         for step in range(start, cfg.num_steps):
             metrics = self.train_step(step)
             done = step + 1
-            if self.eval_prompts and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.num_steps:
-                metrics.update({f"eval/{k}": v for k, v in self.evaluate(done).items()})
-            if done % cfg.log_every == 0 or done == cfg.num_steps:
+            if self.eval_prompts and cadence.evaluate(done):
+                metrics.update(self.evaluate(done))
+            if cadence.log(done):
                 self.run.log(done, metrics)
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.num_steps:
+            if cadence.save(done):
                 self.save(done)
             progress.update(1, {"reward": metrics["reward/mean"], "kl": metrics.get("kl", 0.0)})
             last = metrics
         progress.close()
-        if start < cfg.num_steps:
-            self.save(cfg.num_steps)
         if self.eval_prompts:
-            final = {f"eval/{k}": v for k, v in self.evaluate(cfg.num_steps).items()}
+            final = self.evaluate(cfg.num_steps)
             self.run.log(cfg.num_steps, final)
             last.update(final)
-            print(_describe(f"step {cfg.num_steps} (after training)", final), file=self.stream)
+            logger.info(_describe(f"step {cfg.num_steps} (after training)", final))
+        if start < cfg.num_steps:
+            self.save(cfg.num_steps)
         return last
 
     def save(self, step: int) -> None:
@@ -807,23 +874,25 @@ class RLTrainer:
             self.optimizer,
             self.scheduler,
             extra={"kl_ctl": self.kl_ctl.state_dict(), "reward_stats": self.reward_stats.state_dict()},
-            keep_last=self.cfg.keep_last,
+            keep_last=self.cfg.train.keep_last,
         )
 
 
-def rl(cfg: RLConfig, stream: Any = None) -> dict[str, float]:
-    """Run ``rlxf rl``: train, save ``out/model``, write ``summary.json``; returns the final metrics."""
-    stream = stream if stream is not None else sys.stderr
-    print_config(cfg, "rlxf rl", stream=stream)
+def rl(cfg: RLConfig) -> RunResult:
+    """Run ``rlxf rl``: train, save ``out/model``, write ``summary.json``, then drop the checkpoints
+    (unless ``train.keep_final_checkpoint``); returns the run folder, final metrics and summary."""
+    logger.info(render_config(cfg, "rlxf rl"))
     load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
     reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
-    run = RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite, stream=stream)
-    with run:
-        trainer = RLTrainer(cfg, run, reward_source, stream=stream)
+    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
+        trainer = RLTrainer(cfg, run, reward_source)
         metrics = trainer.fit()
         save_model(trainer.policy, trainer.tokenizer, run.model_dir)
-        run.write_summary(metrics)
-    return metrics
+        summary = run.write_summary(metrics)
+    finish_checkpoints(
+        run.checkpoints_dir, keep_final=cfg.train.keep_final_checkpoint, keep_last=cfg.train.keep_last
+    )
+    return RunResult(Path(run.path), metrics, summary)
 
 
 # ---------------------------------------------------------------------------------------------- small helpers
@@ -849,6 +918,8 @@ def _describe(title: str, metrics: dict[str, float]) -> str:
 
 
 __all__ = [
+    "RL_EVAL_METRICS",
+    "RL_METRICS",
     "CriticConfig",
     "Estimator",
     "Experience",

@@ -13,7 +13,9 @@ than a short one, and the update does not depend on how the step is split into m
 :func:`sft_loss` returns the *sum* over a micro-batch and its token count; the shared loop
 (:mod:`rlxf.train.loop`) divides by ``N``.
 
-Options (:class:`SFTConfig`, on top of the shared :class:`~rlxf.train.loop.RunConfig`):
+Options (:class:`SFTConfig`, on top of the shared :class:`~rlxf.train.loop.RunConfig`; the ``train:``
+defaults are :func:`_default_sft_train`'s: learning rate 2e-5, which suits full fine-tuning -- LoRA usually
+wants ~1e-4):
 
 * ``max_length`` and ``truncation``: an example longer than ``max_length`` tokens keeps its first
   (``keep_start``) or last (``keep_end``) tokens, or stops the run before training (``error``);
@@ -28,7 +30,9 @@ Options (:class:`SFTConfig`, on top of the shared :class:`~rlxf.train.loop.RunCo
 
 Metrics: ``loss`` (mean per completion token of the step), ``token_accuracy`` (share of completion
 tokens the model ranks first), ``lr``, ``grad_norm``, ``tokens_per_s``, ``epoch``; with held-out data
-``eval/loss`` and ``eval/perplexity`` (``exp`` of the mean held-out loss per token).
+``eval/loss`` and ``eval/perplexity`` (``exp`` of the mean held-out loss per token). Without
+``eval_data`` a validation split is held out by default, and a held-out loss that did not fall below
+step 0's is a warning (:mod:`rlxf.algos.offline`).
 
 Left out: training on prompt tokens too (TRL's ``completion_only_loss=False``), NEFTune embedding
 noise, padding-free packing with block-diagonal attention, chunked / fused cross-entropy kernels,
@@ -38,8 +42,8 @@ adapters merged.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -47,6 +51,13 @@ from typing import Any, get_args
 import torch
 import torch.nn.functional as F
 
+from rlxf.algos.offline import (
+    check_full_batch,
+    eval_batches,
+    fit_and_save,
+    load_trainable_model,
+    read_and_tokenize,
+)
 from rlxf.config import option
 from rlxf.data import (
     IGNORE_INDEX,
@@ -54,34 +65,26 @@ from rlxf.data import (
     Dataset,
     Truncation,
     pad_token_id,
-    read_data,
-    split_data,
     tokenize_dataset,
     tokenize_sft,
 )
 from rlxf.data.collate import collate_sft
-from rlxf.models.load import load_model, load_tokenizer, resolve_device, save_model
-from rlxf.models.precision import resolve_precision, weight_dtype
-from rlxf.models.registry import resolve_model
-from rlxf.train.loop import LossOutput, RunConfig, Trainer, TrainingConfig
-from rlxf.train.run import RunDir, print_config
-from rlxf.train.seed import seed_everything
+from rlxf.train.loop import LossOutput, RunConfig, TrainingConfig
+from rlxf.train.run import RunResult, print_config
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SFTTrainingConfig(TrainingConfig):
-    """The shared loop's options, with SFT's default learning rate."""
-
-    learning_rate: float = option(
-        2e-5, help="peak learning rate (AdamW); 2e-5 suits full fine-tuning, LoRA usually wants ~1e-4"
-    )
+def _default_sft_train() -> TrainingConfig:
+    """SFT's ``train:`` defaults (the shared loop's, but for the learning rate)."""
+    return TrainingConfig(learning_rate=2e-5)
 
 
 @dataclass
 class SFTConfig(RunConfig):
     """Options of ``rlxf sft``."""
 
-    train: SFTTrainingConfig = field(default_factory=SFTTrainingConfig)
+    train: TrainingConfig = field(default_factory=_default_sft_train)
     max_length: int = option(
         512, help="longest example in tokens (prompt + completion); the packed row length"
     )
@@ -191,45 +194,27 @@ def tokenize_sft_data(ds: Dataset, tokenizer: Any, cfg: SFTConfig) -> list[dict[
 # ---------------------------------------------------------------------------------------------- train
 
 
-def sft(cfg: SFTConfig) -> dict[str, float]:
-    """Supervised fine-tuning of ``cfg.model`` on ``cfg.data``; the library function behind ``rlxf sft``.
-
-    Writes the run folder ``cfg.out`` (config, metrics, checkpoints, the model as a plain HF folder with
-    LoRA merged, summary) and returns the final metrics. All data is read, validated and tokenised
-    before ``cfg.out`` is touched, so bad input writes nothing.
+def sft(cfg: SFTConfig) -> RunResult:
+    """Supervised fine-tuning of ``cfg.model`` on ``cfg.data`` (``rlxf sft``); the run folder and result are
+    :func:`~rlxf.algos.offline.fit_and_save`'s. Bad input stops it before ``cfg.out`` is touched.
     """
     print_config(cfg, "rlxf sft")
-    device = resolve_device(cfg.model.device)
-    precision = resolve_precision(cfg.train.precision, device)
 
-    # 1. Data: read, validate, split and tokenise everything up front.
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    train_ds = read_data(cfg.data, kind="sft")
-    eval_ds = None
-    if cfg.eval_data:
-        eval_ds = read_data(cfg.eval_data, kind="sft")
-    elif cfg.eval_split > 0:
-        train_ds, eval_ds = split_data(train_ds, cfg.eval_split, cfg.seed)
-    train_examples = tokenize_sft_data(train_ds, tokenizer, cfg)
-    eval_examples = tokenize_sft_data(eval_ds, tokenizer, cfg) if eval_ds is not None else []
+    # 1. Data: read, validate, split and tokenise everything up front; pack when asked.
+    data = read_and_tokenize(cfg, "sft", functools.partial(tokenize_sft_data, cfg=cfg))
+    train_examples = data.train
     if cfg.packing:
-        unpacked = len(train_examples)
-        train_examples = pack_examples(train_examples, cfg.max_length)
-        print(f"packed {unpacked} examples into {len(train_examples)} rows of <= {cfg.max_length} tokens")
-    if len(train_examples) < cfg.train.global_batch_size:  # the loop would say so, but after writing `out`
-        rows = "packed rows" if cfg.packing else "training examples"
-        raise ValueError(
-            f"{len(train_examples)} {rows} make no full batch of global_batch_size "
-            f"{cfg.train.global_batch_size}: lower it or add data"
+        train_examples = pack_examples(data.train, cfg.max_length)
+        logger.info(
+            f"packed {len(data.train)} examples into {len(train_examples)} rows of <= {cfg.max_length} tokens"
         )
+        check_full_batch(len(train_examples), cfg, data.train_ds, data.eval_ds, what="packed rows")
 
-    # 2. Model: fp32 master weights unless precision is pure bf16; LoRA adapters when model.lora.r > 0.
-    seed_everything(cfg.seed)
-    model_cfg = dataclasses.replace(cfg.model, dtype=weight_dtype(precision))
-    model, _ = load_model(model_cfg, trainable=True)
+    # 2. Model: the policy to fine-tune.
+    model, _ = load_trainable_model(cfg)
+    collate = functools.partial(collate_sft, pad_token_id=pad_token_id(data.tokenizer))
 
-    collate = functools.partial(collate_sft, pad_token_id=pad_token_id(tokenizer))
-
+    # 3. Loss: summed over completion tokens; the loop divides by the step's completion-token count.
     def compute_loss(model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
@@ -244,9 +229,7 @@ def sft(cfg: SFTConfig) -> dict[str, float]:
         """Mean loss per completion token on the held-out examples, and its perplexity."""
         device = next(model.parameters()).device
         total, count = 0.0, 0
-        micro = cfg.train.micro_batch_size
-        for start in range(0, len(eval_examples), micro):
-            batch = {k: v.to(device) for k, v in collate(eval_examples[start : start + micro]).items()}
+        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
             ).logits
@@ -255,22 +238,16 @@ def sft(cfg: SFTConfig) -> dict[str, float]:
         mean = total / count
         return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf}
 
-    # 3. Train: the shared loop normalises each step's summed loss by its completion-token count.
-    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
-        trainer = Trainer(
-            cfg.train,
-            model=model,
-            examples=train_examples,
-            collate=collate,
-            units=count_label_tokens,
-            compute_loss=compute_loss,
-            run=run,
-            seed=cfg.seed,
-            evaluate=evaluate if eval_examples else None,
-            desc="sft",
-        )
-        final = trainer.fit()
-        if trainer.accelerator.is_main_process:
-            save_model(trainer.model, tokenizer, run.model_dir)
-            run.write_summary(final, num_tokens=int(final.get("train_tokens", 0)))
-    return final
+    # 4. Fit, save model/ and summary.json.
+    return fit_and_save(
+        cfg,
+        model=model,
+        tokenizer=data.tokenizer,
+        train_examples=train_examples,
+        eval_examples=data.eval,
+        collate=collate,
+        units=count_label_tokens,
+        compute_loss=compute_loss,
+        evaluate=evaluate,
+        desc="sft",
+    )

@@ -24,16 +24,16 @@ Both models sample ``n`` completions for every prompt with the same settings and
 Writes into ``--out``: ``config.yaml``, ``samples.jsonl`` (A's and B's completion side by side with their
 rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.report`: plots of the training
 run's reward and KL per step when the policy comes from an rlxf run folder, reward against KL, length
-histograms, sample table). Leaves out: several baselines at once, an HTTP pairwise judge for
-the win rate, and bootstrap intervals.
+histograms, sample table). The folder is claimed and written as every non-training command's is
+(:mod:`rlxf.train.outdir`); progress and the closing figures are logged (``logging``, under ``rlxf``).
+Leaves out: several baselines at once, an HTTP pairwise judge for the win rate, and bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,8 @@ import yaml
 
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, read_prompts, render_prompt
+from rlxf.eval.report import render_report
+from rlxf.feedback.lm_judge import DEFAULT_PAIRWISE_TEMPLATE, LocalPairJudge, judge_pairs
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models import ModelConfig, load_model
 from rlxf.models.precision import Precision, autocast, resolve_precision
@@ -51,8 +53,13 @@ from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs
 from rlxf.rollout.text_stats import distinct_n, repeats_ngram
-from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
-from rlxf.train.run import config_yaml, print_config
+from rlxf.train.metrics import read_metrics
+from rlxf.train.outdir import claim_output_folder, write_output_folder
+from rlxf.train.run import render_config
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("config.yaml", "samples.jsonl", "report.html", "summary.json")
 
 
 def _default_sampling() -> SamplingConfig:
@@ -227,21 +234,12 @@ class _Models:
         return batch_logprobs(model, batch, temperature, self.cfg.micro_batch_size, self.autocast())
 
 
-def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
+def evaluate(cfg: EvalConfig) -> EvalResult:
     """Run ``rlxf eval`` (module docstring); returns what it wrote."""
-    from rlxf.eval.report import read_metrics, render_report
-
-    stream = stream if stream is not None else sys.stderr
     started = time.monotonic()
-    print_config(cfg, "rlxf eval", stream=stream)
+    logger.info("%s", render_config(cfg, "rlxf eval"))
     # Everything that can be wrong with the input is checked before a model loads or a file is written.
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    if (out / "summary.json").exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"{out} already holds an evaluation; choose another --out or pass overwrite=true"
-        )
+    out = claim_output_folder(cfg.out, OUTPUT_FILES, overwrite=cfg.overwrite, command="rlxf eval")
     records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before any model loads
     gold = parse_reward_spec(cfg.reward, cfg.reward_options)
     judge = parse_reward_spec(cfg.win_reward, cfg.reward_options) if cfg.win_reward else gold
@@ -264,7 +262,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
     temperature = cfg.sampling.temperature if not cfg.sampling.greedy else 1.0
     plain = cfg.sampling.top_k == 0 and cfg.sampling.top_p == 1.0 and not cfg.sampling.greedy
 
-    print(f"sampling {len(prompts)} prompts x {n} from the policy {policy_ref}", file=stream)
+    logger.info("sampling %d prompts x %d from the policy %s", len(prompts), n, policy_ref)
     batch_a = models.sample(models.policy, models.tokenizer, prompts)
     rewards_a = gold(list(batch_a.prompts), list(batch_a.completions))
     summary: dict[str, Any] = {
@@ -293,7 +291,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
     lengths: dict[str, list[float]] = {"policy": batch_a.completion_mask.sum(-1).tolist()}
 
     if models.baseline is not None:
-        print(f"sampling {len(prompts)} prompts x {n} from the baseline {baseline_ref}", file=stream)
+        logger.info("sampling %d prompts x %d from the baseline %s", len(prompts), n, baseline_ref)
         batch_b = models.sample(models.baseline, models.baseline_tokenizer, prompts)
         rewards_b = gold(list(batch_b.prompts), list(batch_b.completions))
         base_prompt_means = per_prompt(rewards_b, n)
@@ -304,7 +302,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
         reward["share_improved"] = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in deltas) / len(deltas)
 
         if cfg.win_judge is not None:
-            print(f"the judge {cfg.win_judge} compares each pair in both orders", file=stream)
+            logger.info("the judge %s compares each pair in both orders", cfg.win_judge)
             wins, judge_detail = pairwise_wins(
                 cfg, list(batch_a.prompts), list(batch_a.completions), list(batch_b.completions)
             )
@@ -326,7 +324,7 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
             row["baseline_reward"] = rewards_b[i]
 
         if models.same_tokenizer:
-            print("log-probs of the policy's samples under the baseline (KL, perplexity)", file=stream)
+            logger.info("log-probs of the policy's samples under the baseline (KL, perplexity)")
             mask_a = batch_a.completion_mask.float()
             logp_a = (
                 batch_a.logprobs.float() if plain else models.logprobs(models.policy, batch_a, temperature)
@@ -366,18 +364,12 @@ def evaluate(cfg: EvalConfig, stream: Any = None) -> EvalResult:
     summary["train_reward_spec"] = training_reward(run) if run is not None else None
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", config_yaml(cfg))
-    write_jsonl_atomic(out / "samples.jsonl", samples)
     metrics = (
         read_metrics(run / "metrics.jsonl") if run is not None and (run / "metrics.jsonl").is_file() else []
     )
     html = render_report(summary, samples, metrics, lengths, num_examples=cfg.num_examples)
-    write_text_atomic(out / "report.html", html)
-    # summary.json last: its presence marks a finished evaluation.
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    print(describe_summary(summary), file=stream)
-    print(f"report: {out / 'report.html'}", file=stream)
+    write_output_folder(out, cfg, summary, {"samples.jsonl": samples, "report.html": html})
+    logger.info("%s\nreport: %s", describe_summary(summary), out / "report.html")
     return EvalResult(summary=summary, samples=samples, out=out)
 
 
@@ -385,16 +377,14 @@ def pairwise_wins(
     cfg: EvalConfig, prompts: list[str], policy: list[str], baseline: list[str]
 ) -> tuple[list[float], dict[str, Any]]:
     """Win (1), tie (1/2) or loss (0) of each policy completion against the baseline's, by a pairwise LM
-    judge asked in both orders (:func:`rlxf.feedback.judge.judge_pairs`, which cancels a constant position
+    judge asked in both orders (:func:`rlxf.feedback.lm_judge.judge_pairs`, which cancels a constant position
     bias); with the judge's name and the share of pairs it judged the same way in both orders."""
-    from rlxf.feedback.judge import DEFAULT_PAIRWISE_TEMPLATE, LocalPairJudge, judge_pairs
-
     assert cfg.win_judge is not None
     template = DEFAULT_PAIRWISE_TEMPLATE
     if cfg.win_judge_template is not None:
         template = Path(cfg.win_judge_template).read_text(encoding="utf-8")
-    model, tokenizer = load_model(dataclasses.replace(cfg.model, name_or_path=cfg.win_judge, dtype="auto"))
-    judge = LocalPairJudge(model, tokenizer, template, name=cfg.win_judge)
+    judge_model = dataclasses.replace(cfg.model, name_or_path=cfg.win_judge, dtype="auto")
+    judge = LocalPairJudge.load(judge_model, template, name=cfg.win_judge)
     judgements = judge_pairs(judge, prompts, policy, baseline)
     wins = [1.0 if j.p_first > 0.5 else 0.5 if j.p_first == 0.5 else 0.0 for j in judgements]
     detail = {

@@ -19,8 +19,6 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from rlxf.train.metrics import read_metrics
-
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
 main { max-width: 1100px; margin: 0 auto; padding: 24px; }
@@ -322,4 +320,4 @@ def render_report(
 """
 
 
-__all__ = ["read_metrics", "render_report"]
+__all__ = ["render_report"]

@@ -12,19 +12,25 @@ specifications"; module :mod:`~rlxf.feedback.rewards`):
 * ``sentiment``: VADER's compound score of the completion, in [-1, 1] (:class:`SentimentScorer`,
   :func:`sentiment_scores`, :mod:`~rlxf.feedback.sentiment`; needs ``pip install vadersentiment``);
 * ``judge:MODEL``: a language model's 1-9 rating from a rubric, as its expected value mapped to [0, 1]
-  (:class:`JudgeScorer`);
-* ``http://...`` / ``https://...``: a remote scorer answering a JSON POST (:class:`HttpReward`);
+  (:class:`JudgeReward` over :class:`PointwiseJudge`);
+* ``http://...`` / ``https://...``: a remote scorer answering a JSON POST (:class:`HttpReward`, over
+  :func:`~rlxf.feedback.http.post_json`);
 * a weighted sum: ``"0.7*sentiment + 0.3*model:PATH"``, or in YAML a list of ``{source: SPEC, weight: W}``
   (:class:`WeightedSum`).
+
+Language-model judges (pointwise ratings, pairwise verdicts in both orders, local or OpenAI-compatible)
+are :mod:`~rlxf.feedback.lm_judge`; the commands ``rlxf judge`` and ``rlxf simulate`` are
+:mod:`~rlxf.feedback.judge` and :mod:`~rlxf.feedback.simulate`; the labelling app is
+:mod:`~rlxf.feedback.label`.
 """
 
+from rlxf.feedback.http import RemoteError, post_json
+from rlxf.feedback.lm_judge import DEFAULT_JUDGE_TEMPLATE, JudgeRatings, PointwiseJudge
 from rlxf.feedback.reward_model import RewardHead, RewardModel, RewardScores
 from rlxf.feedback.rewards import (
-    DEFAULT_JUDGE_TEMPLATE,
     SPEC_FORMS,
     HttpReward,
-    JudgeRatings,
-    JudgeScorer,
+    JudgeReward,
     KeywordFunction,
     ModelReward,
     RewardError,
@@ -40,9 +46,11 @@ __all__ = [
     "SPEC_FORMS",
     "HttpReward",
     "JudgeRatings",
-    "JudgeScorer",
+    "JudgeReward",
     "KeywordFunction",
     "ModelReward",
+    "PointwiseJudge",
+    "RemoteError",
     "RewardError",
     "RewardHead",
     "RewardModel",
@@ -52,5 +60,6 @@ __all__ = [
     "SentimentScorer",
     "WeightedSum",
     "parse_reward_spec",
+    "post_json",
     "sentiment_scores",
 ]

@@ -305,7 +305,7 @@ class RewardModel:
         torch_device = resolve_device(device)
         tokenizer = load_tokenizer(folder)
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=resolve_dtype(dtype, torch_device)
+            folder, dtype=resolve_dtype(dtype, torch_device), local_files_only=True
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id(tokenizer)

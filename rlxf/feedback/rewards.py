@@ -11,8 +11,10 @@ specification (docs/design.md "Reward specifications") into one:
   ``fn(prompts=..., completions=...)`` (keyword arguments, as TRL calls its reward functions);
 * ``sentiment``: the built-in VADER scorer (:class:`~rlxf.feedback.sentiment.SentimentScorer`);
 * ``judge:MODEL``: AI feedback from a language model that rates each completion 1-9
-  (:class:`JudgeScorer`; the reward is the expected rating mapped to [0, 1]);
-* ``http://...`` or ``https://...``: a remote scorer that answers a JSON POST (:class:`HttpReward`);
+  (:class:`JudgeReward`, a thin adapter over :class:`~rlxf.feedback.lm_judge.PointwiseJudge`; the reward
+  is the expected rating mapped to [0, 1]);
+* ``http://...`` or ``https://...``: a remote scorer that answers a JSON POST (:class:`HttpReward`, over
+  :func:`~rlxf.feedback.http.post_json`);
 * a weighted sum of these: in YAML a list of ``{source: SPEC, weight: W}`` (or bare specs, weight 1), on
   the command line ``"0.7*sentiment + 0.3*model:runs/rm"`` (:class:`WeightedSum`).
 
@@ -24,7 +26,8 @@ the source, the completion and its prompt: a broken reward never silently become
 What an RL trainer does to a batch's rewards before computing advantages (length penalty, normalisation,
 clipping) lives beside it, in :mod:`rlxf.algos.reward_shaping`.
 
-Pairwise (A vs B) judges live in :mod:`rlxf.feedback.judge`, which shares :func:`next_token_probs`.
+Everything about language-model judges (rubrics, answer-token probabilities, pairwise verdicts) lives in
+:mod:`rlxf.feedback.lm_judge`.
 
 Left out: per-token (process) rewards, passing dataset columns besides prompts and completions to ``fn:``
 sources, concurrent HTTP requests, and caching scores of repeated completions.
@@ -35,13 +38,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import math
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -52,11 +51,11 @@ import numpy as np
 import torch
 
 from rlxf.config import option
-from rlxf.data import encode_prompt, render_chat
-from rlxf.data.collate import pad
+from rlxf.feedback.http import post_json
+from rlxf.feedback.lm_judge import DEFAULT_JUDGE_TEMPLATE, PointwiseJudge, check_judge_template
 from rlxf.feedback.reward_model import RewardModel
 from rlxf.feedback.sentiment import SentimentScorer, sentiment_scores
-from rlxf.models.load import Device, DType, ModelConfig, load_model
+from rlxf.models.load import Device, DType, ModelConfig
 
 SPEC_FORMS = (
     "model:PATH (a trained reward model), fn:module:function or fn:path/file.py:function (a Python "
@@ -141,16 +140,6 @@ class RewardSource:
 # ---------------------------------------------------------------------------------------------- options
 
 
-DEFAULT_JUDGE_TEMPLATE = (
-    "Rate the response below to the prompt for quality and helpfulness: is it relevant, correct, clear "
-    "and fluent? Use a scale from 1 (very poor) to 9 (excellent).\n\n"
-    "Prompt:\n{prompt}\n\n"
-    "Response:\n{completion}\n\n"
-    "Reply with a single digit from 1 to 9."
-)
-"""The judge's default rubric; ``{prompt}`` and ``{completion}`` are filled in."""
-
-
 @dataclass
 class RewardOptions:
     """How the sources of a reward specification run (the parts of a weighted sum share these)."""
@@ -215,10 +204,9 @@ class KeywordFunction:
 
 
 class HttpReward:
-    """A remote scorer: POST ``{"prompts": [...], "completions": [...]}`` as JSON, expect
-    ``{"rewards": [...]}`` back. A refused or dropped connection is retried ``retries`` times (with a short
-    growing pause, for a server that is restarting); an HTTP error status is not, since asking again gets
-    the same answer."""
+    """A remote scorer: POST ``{"prompts": [...], "completions": [...]}`` as JSON (through
+    :func:`~rlxf.feedback.http.post_json`: timeouts, retries of failed connections, errors naming the URL)
+    and expect ``{"rewards": [...]}`` back."""
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 2) -> None:
         self.url = url
@@ -226,29 +214,24 @@ class HttpReward:
         self.retries = retries
 
     def __call__(self, prompts: list[str], completions: list[str]) -> Any:
-        body = json.dumps({"prompts": prompts, "completions": completions}).encode()
-        request = urllib.request.Request(
-            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = response.read()
-                break
-            except urllib.error.HTTPError as exc:  # before URLError: it is one, but the server did answer
-                detail = exc.read()[:200].decode(errors="replace")
-                raise RuntimeError(f"HTTP {exc.code} {exc.reason}: {detail}") from exc
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if attempt == self.retries:
-                    raise
-                time.sleep(0.5 * 2**attempt)
-        try:
-            answer = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the answer is not JSON: {payload[:200]!r}") from exc
+        body = {"prompts": prompts, "completions": completions}
+        answer = post_json(self.url, body, timeout=self.timeout, retries=self.retries)
         if not isinstance(answer, dict) or "rewards" not in answer:
-            raise ValueError(f'the answer has no "rewards" field: {payload[:200]!r}')
+            raise ValueError(f'the answer has no "rewards" field: {str(answer)[:200]}')
         return answer["rewards"]
+
+
+class JudgeReward:
+    """``judge:MODEL``: the reward is a pointwise LM judge's expected 1-9 rating mapped to [0, 1],
+    ``(expected - 1) / 8``, so judges compose with other sources in a weighted sum on a known scale. The
+    judge (rubric, answer-token probabilities) is :class:`~rlxf.feedback.lm_judge.PointwiseJudge`; no
+    sampling, so the reward is deterministic."""
+
+    def __init__(self, judge: PointwiseJudge) -> None:
+        self.judge = judge
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return ((self.judge.rate(prompts, completions).expected - 1) / 8).tolist()
 
 
 class WeightedSum:
@@ -272,148 +255,6 @@ class WeightedSum:
         for weight, source in self.parts:
             total = [t + weight * r for t, r in zip(total, source(prompts, completions))]
         return total
-
-
-# ---------------------------------------------------------------------------------------------- the judge
-
-
-JUDGE_PLAIN_SUFFIX = "\nRating:"
-"""Appended to the rubric for a judge without a chat template, so its next token is the rating."""
-
-
-def check_judge_template(template: str) -> None:
-    """Raise ``ValueError`` unless ``template`` formats with exactly ``{prompt}`` and ``{completion}``."""
-    try:
-        template.format(prompt="", completion="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"the judge template must use only {{prompt}} and {{completion}} (write {{{{ }}}} for a literal "
-            f"brace): {exc!r} in {template!r}"
-        ) from exc
-    for field in ("{prompt}", "{completion}"):
-        if field not in template:
-            raise ValueError(f"the judge template has no {field} placeholder: {template!r}")
-
-
-def digit_token_ids(tokenizer: Any) -> list[list[int]]:
-    """For each digit 1..9, the ids of the single tokens that spell it (``"7"``, and ``" 7"`` where the
-    vocabulary has it: a model continuing ``"Rating:"`` writes the space with the digit)."""
-    ids: list[list[int]] = []
-    for digit in "123456789":
-        found: list[int] = []
-        for text in (digit, " " + digit):
-            encoded = tokenizer.encode(text, add_special_tokens=False)
-            if len(encoded) == 1 and encoded[0] not in found:
-                found.append(encoded[0])
-        if not found:
-            raise ValueError(f"the judge's tokenizer has no single token for the digit {digit}")
-        ids.append(found)
-    flat = [i for group in ids for i in group]
-    if len(set(flat)) != len(flat):
-        raise ValueError("the judge's tokenizer spells two digits with the same token")
-    return ids
-
-
-@torch.no_grad()
-def next_token_probs(
-    model: Any,
-    tokenizer: Any,
-    texts: Sequence[str],
-    token_groups: Sequence[Sequence[int]],
-    batch_size: int = 16,
-) -> torch.Tensor:
-    """``[N, K]``: for each text, the probability that the model's next token is one of ``token_groups[k]``
-    (the summed probabilities of that group's ids), read from one forward pass per batch of texts.
-
-    The pointwise judge reads the digits 1..9 with it and the pairwise judge (:mod:`rlxf.feedback.judge`)
-    the letters A and B. Texts are encoded as prompts (:func:`~rlxf.data.encode_prompt`) and left-padded.
-    """
-    device = next(model.parameters()).device
-    rows = [encode_prompt(tokenizer, text) for text in texts]
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        # Left padding puts every row's last token in the last column, where the next token is read.
-        input_ids = pad(batch, int(tokenizer.pad_token_id), "left").to(device)  # [b, T]
-        lengths = torch.tensor([len(r) for r in batch], device=device)
-        width = input_ids.shape[1]
-        mask = torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]  # [b, T]
-        # Positions count from each row's first real token, so a padded row is read as if unpadded.
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids, attention_mask=mask.long(), position_ids=positions, use_cache=False
-        ).logits[:, -1, :]  # [b, V]
-        probs = logits.float().softmax(dim=-1)
-        out.append(torch.stack([probs[:, list(ids)].sum(dim=-1) for ids in token_groups], dim=-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(token_groups))
-
-
-@dataclass
-class JudgeRatings:
-    """A judge's ratings of N completions: ``probs`` ``[N, 9]`` (P(rating = 1..9), renormalised over the
-    digits), ``expected`` ``[N]`` (sum_d d * P(d), in [1, 9]) and ``confidence`` ``[N]`` (the probability
-    mass the judge put on the digits before renormalising: low means it wanted to say something else)."""
-
-    probs: torch.Tensor
-    expected: torch.Tensor
-    confidence: torch.Tensor
-
-
-class JudgeScorer:
-    """``judge:MODEL``: a language model rates each completion 1-9 from a rubric (pointwise AI feedback).
-
-    The rubric (``template``, default :data:`DEFAULT_JUDGE_TEMPLATE`) is filled with the prompt and the
-    completion and given as one user turn through the judge's chat template (or as plain text followed by
-    :data:`JUDGE_PLAIN_SUFFIX` when it has none). One forward pass reads the judge's next-token distribution
-    and keeps the tokens of the digits 1..9, renormalised: the rating is their expected value, a smooth
-    score that separates completions a sampled or argmax digit would tie (as G-Eval, Liu et al. 2023, does
-    with sampled ratings). The reward is ``(expected - 1) / 8``, in [0, 1], so judges with other scales
-    compose the same way in a weighted sum. No sampling: the score is deterministic.
-    """
-
-    def __init__(
-        self, model: Any, tokenizer: Any, template: str = DEFAULT_JUDGE_TEMPLATE, batch_size: int = 16
-    ) -> None:
-        check_judge_template(template)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.template = template
-        self.batch_size = batch_size
-        self.digit_ids = digit_token_ids(tokenizer)
-
-    @classmethod
-    def load(
-        cls,
-        ref: str,
-        *,
-        template: str = DEFAULT_JUDGE_TEMPLATE,
-        device: Device = "auto",
-        dtype: DType = "auto",
-        batch_size: int = 16,
-    ) -> JudgeScorer:
-        """Load the judge from a model reference (registry name, local HF folder or ``.gguf`` file)."""
-        model, tokenizer = load_model(ModelConfig(name_or_path=ref, device=device, dtype=dtype))
-        return cls(model, tokenizer, template=template, batch_size=batch_size)
-
-    def render(self, prompt: str, completion: str) -> str:
-        """The text the judge reads for one completion; its next token is the rating."""
-        rubric = self.template.format(prompt=prompt, completion=completion)
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            return rubric + JUDGE_PLAIN_SUFFIX
-        return render_chat([{"role": "user", "content": rubric}], self.tokenizer, add_generation_prompt=True)
-
-    def rate(self, prompts: Sequence[str], completions: Sequence[str]) -> JudgeRatings:
-        """The judge's ratings of ``completions[i]`` as answers to ``prompts[i]``."""
-        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
-        # P(digit d) sums the probabilities of the tokens that spell d ("7" and " 7")
-        per_digit = next_token_probs(self.model, self.tokenizer, texts, self.digit_ids, self.batch_size)
-        confidence = per_digit.sum(dim=-1)  # [N]
-        renormalised = per_digit / confidence[:, None]  # [N, 9]
-        expected = renormalised @ torch.arange(1, 10, dtype=renormalised.dtype)
-        return JudgeRatings(probs=renormalised, expected=expected, confidence=confidence)
-
-    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return ((self.rate(prompts, completions).expected - 1) / 8).tolist()
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -478,16 +319,13 @@ def _parse_one(spec: str, options: RewardOptions) -> RewardSource:
         return RewardSource(spec, SentimentScorer())
     if spec.startswith("judge:"):
         try:
-            judge = JudgeScorer.load(
-                spec.removeprefix("judge:"),
-                template=options.judge_template,
-                device=options.device,
-                dtype=options.dtype,
-                batch_size=options.batch_size,
+            model = ModelConfig(
+                name_or_path=spec.removeprefix("judge:"), device=options.device, dtype=options.dtype
             )
+            judge = PointwiseJudge.load(model, template=options.judge_template, batch_size=options.batch_size)
         except (OSError, ValueError) as exc:
             raise ValueError(f"reward spec {spec!r}: {exc}") from exc
-        return RewardSource(spec, judge)
+        return RewardSource(spec, JudgeReward(judge))
     if spec.startswith(("http://", "https://")):
         return RewardSource(spec, HttpReward(spec, timeout=options.timeout, retries=options.retries))
     raise ValueError(f"unknown reward spec {spec!r}; expected one of: {SPEC_FORMS}")

@@ -26,7 +26,8 @@ standard deviation ``rating_noise``.
 
 Library: :func:`simulate_preferences`, :func:`simulate_ratings` (records in, records out, for a pipeline);
 :func:`simulate` is ``rlxf simulate`` (input as for ``rlxf judge``: candidates or preferences; output
-folder with ``preferences.jsonl`` or ``ratings.jsonl``, ``summary.json`` and ``config.yaml``).
+folder with ``preferences.jsonl`` or ``ratings.jsonl``, ``summary.json`` and ``config.yaml``; the figures
+are logged and returned as a :class:`~rlxf.train.outdir.CommandResult`).
 
 Left out: annotator-specific oracles (AlpacaFarm's pool also varies the judge prompt), ties as a label,
 and ratings on a discrete scale.
@@ -35,7 +36,6 @@ and ratings on a discrete scale.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +45,9 @@ import numpy as np
 
 from rlxf.config import option
 from rlxf.data.candidates import Candidates, as_text, attach_labels, read_candidates
-from rlxf.feedback.judge import check_output_folder, label_agreement, write_feedback
+from rlxf.feedback.judge import OUTPUT_FILES, label_agreement, log_figures
 from rlxf.feedback.rewards import RewardOptions, RewardSource, parse_reward_spec
+from rlxf.train.outdir import CommandResult, claim_output_folder, numeric, write_output_folder
 
 
 def _per_annotator(value: float | Sequence[float], annotators: int, name: str) -> list[float]:
@@ -262,18 +263,18 @@ def _records(candidates: Candidates) -> list[dict[str, Any]]:
     return out
 
 
-def simulate(cfg: SimulateConfig) -> dict[str, Any]:
-    """The library function behind ``rlxf simulate``: read and check the input, build the oracle, label,
-    write the output folder and print the summary. Returns the summary."""
+def simulate(cfg: SimulateConfig) -> CommandResult:
+    """Run ``rlxf simulate``: check the input and the output folder, build the oracle, label, write the
+    folder and log the figures. Returns them with the folder."""
     start = time.perf_counter()
     candidates = read_candidates(cfg.data, cfg.mode)
     if cfg.limit is not None:
         candidates = candidates.select(cfg.limit)
     matched = attach_labels(candidates, cfg.labels) if cfg.labels else None
-    check_output_folder(cfg.out, cfg.overwrite)
-    source = parse_reward_spec(cfg.reward, cfg.reward_options)
+    source = parse_reward_spec(cfg.reward, cfg.reward_options)  # a bad oracle stops here, before any change
+    out = claim_output_folder(cfg.out, OUTPUT_FILES, overwrite=cfg.overwrite, command="rlxf simulate")
     records = _records(candidates)
-    summary: dict[str, Any]
+    figures: dict[str, Any]
     if cfg.mode == "pairwise":
         labelled = simulate_preferences(
             records,
@@ -283,27 +284,23 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             annotators=cfg.annotators,
             seed=cfg.seed,
         )
-        summary = simulation_summary(labelled)
+        figures = simulation_summary(labelled)
         if any(y is not None for y in candidates.labels):
             winners = [0 if r["chosen"] == c[0] else 1 for r, c in zip(labelled, candidates.responses)]
-            summary.update(label_agreement(winners, candidates.labels))
+            figures.update(label_agreement(winners, candidates.labels))
         files = {"preferences.jsonl": labelled}
     else:
         rated = simulate_ratings(records, source, rating_noise=cfg.rating_noise, seed=cfg.seed)
         ratings = [r["rating"] for r in rated]
-        summary = {
+        figures = {
             "ratings": float(len(rated)),
             "rating/mean": sum(ratings) / len(ratings) if ratings else math.nan,
         }
         files = {"ratings.jsonl": rated}
     if matched is not None:
-        summary["labels/matched"] = float(matched)
-    summary["wall_time_s"] = time.perf_counter() - start
-    report = {"oracle": source.name, "data": str(cfg.data), "mode": cfg.mode, "metrics": summary}
-    write_feedback(cfg.out, files, report, cfg)
-    width = max(len(name) for name in summary)
-    for name, value in summary.items():
-        print(f"{name:<{width}}  {value:.4g}")
-    written = ", ".join(f"{len(rows)} in {name}" for name, rows in files.items())
-    print(f"wrote {written} to {cfg.out}", file=sys.stderr)
-    return summary
+        figures["labels/matched"] = float(matched)
+    figures["wall_time_s"] = time.perf_counter() - start
+    summary = {"oracle": source.name, "data": str(cfg.data), "mode": cfg.mode, "metrics": figures}
+    write_output_folder(out, cfg, summary, files)
+    log_figures(figures, files, out)
+    return CommandResult(out=out, summary=summary, metrics=numeric(figures))

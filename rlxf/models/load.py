@@ -3,6 +3,9 @@
 Precision is a first-class setting. ``dtype: auto`` picks bfloat16 where the hardware computes it natively
 (a CUDA GPU with bf16, or a CPU with AVX-512 BF16 / AMX, where a bf16 matmul runs ~4x faster than fp32)
 and float32 elsewhere. Training code that needs fp32 master weights asks for ``float32`` explicitly.
+
+Loading never touches the network: every ``from_pretrained`` here passes ``local_files_only=True`` (the
+reference is already a local folder, :mod:`rlxf.models.registry`), so rlxf needs no ``HF_HUB_OFFLINE``.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer of an HF folder, with a pad token (the eos token when the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -112,7 +115,7 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False) -> tuple[Any, Any]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if not trainable:

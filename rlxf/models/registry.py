@@ -89,11 +89,11 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, local_files_only=True)
     # The GGUF-loaded model carries a `quantization_config` and refuses to save; the de-quantised weights
     # are plain tensors, so move them into a model built from the bare config (no quantisation attached).
-    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    config = AutoConfig.from_pretrained(folder, gguf_file=filename, local_files_only=True)
     config.name_or_path = gguf.stem
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(quantized.state_dict(), strict=True)

@@ -13,19 +13,17 @@ record holds the bare prompt: the pairs then differ clearly on the axis the feed
 judge (a person, an AI or a simulated annotator) still sees only prompt and responses. The framing index
 is kept in ``meta``. Raw-text prompts only.
 
-Writes ``candidates.jsonl`` and then ``summary.json`` (counts, tokens, seconds; its presence marks the
-stage finished) into ``--out``.
+Writes ``config.yaml``, ``candidates.jsonl`` and then ``summary.json`` (counts, tokens, seconds; its
+presence marks the stage finished) into ``--out`` (:mod:`rlxf.train.outdir`), logs one line and returns a
+:class:`~rlxf.train.outdir.CommandResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -36,8 +34,12 @@ from rlxf.models.load import resolve_device
 from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.rollout.engine import SamplingConfig
 from rlxf.rollout.hf import HFEngine
-from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
-from rlxf.train.run import config_yaml, print_config
+from rlxf.train.outdir import CommandResult, claim_output_folder, numeric, write_output_folder
+from rlxf.train.run import render_config
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("config.yaml", "candidates.jsonl", "summary.json")
 
 
 def _default_sampling() -> SamplingConfig:
@@ -82,22 +84,17 @@ class SampleConfig:
             raise ValueError("precision bf16 (pure bf16 weights) is for training; use bf16-mixed or fp32")
 
 
-def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
-    """Run ``rlxf sample`` (module docstring); returns the summary it wrote."""
-    stream = stream if stream is not None else sys.stderr
+def sample_candidates(cfg: SampleConfig) -> CommandResult:
+    """Run ``rlxf sample`` (module docstring); returns the folder and the summary it wrote."""
     started = time.monotonic()
-    print_config(cfg, "rlxf sample", stream=stream)
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    if (out / "summary.json").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} already holds samples; choose another --out or pass overwrite=true")
+    logger.info("%s", render_config(cfg, "rlxf sample"))
     records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before any model loads
 
     if cfg.framings:
         for i, record in enumerate(records.records):
             if not isinstance(record.get("prompt"), str):
                 raise records.error(i, "framings need plain-text prompts (put before the text)", "prompt")
+    out = claim_output_folder(cfg.out, OUTPUT_FILES, overwrite=cfg.overwrite, command="rlxf sample")
 
     precision = resolve_precision(cfg.precision, resolve_device(cfg.model.device))
     # fp32 weights, under bf16 autocast for bf16-mixed: as the trainers run.
@@ -155,12 +152,9 @@ def sample_candidates(cfg: SampleConfig, stream: Any = None) -> dict[str, Any]:
         "precision": precision,
         "wall_time_s": round(time.monotonic() - started, 3),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", config_yaml(cfg))
-    write_jsonl_atomic(out / "candidates.jsonl", rows)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # last: marks it finished
-    print(f"{len(rows)} candidates records ({len(batch)} completions, {tokens} tokens) in {out}", file=stream)
-    return summary
+    write_output_folder(out, cfg, summary, {"candidates.jsonl": rows})
+    logger.info("%d candidates records (%d completions, %d tokens) in %s", len(rows), len(batch), tokens, out)
+    return CommandResult(out=out, summary=summary, metrics=numeric(summary))
 
 
 __all__ = ["SampleConfig", "sample_candidates"]

@@ -33,6 +33,11 @@ Everything is stored with ``torch.save`` and read back with ``torch.load(weights
 ``extra`` dict must hold tensors and plain Python values (numbers, strings, lists, dicts, tuples).
 
 Only one process should save (under ``accelerate``, the main process, with the unwrapped model).
+
+**A finished run** calls :func:`finish_checkpoints` once ``model/`` and ``summary.json`` are written: by
+default every checkpoint goes (the optimizer state is twice the model's size, and ``model/`` is what a
+finished run is for); with ``keep_final`` the last ``keep_last`` stay, so ``--resume`` with a larger step
+budget can extend the run later.
 """
 
 from __future__ import annotations
@@ -263,6 +268,29 @@ def save_checkpoint(
             if old != final:
                 _remove_tree(old)
     return final
+
+
+def finish_checkpoints(checkpoints_dir: Path, keep_final: bool, keep_last: int) -> None:
+    """Tidy ``checkpoints_dir`` at the end of a run (after ``model/`` and ``summary.json`` are written).
+
+    ``keep_final``: keep the newest ``keep_last`` checkpoints (the final one among them), delete the rest.
+    Otherwise delete every checkpoint, the ``latest`` pointer and the folder itself (when nothing else of
+    the user's is in it): the finished run keeps ``model/`` and no optimizer state.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return
+    _clean_stale(checkpoints_dir)
+    found = list_checkpoints(checkpoints_dir)
+    for old in found[:-keep_last] if keep_final else found:
+        _remove_tree(old)
+    if keep_final:
+        return
+    (checkpoints_dir / LATEST).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: something of the user's is in it, leave it be
+        checkpoints_dir.rmdir()
 
 
 def _load_file(path: Path, map_location: Any) -> Any:

@@ -24,6 +24,12 @@ Precision (``precision``): ``fp32``; ``bf16-mixed`` keeps fp32 weights and optim
 matmuls in bf16 under autocast (the default where bf16 is native: ~2.7x faster steps on an AVX-512 BF16
 CPU); ``bf16`` stores the weights in bf16 too (least memory; small updates can round away).
 
+Held-out data. When the learner gives an ``evaluate`` function, the loop evaluates before the first step
+(logged at step 0: the untrained model's figures, what the end is compared with), every ``eval_every``
+steps, and after the last step (in that step's record); :attr:`Trainer.eval_start` and
+:attr:`Trainer.eval_end` hold the two ends. Which data is held out by default is the learners' business
+(:mod:`rlxf.algos.offline`).
+
 Distribution goes through ``accelerate`` (DDP / FSDP / DeepSpeed when launched with ``accelerate
 launch``); on one CPU process it adds nothing but the autocast context.
 """
@@ -35,7 +41,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,6 +49,7 @@ from rlxf.config import option
 from rlxf.models.load import ModelConfig
 from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
+from rlxf.train.metrics import read_metrics
 from rlxf.train.optim import ScheduleKind, build_optimizer, build_scheduler
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir
@@ -122,8 +129,10 @@ class Cadence:
         log       if done % log_every == 0 or done == total
         save      if save_every and done % save_every == 0 and done < total
 
-    and at the end: evaluate (always, when there is held-out data), log, save the final checkpoint, then
-    the model and the summary. Evaluating before saving means a checkpoint's step has its eval logged.
+    Before the first step of a fresh run: evaluate (when there is held-out data) and log it at step 0. At
+    the end: evaluate (always, when there is held-out data), log, save the final checkpoint, then the
+    model and the summary (and :func:`~rlxf.train.checkpoint.finish_checkpoints` tidies the checkpoints).
+    Evaluating before saving means a checkpoint's step has its eval logged.
     """
 
     log_every: int
@@ -152,7 +161,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: str = option("", help="training data file (JSONL, CSV, Parquet or a datasets folder)")
     eval_data: str | None = option(None, help="held-out data file; if unset, eval_split of data is held out")
-    eval_split: float = option(0.0, help="share of data held out for evaluation when eval_data is unset")
+    eval_split: float | Literal["auto"] = option(
+        "auto",
+        help="share of data held out for evaluation when eval_data is unset; auto: a tenth of the records, "
+        "at least 32 and at most 512, none below 100 records; 0: none",
+    )
     out: str = option(
         "", help="output folder (config.yaml, metrics.jsonl, summary.json, model/, checkpoints/)"
     )
@@ -166,8 +179,8 @@ class RunConfig:
             raise ValueError("give the training data: --data FILE")
         if not self.out:
             raise ValueError("give the output folder: --out DIR")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
+        if self.eval_split != "auto" and not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"eval_split must be auto or a share in [0, 1), got {self.eval_split!r}")
         if self.model.dtype != "auto":
             raise ValueError(
                 "for training, set the precision with train.precision (fp32, bf16-mixed, bf16), not model.dtype"
@@ -215,6 +228,9 @@ class Trainer:
         self.run = run
         self.seed = seed
         self.desc = desc
+        # held-out ``eval/`` figures before the first step and after the last (None: no held-out data)
+        self.eval_start: dict[str, float] | None = None
+        self.eval_end: dict[str, float] | None = None
 
         world = self.accelerator.num_processes
         per_process = cfg.global_batch_size // world
@@ -315,13 +331,22 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, float]:
-        """Train to ``total_steps`` (continuing from the run's checkpoint when resuming); final metrics."""
-        cfg = self.cfg
+        """Train to ``total_steps`` (continuing from the run's checkpoint when resuming); final metrics.
+
+        The order of each step's evaluate / log / save is :class:`Cadence`'s.
+        """
         start_step = 0
         if self.run.resume_checkpoint is not None:
             start_step = load_checkpoint(
                 self.run.resume_checkpoint, self.model, self.optimizer, self.scheduler
             ).step
+        cadence = Cadence.of(self.cfg, self.total_steps)
+        if self.evaluate is not None:
+            if start_step == 0:
+                self.eval_start = self._evaluate()
+                self.run.log(0, self.eval_start)
+            else:  # the step-0 figures of the session that started the run
+                self.eval_start = self._logged_eval(0)
         progress = Progress(self.total_steps, self.desc, initial=start_step)
         last: dict[str, float] = {}
         tokens_seen = 0
@@ -334,36 +359,39 @@ class Trainer:
             metrics["tokens_per_s"] = tokens / max(time.perf_counter() - step_start, 1e-9)
             metrics["epoch"] = (step + 1) / self.steps_per_epoch
             done = step + 1
-            if (
-                self.evaluate is not None
-                and cfg.eval_every
-                and done % cfg.eval_every == 0
-                and done < self.total_steps
-            ):
-                metrics.update({f"eval/{k}": v for k, v in self._evaluate().items()})
-            if done % cfg.log_every == 0 or done == self.total_steps:
+            if self.evaluate is not None and (cadence.evaluate(done) or done == self.total_steps):
+                metrics.update(self._evaluate())
+            if cadence.log(done):
                 self.run.log(done, metrics)
-            if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+            if cadence.save(done):
                 self.save(done)
             progress.update(1, {"loss": metrics["loss"]})
             last = metrics
         progress.close()
+        if self.evaluate is not None and start_step >= self.total_steps:
+            last.update(self._evaluate())  # nothing left to train: its record is logged already
         if self.evaluate is not None:
-            final_eval = {f"eval/{k}": v for k, v in self._evaluate().items()}
-            self.run.log(self.total_steps, final_eval)
-            last.update(final_eval)
+            self.eval_end = {k: v for k, v in last.items() if k.startswith("eval/")}
         if start_step < self.total_steps:
             self.save(self.total_steps)
         last["train_seconds"] = time.perf_counter() - started
         last["train_tokens"] = float(tokens_seen)
         return last
 
+    def _logged_eval(self, step: int) -> dict[str, float] | None:
+        """The ``eval/`` figures ``metrics.jsonl`` holds for ``step`` (``None`` if it holds none)."""
+        for record in read_metrics(self.run.metrics_path):
+            if record.get("step") == step and any(k.startswith("eval/") for k in record):
+                return {k: v for k, v in record.items() if k.startswith("eval/")}
+        return None
+
     def _evaluate(self) -> dict[str, float]:
+        """The learner's held-out metrics, named ``eval/...``."""
         self.wrapped.eval()
         with torch.no_grad(), self.autocast():
             result = self.evaluate(self.model)
         self.wrapped.train()
-        return result
+        return {f"eval/{k}": v for k, v in result.items()}
 
     def save(self, step: int) -> None:
         if self.accelerator.is_main_process:

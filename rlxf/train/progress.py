@@ -170,7 +170,8 @@ class Progress:
         return False
 
     def _write_line(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        self.stream.write(self.line() + "\n")  # a display on the terminal's stream, not a log record
+        self.stream.flush()
         self._last_line_time = self.clock()
         self._last_line_n = self.n
 

@@ -12,7 +12,7 @@
 
 A trainer's life with it::
 
-    print_config(cfg, title="rlxf sft")
+    print_config(cfg, title="rlxf sft")  # logged (logger "rlxf.train.run", level INFO)
     with RunDir.create(cfg.out, cfg, resume=cfg.resume) as run:
         if run.resume_checkpoint:
             state = load_checkpoint(run.resume_checkpoint, model, optimizer, scheduler)
@@ -22,22 +22,27 @@ A trainer's life with it::
         ...
         save the model into run.model_dir
         run.write_summary({"loss": loss}, num_tokens=tokens_seen)
+    finish_checkpoints(run.checkpoints_dir, keep_final=False, keep_last=2)  # no optimizer state kept
 
 :meth:`RunDir.create` never silently mixes two runs: a folder that already holds a run (finished or
 in progress) is refused unless ``resume`` (continue it from its latest checkpoint) or ``overwrite``
-(delete that run's files, and only those) is asked for.
+(delete that run's files, and only those) is asked for. Resuming a finished run needs its final
+checkpoint (``train.keep_final_checkpoint``); without one it is refused too, never silently restarted.
+
+Notes for the user (resuming from ..., options changed) go through :mod:`logging` (logger
+``rlxf.train.run``); the command line shows them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -47,6 +52,9 @@ from rlxf.config import to_yaml
 from rlxf.train.atomic import write_text_atomic
 from rlxf.train.checkpoint import META_FILE, latest_checkpoint
 from rlxf.train.metrics import MetricsLogger, peak_memory_mb, truncate_metrics
+from rlxf.train.outdir import CommandResult, RunExistsError, claim_output_folder
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -58,35 +66,16 @@ RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_DIR, CHECKPOINTS_D
 
 
 @dataclass
-class RunResult(Mapping[str, float]):
-    """What a training function (``sft``, ``reward_train``, ``dpo``, ``kto``, ``rl``) returns.
-
-    ``out`` is the run folder, ``metrics`` the final metrics (training and held-out ``eval/...``), and
-    ``summary`` what ``summary.json`` holds. The result also reads as the mapping of its final metrics
-    (``result["loss"]``), as a Hugging Face ``ModelOutput`` reads as a dict.
-    """
-
-    out: Path
-    metrics: dict[str, float]
-    summary: dict[str, Any] = field(default_factory=dict)
+class RunResult(CommandResult):
+    """What a training function (``sft``, ``reward_train``, ``dpo``, ``kto``, ``rl``) returns: a
+    :class:`~rlxf.train.outdir.CommandResult` (``out`` the run folder, ``metrics`` the final metrics,
+    training and held-out ``eval/...``, ``summary`` what ``summary.json`` holds; it reads as the mapping of
+    its final metrics, ``result["loss"]``) whose run also trained a model."""
 
     @property
     def model_dir(self) -> Path:
         """The trained model as a plain HF folder."""
         return self.out / MODEL_DIR
-
-    def __getitem__(self, key: str) -> float:
-        return self.metrics[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.metrics)
-
-    def __len__(self) -> int:
-        return len(self.metrics)
-
-
-class RunExistsError(FileExistsError):
-    """The output folder already holds a run, and neither resume nor overwrite was asked for."""
 
 
 def run_status(path: str | Path) -> Literal["none", "in_progress", "finished"]:
@@ -109,15 +98,28 @@ def config_yaml(config: Any) -> str:
 
 
 def render_config(config: Any, title: str = "configuration") -> str:
-    """The config as YAML under a title line, as printed at the start of a run."""
+    """The config as YAML under a title line, as shown at the start of a run."""
     body = config_yaml(config).rstrip("\n")
     rule = "─" * max(8, 60 - len(title) - 4)
     return f"── {title} {rule}\n{body}\n{'─' * (len(title) + len(rule) + 4)}"
 
 
+def _note(message: str, stream: IO[str] | None) -> None:
+    """A note for the user: logged at INFO, or written to ``stream`` when a caller asks for one."""
+    if stream is None:
+        logger.info(message)
+    else:
+        stream.write(message + "\n")
+        stream.flush()
+
+
 def print_config(config: Any, title: str = "configuration", stream: IO[str] | None = None) -> None:
-    """Print the resolved config at the start of a run (YAML under a title line)."""
-    print(render_config(config, title), file=stream if stream is not None else sys.stdout, flush=True)
+    """Show the resolved config at the start of a run (YAML under a title line).
+
+    It is logged at INFO (the command line shows it); a caller that passes ``stream`` gets it written
+    there instead.
+    """
+    _note(render_config(config, title), stream)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -199,43 +201,49 @@ class RunDir:
             config: the fully resolved config (a dataclass from :mod:`rlxf.config`, or a mapping).
             resume: continue the run in ``out`` from its latest complete checkpoint: records of
                 ``metrics.jsonl`` after that step are dropped (they will be logged again) and TensorBoard
-                hides its events after it. Without a checkpoint the run starts over.
+                hides its events after it. Without a checkpoint an interrupted run starts over, and a
+                finished one (its checkpoints deleted at the end) is refused.
             overwrite: delete the run already in ``out`` (its run files only) and start a new one.
             tensorboard: also write TensorBoard event files into ``tb/``.
-            stream: where notes (resuming from ..., changed options) go; ``sys.stderr`` by default.
+            stream: where notes (resuming from ..., changed options) go; logged at INFO when unset.
 
         Raises:
-            RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+            RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set; or
+                ``resume`` is set but ``out`` holds a finished run without a checkpoint to continue from.
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
-        stream = stream if stream is not None else sys.stderr
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"--out {path} is a file, not a folder")
         status = run_status(path)
-        if status != "none" and not (resume or overwrite):
+        if not resume:  # the one output-folder guard of every command; resuming keeps the run's files
             what = "a finished run" if status == "finished" else "a run (in progress or interrupted)"
-            raise RunExistsError(
-                f"{path} already holds {what}. Pass --resume to continue it, or choose another --out "
-                "(or overwrite it explicitly)."
-            )
+            hint = "pass --resume to continue it, or choose another --out (or --overwrite to replace it)"
+            claim_output_folder(path, RUN_ENTRIES, overwrite=overwrite, command="a run", what=what, hint=hint)
         new_yaml = config_yaml(config)
         checkpoint = latest_checkpoint(path / CHECKPOINTS_DIR) if resume else None
+        if resume and checkpoint is None and status == "finished":
+            raise RunExistsError(
+                f"{path} holds a finished run whose checkpoints were not kept "
+                "(train.keep_final_checkpoint=false), so --resume has nothing to continue from. To train "
+                f"more, start a new run from its model (--model {path / MODEL_DIR} --out OTHER_DIR), or "
+                "replace it with --overwrite; set train.keep_final_checkpoint=true to keep a finished run "
+                "extendable."
+            )
         step = 0
         if checkpoint is not None:
             step = int(json.loads((checkpoint / META_FILE).read_text(encoding="utf-8"))["step"])
-            print(f"resuming {path} from {checkpoint.name} (step {step})", file=stream)
+            _note(f"resuming {path} from {checkpoint.name} (step {step})", stream)
             if (path / CONFIG_FILE).is_file():
                 changed = _changed_keys((path / CONFIG_FILE).read_text(encoding="utf-8"), new_yaml)
                 if changed:
-                    print("options changed since the run started: " + "; ".join(changed), file=stream)
+                    _note("options changed since the run started: " + "; ".join(changed), stream)
             (path / SUMMARY_FILE).unlink(missing_ok=True)  # the run is in progress again
             if (path / METRICS_FILE).is_file():
                 truncate_metrics(path / METRICS_FILE, step)
-        elif status != "none":
-            if resume:
-                print(f"no complete checkpoint in {path / CHECKPOINTS_DIR}: starting over", file=stream)
+        elif resume and status != "none":
+            _note(f"no complete checkpoint in {path / CHECKPOINTS_DIR}: starting over", stream)
             _clear_run(path)
         path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / CONFIG_FILE, new_yaml)

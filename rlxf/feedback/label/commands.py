@@ -9,7 +9,7 @@ so ``rlxf --help`` needs neither.
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,8 @@ from rlxf.rollout.engine import SamplingConfig
 
 if TYPE_CHECKING:
     from rlxf.feedback.label.db import Project, User
+
+logger = logging.getLogger(__name__)
 
 DB_HELP = "database URL (sqlite:///FILE or postgresql://USER@HOST/DB) or a SQLite file path"
 
@@ -104,10 +106,7 @@ def label_user_add(cfg: LabelUserAddConfig) -> User:
             user = add_user(db, password_hasher(), cfg.username, password, cfg.admin)
     finally:
         engine.dispose()
-    print(
-        f"created {'admin' if user.is_admin else 'labeller'} {user.username!r} (id {user.id})",
-        file=sys.stderr,
-    )
+    logger.info(f"created {'admin' if user.is_admin else 'labeller'} {user.username!r} (id {user.id})")
     return user
 
 
@@ -162,10 +161,9 @@ class ProjectOptions:
                 project = create_project(db, self.settings(guidelines), candidates, self.members)
         finally:
             engine.dispose()
-        print(
+        logger.info(
             f"created {project.kind} project {project.name!r} (id {project.id}): {len(candidates)} items, "
-            f"{project.labels_per_item} label(s) each",
-            file=sys.stderr,
+            f"{project.labels_per_item} label(s) each"
         )
         return project
 
@@ -287,7 +285,5 @@ def label_export(cfg: LabelExportConfig) -> list[dict[str, Any]]:
     finally:
         engine.dispose()
     write_jsonl_atomic(cfg.out, records)
-    print(
-        f"wrote {len(records)} {cfg.format} records of project {cfg.project!r} to {cfg.out}", file=sys.stderr
-    )
+    logger.info(f"wrote {len(records)} {cfg.format} records of project {cfg.project!r} to {cfg.out}")
     return records

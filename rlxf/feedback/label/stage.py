@@ -1,4 +1,5 @@
-"""The human-labelling stage of an ``rlxf run`` pipeline: people judge the samples, the pipeline waits.
+"""The human-labelling stage of an ``rlxf run`` pipeline (also ``rlxf label collect``): people judge the
+samples, the pipeline waits.
 
 On its first run the stage creates a labelling project from the previous stage's candidates file (the
 same settings as ``rlxf label project create``) in the database ``db``. Then, on this run and every later
@@ -17,7 +18,7 @@ responses): a pipeline never labels into someone else's project by accident.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 from rlxf.config import ConfigError, option
 from rlxf.feedback.label.commands import ProjectOptions, _label_extra
 from rlxf.feedback.label.schema import read_candidates
+
+logger = logging.getLogger(__name__)
 
 
 class LabelsPending(Exception):
@@ -94,13 +97,12 @@ def _progress(cfg: LabelStageConfig) -> tuple[int, int]:
     return 0, len(candidates)
 
 
-def label_stage(cfg: LabelStageConfig, stream: Any = None) -> dict[str, Any]:
-    """Run the stage (module docstring); returns the summary it wrote."""
+def label_stage(cfg: LabelStageConfig) -> dict[str, Any]:
+    """Run the stage (module docstring; ``rlxf label collect``); returns the summary it wrote."""
     from rlxf.feedback.label.commands import LabelExportConfig, label_export
     from rlxf.train.atomic import write_text_atomic
 
     _label_extra()
-    stream = stream if stream is not None else sys.stderr
     out = Path(cfg.out)
     while True:
         done, total = _progress(cfg)
@@ -112,7 +114,7 @@ def label_stage(cfg: LabelStageConfig, stream: Any = None) -> dict[str, Any]:
         )
         if not cfg.wait:
             raise LabelsPending(message)
-        print(f"{message} Looking again in {cfg.poll_seconds:.0f} s.", file=stream)
+        logger.info(f"{message} Looking again in {cfg.poll_seconds:.0f} s.")
         time.sleep(cfg.poll_seconds)
     fmt = "ratings" if cfg.kind == "rating" else "preferences"
     out.mkdir(parents=True, exist_ok=True)
