@@ -94,7 +94,7 @@ def child_rlxf(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "seconds": seconds,
         "held_out_accuracy": metrics["eval/accuracy"],
         "held_out_pairs": summary["held_out"]["n"],
-        "steps": summary.get("steps"),
+        "steps": read_jsonl(out / "metrics.jsonl")[-1]["step"],
         "config": (out / "config.yaml").read_text(encoding="utf-8"),
     }
     if args.extra_eval:
