@@ -190,6 +190,42 @@ COMMANDS: tuple[Command, ...] = (
         f"{_LABEL}:label_user_add",
     ),
     Command(
+        "label user password",
+        "Give an account a new password (from a file, standard input or a prompt); its sessions end.",
+        f"{_LABEL}:LabelUserPasswordConfig",
+        f"{_LABEL}:label_user_password",
+    ),
+    Command(
+        "label user disable",
+        "Disable an account: it cannot log in and its sessions end now (its answers stay).",
+        f"{_LABEL}:LabelUserDisableConfig",
+        f"{_LABEL}:label_user_disable",
+    ),
+    Command(
+        "label user enable",
+        "Enable a disabled account again.",
+        f"{_LABEL}:LabelUserDisableConfig",
+        f"{_LABEL}:label_user_enable",
+    ),
+    Command(
+        "label user logout",
+        "End every session of an account (each of its browsers must log in again).",
+        f"{_LABEL}:LabelUserDisableConfig",
+        f"{_LABEL}:label_user_logout",
+    ),
+    Command(
+        "label member add",
+        "Let an account label a project.",
+        f"{_LABEL}:LabelMemberConfig",
+        f"{_LABEL}:label_member_add",
+    ),
+    Command(
+        "label member remove",
+        "Stop an account from labelling a project (its answers stay).",
+        f"{_LABEL}:LabelMemberConfig",
+        f"{_LABEL}:label_member_remove",
+    ),
+    Command(
         "label project create",
         "Create a labelling project from a candidates JSONL file ({prompt, responses: [...]} per line).",
         f"{_LABEL}:LabelProjectCreateConfig",
@@ -230,6 +266,12 @@ NOT_STAGES: dict[str, str] = {
     "reward score": "writes one JSONL file, not a stage folder",
     "label serve": "serves the web app until stopped",
     "label user add": "administers accounts, once, not per run",
+    "label user password": "administers accounts, once, not per run",
+    "label user disable": "administers accounts, once, not per run",
+    "label user enable": "administers accounts, once, not per run",
+    "label user logout": "administers accounts, once, not per run",
+    "label member add": "administers memberships, once, not per run",
+    "label member remove": "administers memberships, once, not per run",
     "label project create": "the `label` stage (`rlxf label collect`) creates its project itself",
     "label push": "the `label` stage (`rlxf label collect`) creates its project itself",
     "label export": "the `label` stage (`rlxf label collect`) exports its answers itself",
@@ -240,6 +282,7 @@ GROUPS: dict[str, str] = {
     "label": "The labelling web app: people judge model outputs; accounts, projects, export.",
     "label user": "Accounts of the labelling app.",
     "label project": "Labelling projects.",
+    "label member": "Who may label which project.",
     "reward": "Reward models: train one from preferences or ratings, evaluate it, score data with it.",
 }
 

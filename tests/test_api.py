@@ -183,10 +183,14 @@ def test_the_cli_logs_to_stderr_only_while_it_runs(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     logger = logging.getLogger("rlxf")
     handlers = list(logger.handlers)
-    assert main(["label", "user", "add", "--db", db, "--username", "ann", "--password", "pw-ann-1"]) == 0
+    pw = tmp_path / "pw"
+    pw.write_text("pw-ann-1\n")
+    assert main(["label", "user", "add", "--db", db, "--username", "ann", "--password-file", str(pw)]) == 0
     assert "created labeller 'ann'" in capsys.readouterr().err  # the message alone, on stderr
     assert logger.handlers == handlers
-    assert main(["label", "user", "add", "-q", "--db", db, "--username", "bo", "--password", "pw-bo-12"]) == 0
+    assert (
+        main(["label", "user", "add", "-q", "--db", db, "--username", "bo", "--password-file", str(pw)]) == 0
+    )
     assert capsys.readouterr().err == ""
 
 

@@ -28,7 +28,7 @@ PASSWORD = "correct horse"
 
 @pytest.fixture
 def app(label_db):
-    app = create_app(label_db, hasher=password_hasher(cheap=True))
+    app = create_app(label_db, hasher=password_hasher(cheap=True), allowed_hosts=["testserver"])
     yield app
     app.state.engine.dispose()
 
@@ -87,7 +87,7 @@ def test_login_me_logout(app):
     response = http.post("/api/login", json={"username": "alice", "password": PASSWORD})
     assert response.status_code == 200
     body = response.json()
-    assert body["user"] == {"id": 1, "username": "alice", "is_admin": False}
+    assert body["user"] == {"id": 1, "username": "alice", "is_admin": False, "disabled": False}
     cookie = response.headers["set-cookie"]
     assert "rlxf_session=" in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
     me = http.get("/api/me").json()
@@ -143,7 +143,8 @@ def test_pages_redirect_to_login_and_keep_labellers_out_of_admin(app):
     alice = Client(app, "alice")
     assert alice.get("/", follow_redirects=False).status_code == 200
     assert alice.get(f"/projects/{pid}/label").status_code == 200
-    assert alice.get(f"/projects/{other}/label").status_code == 403
+    # another project's page answers as a missing one does: a labeller cannot tell which ids exist
+    assert alice.get(f"/projects/{other}/label").status_code == 404
     assert alice.get("/projects/999/label").status_code == 404
     assert alice.get("/admin").status_code == 403
     assert alice.get(f"/admin/projects/{pid}").status_code == 403
@@ -167,13 +168,17 @@ def test_a_labeller_sees_only_their_projects_and_answers(app):
     assert [p["name"] for p in alice.get("/api/projects").json()] == ["mine"]
     assert {p["name"] for p in bob.get("/api/projects").json()} == {"mine", "theirs"}
     assert alice.get(f"/api/projects/{mine}").status_code == 200
-    # another project: 403 on every route; a project that does not exist: 404
+    # another project answers exactly as one that does not exist (404, same text), so a labeller cannot
+    # tell which project ids exist; admin routes are 403 for a labeller whether the project exists or not
     bob_item = bob.next(theirs).json()["item_id"]
-    for path in ("", "/next", "/answers/mine", "/answers", "/agreement", "/export?format=raw", "/members"):
+    for path in ("", "/next", "/answers/mine"):
+        response = alice.get(f"/api/projects/{theirs}{path}")
+        assert response.status_code == 404 and response.json() == {"detail": f"no project {theirs}"}, path
+        assert alice.get(f"/api/projects/999{path}").json() == {"detail": "no project 999"}
+    for path in ("/answers", "/agreement", "/export?format=raw", "/members"):
         assert alice.get(f"/api/projects/{theirs}{path}").status_code == 403, path
-    assert alice.answer(theirs, bob_item, choice="A").status_code == 403
-    assert alice.get("/api/projects/999").status_code == 404
-    assert alice.get("/api/projects/999/next").status_code == 404
+        assert alice.get(f"/api/projects/999{path}").status_code == 403, path
+    assert alice.answer(theirs, bob_item, choice="A").status_code == 404
 
     # bob's answers are not alice's to read: her own list holds hers only; everyone's list is admin-only
     item = bob.next(mine).json()["item_id"]

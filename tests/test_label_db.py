@@ -1,10 +1,15 @@
 """The labelling app's database on SQLite and on a real PostgreSQL server: the Alembic migration gives
 exactly the models' schema, init is idempotent, the constraints that keep answers unique hold, and SQLite
-runs in WAL mode with full sync and a busy timeout."""
+runs in WAL mode with full sync and a busy timeout; reads never wait for a writer, and a write outside a
+write transaction is refused; the SQLite file is private (0600); a damaged or read-only database stops
+init_db with a clear message."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
+import time
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +21,9 @@ from rlxf.feedback.label.auth import password_hasher
 from rlxf.feedback.label.db import (
     Answer,
     Base,
+    DatabaseError,
     DisplayOrder,
+    begin_write,
     database_url,
     init_db,
     make_engine,
@@ -35,12 +42,12 @@ def test_migration_matches_the_models(label_db):
         tables = set(inspect(conn).get_table_names())
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     assert tables == set(Base.metadata.tables) | {"alembic_version"}
-    assert version == "0001"
+    assert version == "0002"
     engine.dispose()
 
 
 def _project(db, kind="pairwise"):
-    alice = add_user(db, password_hasher(cheap=True), "alice", "password-a")
+    alice = add_user(db, password_hasher(cheap=True), "alice", "apricot-lantern-41")
     project = create_project(
         db, Settings(name="p", kind=kind), [Candidate("q", ["x", "y"]), Candidate("r", ["u", "v"])]
     )
@@ -54,18 +61,22 @@ def test_answers_are_unique_per_client_id_and_per_item_and_labeller(label_db):
         alice, project = _project(db)
         items = sorted(project_items(db, project.id))
         common = dict(project_id=project.id, user_id=alice.id, display_order=[0, 1], raw={}, value={})
+        begin_write(db)
         db.add(Answer(client_id="c1", item_id=items[0], **common))
         db.commit()
+        begin_write(db)
         db.add(Answer(client_id="c2", item_id=items[0], **common))  # same item, same labeller
         with pytest.raises(IntegrityError):
             db.commit()
         db.rollback()
+        begin_write(db)
         db.add(Answer(client_id="c1", item_id=items[1], **common))  # same client_id
         with pytest.raises(IntegrityError):
             db.commit()
         db.rollback()
+        begin_write(db)
         db.add(DisplayOrder(item_id=items[0], user_id=alice.id, permutation=[1, 0]))
-        db.commit()
+        begin_write(db)
         db.add(DisplayOrder(item_id=items[0], user_id=alice.id, permutation=[0, 1]))
         with pytest.raises(IntegrityError):
             db.commit()
@@ -114,7 +125,7 @@ def test_fifty_concurrent_writers_all_commit(label_db):
     maker = make_sessionmaker(engine)
     with maker() as db:
         hasher = password_hasher(cheap=True)
-        users = [add_user(db, hasher, f"u{i}", "password-x") for i in range(50)]
+        users = [add_user(db, hasher, f"u{i}", "apricot-lantern-41") for i in range(50)]
         project = create_project(db, Settings(name="p", kind="pairwise"), [Candidate("q", ["x", "y"])])
         (item_id,) = project_items(db, project.id)
     engine.pool.dispose()
@@ -126,7 +137,8 @@ def test_fifty_concurrent_writers_all_commit(label_db):
             barrier.wait()
             with maker() as db:
                 # read, then write, in one transaction: with a deferred BEGIN some of these fail at once
-                # with "database is locked" (checked by hand); BEGIN IMMEDIATE makes them queue instead
+                # with "database is locked" (checked by hand); begin_write's BEGIN IMMEDIATE queues them
+                begin_write(db)
                 db.execute(text("SELECT count(*) FROM answers")).scalar_one()
                 db.add(DisplayOrder(item_id=item_id, user_id=user_id, permutation=[0, 1]))
                 db.add(
@@ -152,4 +164,62 @@ def test_fifty_concurrent_writers_all_commit(label_db):
     assert errors == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM answers")).scalar_one() == 50
+    engine.dispose()
+
+
+def test_reads_do_not_wait_for_a_writer_and_writes_need_a_write_transaction(label_db):
+    engine = make_engine(label_db)
+    init_db(engine)
+    maker = make_sessionmaker(engine)
+    with maker() as writer, maker() as reader:
+        _project(writer)
+        begin_write(writer)  # holds SQLite's write lock (PostgreSQL: an open write transaction) ...
+        writer.execute(text("UPDATE projects SET guidelines = 'changing'"))
+        started = time.monotonic()
+        # ... while a read in another session answers at once, with what was committed before
+        assert reader.execute(text("SELECT guidelines FROM projects")).scalar_one() == ""
+        assert time.monotonic() - started < 1.0  # the busy timeout is 30 s: a waiting read would show
+        reader.commit()
+        writer.commit()
+        reader.add(DisplayOrder(item_id=1, user_id=1, permutation=[0, 1]))
+        with pytest.raises(RuntimeError, match="begin_write"):
+            reader.flush()
+    engine.dispose()
+
+
+def test_the_sqlite_file_is_private(tmp_path):
+    engine = make_engine(str(tmp_path / "labels.db"))
+    init_db(engine)
+    engine.dispose()
+    assert stat.S_IMODE(os.stat(tmp_path / "labels.db").st_mode) == 0o600
+    wal = tmp_path / "labels.db-wal"
+    if wal.exists():  # SQLite gives its WAL the database file's mode
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+
+
+def test_a_damaged_or_read_only_database_is_refused_with_the_reason(tmp_path):
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a SQLite database, just text " * 100)
+    with pytest.raises(DatabaseError, match=r"damaged\.db: cannot use this database: file is not a database"):
+        init_db(make_engine(str(damaged)))
+
+    good = tmp_path / "good.db"
+    engine = make_engine(str(good))
+    init_db(engine)
+    engine.dispose()
+    # the header of every b-tree page after the first overwritten (a disk fault, a bad copy)
+    data = bytearray(good.read_bytes())
+    for page in range(4096, len(data), 4096):
+        data[page : page + 8] = b"\xff" * 8
+    good.write_bytes(bytes(data))
+    with pytest.raises(DatabaseError, match="good.db: (cannot use this database|the database is damaged)"):
+        init_db(make_engine(str(good)))
+
+    readonly = tmp_path / "readonly.db"
+    engine = make_engine(str(readonly))
+    init_db(engine)
+    engine.dispose()
+    engine = make_engine(f"sqlite:///file:{readonly}?mode=ro&uri=true")
+    with pytest.raises(DatabaseError, match="readonly"):
+        init_db(engine)
     engine.dispose()

@@ -13,7 +13,15 @@ from rlxf.cli import main
 from rlxf.data import read_data
 from rlxf.feedback.label.agreement import krippendorff_alpha, percent_agreement
 from rlxf.feedback.label.auth import password_hasher
-from rlxf.feedback.label.db import Answer, DisplayOrder, Item, init_db, make_engine, make_sessionmaker
+from rlxf.feedback.label.db import (
+    Answer,
+    DisplayOrder,
+    Item,
+    begin_write,
+    init_db,
+    make_engine,
+    make_sessionmaker,
+)
 from rlxf.feedback.label.export import bradley_terry, export_records
 from rlxf.feedback.label.projects import add_user, create_project
 from rlxf.feedback.label.schema import Candidate, Settings
@@ -92,8 +100,9 @@ def _answered_project(tmp_path, kind, responses, answers, k=1, **settings):
     )
     item = db.query(Item).one()
     for i, value in enumerate(answers):
-        user = add_user(db, password_hasher(cheap=True), f"u{i}", "password-x")
+        user = add_user(db, password_hasher(cheap=True), f"u{i}", "apricot-lantern-41")
         order = list(range(len(responses)))
+        begin_write(db)
         db.add(DisplayOrder(item_id=item.id, user_id=user.id, permutation=order))
         db.add(
             Answer(
@@ -123,6 +132,7 @@ def test_pairwise_majority_and_the_min_labels_rule(tmp_path):
     (record,) = _read_back(tmp_path, export_records(db, project, "preferences"), "preferences")
     assert (record["chosen"], record["rejected"]) == ("b", "a")
     assert record["margin"] == pytest.approx((2 - 1) / 4)
+    db.expunge(project)  # a changed copy, not written back
     project.labels_per_item = 5  # the item has fewer than k answers now: skipped unless min_labels allows
     assert export_records(db, project, "preferences") == []
     assert len(export_records(db, project, "preferences", min_labels=4)) == 1
@@ -194,9 +204,24 @@ def test_label_commands_end_to_end(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["label", "user", "add", "--db", db, "--username", "ann", "--password", "ann-password"]) == 0
-    assert main(["label", "user", "add", "--db", db, "--username", "ann", "--password", "ann-password"]) == 2
+    (tmp_path / "pw-ann").write_text("ann-password-7\n")
+    ann = [
+        "label",
+        "user",
+        "add",
+        "--db",
+        db,
+        "--username",
+        "ann",
+        "--password-file",
+        str(tmp_path / "pw-ann"),
+    ]
+    assert main(ann) == 0
+    assert main(ann) == 2
     assert "taken" in capsys.readouterr().err
+    # a password on the command line would show in `ps`: there is no such flag
+    assert main(["label", "user", "add", "--db", db, "--username", "bo", "--password", "pw-bo-12345"]) == 2
+    assert "--password" in capsys.readouterr().err
 
     data = tmp_path / "items.jsonl"
     data.write_text('{"prompt": "q1", "responses": ["a", "b"]}\n\n{"prompt": "q2", "responses": ["a"]}\n')
@@ -214,6 +239,7 @@ def test_label_commands_end_to_end(tmp_path, capsys):
         assert session.query(Item).count() == 2  # the failed attempts wrote nothing
         items = session.query(Item).order_by(Item.position).all()
         ann_id = 2
+        begin_write(session)
         for i, item in enumerate(items):
             session.add(DisplayOrder(item_id=item.id, user_id=ann_id, permutation=[1, 0]))
             session.add(

@@ -264,7 +264,7 @@ def test_a_labelling_stage_waits_for_people_then_the_pipeline_goes_on(workdir, t
     assert "0 of 4 items have 1 label(s)" in caplog.text and "Come back when it is labelled" in caplog.text
     assert not (workdir / "loop" / "rm").exists()
 
-    app = create_app(db_url, hasher=password_hasher(cheap=True))
+    app = create_app(db_url, hasher=password_hasher(cheap=True), allowed_hosts=["testserver"])
     client = TestClient(app)
     login = client.post("/api/login", json={"username": "lena", "password": "correct horse"})
     csrf = login.json()["csrf_token"]

@@ -1,55 +1,102 @@
 """The labelling web app: ``create_app(db_url) -> FastAPI`` with the JSON API and the pages of the contract.
 
-The routes (the shared contract with the pages in ``static/``): login / logout / me; projects (a
-labeller sees the ones they are a member of, an admin all); ``next`` (the labeller's queue: unanswered
-items with fewer than k answers, fewest answers first, then a per-labeller pseudo-random order, the
-responses shown in a per-labeller random permutation stored on first view); answers (committed in their
-own transaction before the 201 goes out; a replayed ``client_id`` answers 200 with the first answer; a
-second, different answer to the same item 409; a bad body 422 naming the field); and the admin-only
-routes: everyone's answers, agreement, export, creating projects, users and memberships.
+The routes (the shared contract with the pages in ``static/``; bodies and responses in
+:mod:`rlxf.feedback.label.api_schema`): login / logout / me, the caller's password and other sessions;
+projects (a labeller sees the ones they are a member of, an admin all); ``next`` (the labeller's queue:
+unanswered items still short of k labels counting the items leased to other labellers, fewest first,
+then a per-labeller pseudo-random order; the responses shown in a per-labeller random permutation stored
+on first view); answers (committed in their own transaction before the 201 goes out; a replayed
+``client_id`` answers 200 with the first answer; a second, different answer to the same item 409; an
+answer to an item that has its k labels 409; a bad body 422 naming the field); and the admin-only
+routes: everyone's answers, agreement, export, creating projects, users (create, disable, set a password,
+end sessions) and memberships (add, remove).
 
 Every route checks who may call it (:mod:`rlxf.feedback.label.auth`): 401 without a session, 403 with
-a missing or wrong CSRF header on a state-changing request, 403 for a labeller outside a project or on an
-admin route, 404 for a project or item that does not exist. Endpoints are synchronous (FastAPI runs them
-in its thread pool); each request has its own database session.
+a missing or wrong CSRF header on a state-changing request, 403 for a labeller on an admin route, 404 for
+a project that does not exist or that the labeller is not a member of. In front of the routes
+(:mod:`rlxf.feedback.label.guard`): the Host check, body limits (413) and security headers. Endpoints are
+synchronous (FastAPI runs them in its thread pool); each request has its own database session, which
+reads without taking SQLite's write lock and writes only in short write transactions
+(:func:`rlxf.feedback.label.db.begin_write`).
 
-Left out: editing projects, removing members, password changes, pagination of long answer lists.
+**Over-labelling bound.** ``next`` leases the item it serves to the labeller for :data:`ITEM_LEASE`; an
+item leased to others or answered counts towards its k, so two labellers are not sent the last free slot
+of one item. Assigning an item and storing an answer are serialised per project
+(:func:`~rlxf.feedback.label.db.lock_project`), and an answer to an item that has k answers already is
+refused (409): an item never has more than k labels, even across several servers on one database. A
+labeller who leaves an item unanswered past its lease loses the slot to the next labeller; their answer
+is still taken while the item is short of k.
+
+Left out: editing projects, deleting accounts (they are disabled), pagination of long answer lists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import anyio
 import argon2
 from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, and_, cast, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import Scope
 
 from rlxf.feedback.label.agreement import project_agreement
+from rlxf.feedback.label.api_schema import (
+    Agreement,
+    AnswerAck,
+    AnswerBody,
+    AnswerOut,
+    LoginBody,
+    LoginOut,
+    MemberAdded,
+    MemberBody,
+    NextItem,
+    OwnPasswordBody,
+    PasswordBody,
+    ProjectBody,
+    ProjectOut,
+    Revoked,
+    UserBody,
+    UserOut,
+    UserPatchBody,
+    UserRow,
+    errors,
+)
 from rlxf.feedback.label.auth import (
     COOKIE,
     DB,
+    MAX_ID,
     SESSION_TTL,
     Admin,
     AdminProject,
     Caller,
     Checked,
     LoggedIn,
+    LoginThrottle,
     MemberProject,
+    active_sessions,
     current_user,
+    hash_token,
     is_member,
-    open_session,
+    log_in,
     password_hasher,
+    revoke_sessions,
     verify_password,
 )
 from rlxf.feedback.label.db import (
@@ -60,12 +107,24 @@ from rlxf.feedback.label.db import (
     Project,
     ProjectMember,
     User,
+    begin_write,
     init_db,
+    lock_project,
     make_engine,
     make_sessionmaker,
+    utcnow,
 )
 from rlxf.feedback.label.export import EXPORT_FORMATS, export_records
-from rlxf.feedback.label.projects import add_member, add_user, create_project, find_user, user_json
+from rlxf.feedback.label.guard import AsciiJSONResponse, BodyLimit, SecurityHeaders
+from rlxf.feedback.label.projects import (
+    add_member,
+    add_user,
+    create_project,
+    remove_member,
+    set_disabled,
+    set_password,
+    user_json,
+)
 from rlxf.feedback.label.schema import FieldError, Settings, check_candidates
 
 STATIC = Path(__file__).with_name("static")
@@ -73,52 +132,13 @@ PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
 # The per-labeller queue order: a multiplicative hash of (item, labeller), computed in SQL so the queue
 # query stays one indexed statement on SQLite and PostgreSQL alike (both have 64-bit integer arithmetic).
 _HASH_ITEM, _HASH_USER, _HASH_MOD = 2654435761, 40503, 1_000_003
+ITEM_LEASE = dt.timedelta(minutes=20)  # how long a served item stays reserved for its labeller
+MAX_BODY_BYTES = 256 * 1024  # any request but an admin's new project: an answer is well under 10 KiB
+MAX_PROJECT_BYTES = 64 * 1024 * 1024  # an admin's POST /api/projects: 20,000 items of ~3 KiB each
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
-
-# ------------------------------------------------------------------------------------------ request bodies
-
-
-class LoginBody(BaseModel):
-    username: str
-    password: str
-
-
-class AnswerBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently dropped
-
-    client_id: str = Field(min_length=1, max_length=100)
-    choice: Literal["A", "B", "tie", "both_bad"] | None = None
-    ranking: list[int] | None = None
-    ratings: list[dict[str, int]] | None = None
-    reason: str | None = Field(default=None, max_length=10_000)
-
-
-class UserBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str
-    password: str
-    is_admin: bool = False
-
-
-class MemberBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str
-
-
-class ProjectBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    kind: Literal["pairwise", "ranking", "rating"]
-    guidelines: str = ""
-    labels_per_item: int = 1
-    aspects: list[str] | None = None
-    scale: int = 5
-    ask_reason: Literal["off", "optional", "required"] = "optional"
-    items: list[Any]
-    members: list[str] = []
+ItemId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an item's id")]
+UserId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a user's id")]
 
 
 def invalid(field: str | list[Any], message: str) -> HTTPException:
@@ -140,22 +160,71 @@ def answer_counts(project_id: int) -> Any:
     )
 
 
-def queue_query(project: Project, user_id: int) -> Any:
-    """The labeller's queue, best first: items not answered by them whose answer count is below k, fewest
-    answers first, then a per-labeller pseudo-random order (stable, so a reload shows the same item).
+def lease_counts(project_id: int, user_id: int, now: dt.datetime) -> Any:
+    """A subquery: ``item_id`` -> items leased to labellers other than ``user_id`` and not answered yet
+    (a lease ends when its labeller answers: ``leased_until`` is cleared)."""
+    return (
+        select(DisplayOrder.item_id, func.count().label("n"))
+        .join(Item, Item.id == DisplayOrder.item_id)
+        .where(
+            Item.project_id == project_id, DisplayOrder.user_id != user_id, DisplayOrder.leased_until > now
+        )
+        .group_by(DisplayOrder.item_id)
+        .subquery()
+    )
 
-    Two labellers may both take an item that needs one more label; the item then gets k+1 labels, which
-    export and agreement use like any other (better than a lock that a closed browser tab never frees).
-    """
-    counts = answer_counts(project.id)
-    count = func.coalesce(counts.c.n, 0)
+
+def queue_query(project: Project, user_id: int, now: dt.datetime | None = None) -> Any:
+    """The labeller's queue, best first: items not answered by them whose answers plus leases to other
+    labellers are below k, fewest first, then a per-labeller pseudo-random order (stable, so a reload
+    shows the same item)."""
+    now = now or utcnow()
+    answers, leases = answer_counts(project.id), lease_counts(project.id, user_id, now)
+    taken = func.coalesce(answers.c.n, 0) + func.coalesce(leases.c.n, 0)
     mine = exists().where(and_(Answer.item_id == Item.id, Answer.user_id == user_id))
     return (
         select(Item)
-        .outerjoin(counts, counts.c.item_id == Item.id)
-        .where(Item.project_id == project.id, ~mine, count < project.labels_per_item)
-        .order_by(count, (cast(Item.id, BigInteger) * _HASH_ITEM + user_id * _HASH_USER) % _HASH_MOD, Item.id)
+        .outerjoin(answers, answers.c.item_id == Item.id)
+        .outerjoin(leases, leases.c.item_id == Item.id)
+        .where(Item.project_id == project.id, ~mine, taken < project.labels_per_item)
+        .order_by(taken, (cast(Item.id, BigInteger) * _HASH_ITEM + user_id * _HASH_USER) % _HASH_MOD, Item.id)
     )
+
+
+def held_item(db: Session, project: Project, user_id: int, now: dt.datetime) -> Item | None:
+    """The item this labeller was served and has not answered, while its lease runs (a reload shows it
+    again without taking the write lock)."""
+    query = (
+        select(Item)
+        .join(DisplayOrder, and_(DisplayOrder.item_id == Item.id, DisplayOrder.user_id == user_id))
+        .where(Item.project_id == project.id, DisplayOrder.leased_until > now)
+        .order_by(DisplayOrder.leased_until)
+    )
+    return db.scalars(query.limit(1)).first()
+
+
+def assign_next(db: Session, project: Project, user_id: int) -> Item | None:
+    """Lease the head of the labeller's queue to them and store their display order on first view, in one
+    write transaction serialised per project (so two labellers never take the last free slot of one
+    item); None when the queue is empty."""
+    begin_write(db)
+    lock_project(db, project.id)
+    now = utcnow()
+    item = db.scalars(queue_query(project, user_id, now).limit(1)).first()
+    if item is not None:
+        row = db.get(DisplayOrder, (item.id, user_id))
+        if row is None:
+            permutation = list(range(len(item.responses)))
+            random.SystemRandom().shuffle(permutation)
+            db.add(
+                DisplayOrder(
+                    item_id=item.id, user_id=user_id, permutation=permutation, leased_until=now + ITEM_LEASE
+                )
+            )
+        else:  # shown before, its lease ran out: the same order again, a new lease
+            row.leased_until = now + ITEM_LEASE
+    db.commit()
+    return item
 
 
 def progress(db: Session, project: Project, user: User) -> dict[str, int]:
@@ -190,22 +259,6 @@ def project_json(db: Session, project: Project, user: User) -> dict[str, Any]:
         "ask_reason": project.ask_reason,
         "progress": progress(db, project, user),
     }
-
-
-def display_order(db: Session, item: Item, user_id: int) -> list[int]:
-    """This labeller's permutation of the item's responses: drawn at random and stored on first view."""
-    row = db.get(DisplayOrder, (item.id, user_id))
-    if row is not None:
-        return row.permutation
-    permutation = list(range(len(item.responses)))
-    random.SystemRandom().shuffle(permutation)
-    db.add(DisplayOrder(item_id=item.id, user_id=user_id, permutation=permutation))
-    try:
-        db.commit()
-    except IntegrityError:  # the same labeller in two tabs at once: the first stored order wins
-        db.rollback()
-        return db.get(DisplayOrder, (item.id, user_id)).permutation
-    return permutation
 
 
 def answer_json(answer: Answer, username: str | None = None) -> dict[str, Any]:
@@ -272,6 +325,14 @@ def check_reason(project: Project, reason: str | None) -> str | None:
     return reason
 
 
+def attachment(filename: str) -> str:
+    """A Content-Disposition for any file name: an ASCII fallback and the UTF-8 name (RFC 6266 / 5987);
+    control characters (a CR/LF would split the header) and quotes are dropped."""
+    clean = "".join(c for c in filename if c.isprintable() and c not in '"\\')
+    fallback = clean.encode("ascii", "replace").decode().replace("?", "_") or "export.jsonl"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(clean, safe='')}"
+
+
 # ------------------------------------------------------------------------------------------------- app
 
 
@@ -279,12 +340,23 @@ THREADS = 256  # anyio's thread pool for the sync endpoints (see create_app)
 
 
 def create_app(
-    db_url: str, *, hasher: argon2.PasswordHasher | None = None, secure_cookie: bool = False
+    db_url: str,
+    *,
+    hasher: argon2.PasswordHasher | None = None,
+    secure_cookie: bool = False,
+    allowed_hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS,
+    throttle: LoginThrottle | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_project_bytes: int = MAX_PROJECT_BYTES,
 ) -> FastAPI:
-    """The app on the database at ``db_url`` (migrated to the newest schema first).
+    """The app on the database at ``db_url`` (migrated to the newest schema and checked first:
+    :class:`~rlxf.feedback.label.db.DatabaseError` when it is damaged or not writable).
 
     ``hasher``: argon2 parameters (argon2-cffi's defaults when unset); ``secure_cookie``: mark the cookie
-    Secure (set it when the app is served over HTTPS).
+    Secure and send HSTS (set it when the app is served over HTTPS); ``allowed_hosts``: the Host header
+    values to answer (``["*"]``: any); ``throttle``: failed-login limits (:class:`LoginThrottle`'s
+    defaults); ``max_body_bytes`` / ``max_project_bytes``: request body limits (module
+    :mod:`~rlxf.feedback.label.guard`).
     """
     engine = make_engine(db_url)
     init_db(engine)
@@ -292,30 +364,82 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Sync endpoints and dependencies run in anyio's thread pool (40 threads by default). A request
-        # whose dependency holds SQLite's write lock must always find a thread for its next step, or the
-        # threads waiting on that lock starve it (a stall at ~40 concurrent requests): more threads than
-        # the concurrent requests we serve.
+        # waiting for SQLite's write lock holds a thread; more threads than the concurrent requests we
+        # serve keep the others moving.
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         yield
 
-    app = FastAPI(title="rlxf label", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="rlxf label",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # the schema is app.openapi() (tests/test_label_fuzz.py); not served to strangers
+        lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
+    )
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.hasher = hasher or password_hasher()
+    app.state.throttle = throttle or LoginThrottle()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler, with JSON that can hold whatever input the error echoes.
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    async def admin_session(scope: Scope) -> bool:
+        token = Request(scope).cookies.get(COOKIE)
+        return bool(token) and await anyio.to_thread.run_sync(_is_admin_token, app, token)
+
+    # Outermost last: the Host check first, then headers on every answer (413s included), then the limit.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body_bytes,
+        large_route=("POST", "/api/projects"),
+        large_bytes=max_project_bytes,
+        allow_large=admin_session,
+    )
+    app.add_middleware(SecurityHeaders, https=secure_cookie)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
-    _api_routes(app, secure_cookie)
+    _session_routes(app, secure_cookie)
+    _labelling_routes(app)
+    _admin_routes(app)
     _page_routes(app)
     return app
 
 
-def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
-    @app.post("/api/login")
-    def login(body: LoginBody, response: Response, db: DB) -> dict[str, Any]:
-        user = find_user(db, body.username)
-        if not verify_password(app.state.hasher, user, body.password):
-            raise HTTPException(401, "wrong username or password")
-        token, row = open_session(db, user)
-        db.commit()
+def _is_admin_token(app: FastAPI, token: str) -> bool:
+    """Whether a session cookie belongs to an unexpired session of an enabled admin (a read)."""
+    with app.state.sessionmaker() as db:
+        row = db.execute(
+            select(User.is_admin, User.disabled, LoginSession.expires_at)
+            .join(LoginSession, LoginSession.user_id == User.id)
+            .where(LoginSession.token_hash == hash_token(token))
+        ).first()
+    return row is not None and row.is_admin and not row.disabled and row.expires_at > utcnow()
+
+
+def _client_address(request: Request) -> str:
+    # uvicorn puts the X-Forwarded-For address here for the proxies named in --forwarded-allow-ips.
+    return request.client.host if request.client else "unknown"
+
+
+def _session_routes(app: FastAPI, secure_cookie: bool) -> None:
+    @app.post("/api/login", response_model=LoginOut, responses=errors(401, 413, 422, 429, 503))
+    def login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+        token, row, user = log_in(
+            app.state.sessionmaker,
+            app.state.hasher,
+            app.state.throttle,
+            _client_address(request),
+            body.username,
+            body.password,
+        )
         response.set_cookie(
             COOKIE,
             token,
@@ -327,21 +451,51 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
         )
         return {"user": user_json(user), "csrf_token": row.csrf_token}
 
-    @app.post("/api/logout", status_code=204)
+    @app.post("/api/logout", status_code=204, responses=errors(401, 403))
     def logout(caller: Checked, db: DB) -> Response:
+        begin_write(db)
         row = db.get(LoginSession, caller.session.id)
         if row is not None:
             db.delete(row)
-            db.commit()
+        db.commit()
         response = Response(status_code=204)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=secure_cookie)
         return response
 
-    @app.get("/api/me")
+    @app.get("/api/me", response_model=LoginOut, responses=errors(401))
     def me(caller: LoggedIn) -> dict[str, Any]:
         return {"user": user_json(caller.user), "csrf_token": caller.session.csrf_token}
 
-    @app.get("/api/projects")
+    @app.put("/api/me/password", status_code=204, responses=errors(401, 403, 422, 503))
+    def change_own_password(body: OwnPasswordBody, caller: Checked, db: DB) -> Response:
+        """A new password for the caller; their other sessions end, this one stays."""
+        if not verify_password(app.state.hasher, caller.user, body.current_password):
+            raise invalid("current_password", "this is not your current password")
+        try:
+            set_password(
+                db,
+                app.state.hasher,
+                caller.user,
+                body.new_password,
+                "new_password",
+                keep_session=caller.session.id,
+            )
+        except FieldError as exc:
+            db.rollback()
+            raise invalid(exc.field, exc.message) from None
+        return Response(status_code=204)
+
+    @app.delete("/api/me/sessions", response_model=Revoked, responses=errors(401, 403))
+    def end_other_sessions(caller: Checked, db: DB) -> dict[str, int]:
+        """Log the caller out everywhere else (other browsers, other devices)."""
+        begin_write(db)
+        revoked = revoke_sessions(db, caller.user.id, keep=caller.session.id)
+        db.commit()
+        return {"revoked": revoked}
+
+
+def _labelling_routes(app: FastAPI) -> None:
+    @app.get("/api/projects", response_model=list[ProjectOut], responses=errors(401))
     def list_projects(caller: LoggedIn, db: DB) -> list[dict[str, Any]]:
         query = select(Project).order_by(Project.id)
         if not caller.user.is_admin:
@@ -350,24 +504,21 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             )
         return [project_json(db, p, caller.user) for p in db.scalars(query)]
 
-    @app.get("/api/projects/{pid}")
-    def get_project(
-        project: MemberProject,
-        caller: LoggedIn,
-        db: DB,
-    ) -> dict[str, Any]:
+    @app.get("/api/projects/{pid}", response_model=ProjectOut, responses=errors(401, 404, 422))
+    def get_project(project: MemberProject, caller: LoggedIn, db: DB) -> dict[str, Any]:
         return project_json(db, project, caller.user)
 
-    @app.get("/api/projects/{pid}/next", response_model=None)
-    def next_item(
-        project: MemberProject,
-        caller: LoggedIn,
-        db: DB,
-    ) -> dict[str, Any] | Response:
-        item = db.scalars(queue_query(project, caller.user.id).limit(1)).first()
+    @app.get(
+        "/api/projects/{pid}/next",
+        response_model=NextItem,
+        responses={204: {"description": "nothing left to label"}, **errors(401, 404, 422)},
+    )
+    def next_item(project: MemberProject, caller: LoggedIn, db: DB) -> Any:
+        user_id = caller.user.id
+        item = held_item(db, project, user_id, utcnow()) or assign_next(db, project, user_id)
         if item is None:
             return Response(status_code=204)
-        order = display_order(db, item, caller.user.id)
+        order = db.get(DisplayOrder, (item.id, user_id)).permutation
         return {
             "item_id": item.id,
             "prompt": item.prompt,
@@ -375,14 +526,18 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             "progress": progress(db, project, caller.user),
         }
 
-    @app.post("/api/projects/{pid}/items/{item_id}/answers", status_code=201, response_model=None)
+    @app.post(
+        "/api/projects/{pid}/items/{item_id}/answers",
+        status_code=201,
+        response_model=AnswerAck,
+        responses={
+            200: {"model": AnswerAck, "description": "a replayed client_id"},
+            **errors(401, 403, 404, 409, 413, 422),
+        },
+    )
     def post_answer(
-        item_id: int,
-        body: AnswerBody,
-        project: MemberProject,
-        caller: Checked,
-        db: DB,
-    ) -> dict[str, Any] | JSONResponse:
+        item_id: ItemId, body: AnswerBody, project: MemberProject, caller: Checked, db: DB
+    ) -> Any:
         user = caller.user
         replay = _replayed(db, body.client_id, user, item_id, project)
         if replay is not None:
@@ -390,15 +545,26 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
         item = db.get(Item, item_id)
         if item is None or item.project_id != project.id:
             raise HTTPException(404, f"no item {item_id} in project {project.id}")
-        if (
-            db.scalar(select(Answer.id).where(Answer.item_id == item.id, Answer.user_id == user.id))
-            is not None
-        ):
-            raise HTTPException(409, "you have already answered this item")
         order_row = db.get(DisplayOrder, (item.id, user.id))
         if order_row is None:
             raise HTTPException(409, "this item was never shown to you: fetch it with GET .../next first")
         raw, value = to_original(project, body, order_row.permutation)
+        reason = check_reason(project, body.reason)
+        begin_write(db)
+        lock_project(db, project.id)  # the count below and the insert: one step for every server
+        answered = db.scalar(select(func.count()).select_from(Answer).where(Answer.item_id == item.id))
+        if (
+            db.scalar(select(Answer.id).where(Answer.item_id == item.id, Answer.user_id == user.id))
+            is not None
+        ):
+            db.rollback()
+            raise HTTPException(409, "you have already answered this item")
+        if answered >= project.labels_per_item:
+            db.rollback()
+            raise HTTPException(
+                409,
+                f"this item has its {project.labels_per_item} label(s) already (your turn on it had ended)",
+            )
         answer = Answer(
             client_id=body.client_id,
             project_id=project.id,
@@ -407,9 +573,10 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             display_order=order_row.permutation,
             raw=raw,
             value=value,
-            reason=check_reason(project, body.reason),
+            reason=reason,
         )
         db.add(answer)
+        db.get(DisplayOrder, (item.id, user.id)).leased_until = None  # answered: no longer holds a slot
         try:
             db.commit()  # the 201 below goes out only after this commit returned
         except IntegrityError:
@@ -424,7 +591,7 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
 
     def _replayed(
         db: Session, client_id: str, user: User, item_id: int, project: Project
-    ) -> JSONResponse | None:
+    ) -> AsciiJSONResponse | None:
         """200 with the stored answer when ``client_id`` was seen before for this very item and labeller;
         409 when it belongs to another answer; None when it is new."""
         earlier = db.scalar(select(Answer).where(Answer.client_id == client_id))
@@ -432,36 +599,42 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             return None
         if earlier.user_id != user.id or earlier.item_id != item_id:
             raise HTTPException(409, "client_id was already used for another answer")
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"answer_id": earlier.id, "progress": progress(db, project, user)}, status_code=200
         )
 
-    @app.get("/api/projects/{pid}/answers/mine")
-    def my_answers(
-        project: MemberProject,
-        caller: LoggedIn,
-        db: DB,
-    ) -> list[dict[str, Any]]:
+    @app.get(
+        "/api/projects/{pid}/answers/mine", response_model=list[AnswerOut], responses=errors(401, 404, 422)
+    )
+    def my_answers(project: MemberProject, caller: LoggedIn, db: DB) -> list[dict[str, Any]]:
         query = select(Answer).where(Answer.project_id == project.id, Answer.user_id == caller.user.id)
         return [answer_json(a) for a in db.scalars(query.order_by(Answer.id))]
 
-    @app.get("/api/projects/{pid}/answers")
+
+def _admin_routes(app: FastAPI) -> None:
+    admin_errors = errors(401, 403, 404, 422)
+
+    @app.get("/api/projects/{pid}/answers", response_model=list[AnswerOut], responses=admin_errors)
     def all_answers(project: AdminProject, db: DB) -> list[dict[str, Any]]:
         query = select(Answer, User.username).join(User, User.id == Answer.user_id)
         rows = db.execute(query.where(Answer.project_id == project.id).order_by(Answer.id))
         return [answer_json(answer, username) for answer, username in rows]
 
-    @app.get("/api/projects/{pid}/agreement")
+    @app.get("/api/projects/{pid}/agreement", response_model=Agreement, responses=admin_errors)
     def agreement(project: AdminProject, db: DB) -> dict[str, Any]:
         return project_agreement(db, project)
 
-    @app.get("/api/projects/{pid}/export")
+    @app.get(
+        "/api/projects/{pid}/export",
+        response_class=Response,
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "JSONL"}, **admin_errors},
+    )
     def export(
         format: Annotated[str, Query(description="preferences, ratings or raw")],
         project: AdminProject,
         db: DB,
         min_labels: Annotated[
-            int | None, Query(ge=1, description="fewest labels an item needs; default k")
+            int | None, Query(ge=1, le=MAX_ID, description="fewest labels an item needs; default k")
         ] = None,
     ) -> Response:
         if format not in EXPORT_FORMATS:
@@ -475,19 +648,16 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
                 422, [{"loc": ["query", "format"], "msg": str(exc), "type": "value_error"}]
             ) from None
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        filename = f"{project.name}-{format}.jsonl".replace('"', "")
         return Response(
             text,
             media_type="application/x-ndjson",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            headers={"Content-Disposition": attachment(f"{project.name}-{format}.jsonl")},
         )
 
-    @app.post("/api/projects", status_code=201)
-    def post_project(
-        body: ProjectBody,
-        caller: Admin,
-        db: DB,
-    ) -> dict[str, Any]:
+    @app.post(
+        "/api/projects", status_code=201, response_model=ProjectOut, responses=errors(401, 403, 409, 413, 422)
+    )
+    def post_project(body: ProjectBody, caller: Admin, db: DB) -> dict[str, Any]:
         settings = Settings(
             name=body.name,
             kind=body.kind,
@@ -498,7 +668,7 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             ask_reason=body.ask_reason,
         )
         try:
-            candidates = check_candidates(body.items, body.kind)
+            candidates = check_candidates(body.items, body.kind)  # before the write lock
             project = create_project(db, settings, candidates, body.members)
         except FieldError as exc:
             db.rollback()
@@ -507,19 +677,24 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
                 if exc.index is not None
                 else [exc.field]
             )
-            status = 409 if exc.field == "name" and "exists" in exc.message else 422
-            if status == 409:
+            if exc.field == "name" and "exists" in exc.message:
                 raise HTTPException(409, exc.message) from None
             raise invalid(
                 [int(p) if isinstance(p, str) and p.isdigit() else p for p in loc], exc.message
             ) from None
         return project_json(db, project, caller.user)
 
-    @app.get("/api/users")
+    @app.get("/api/users", response_model=list[UserRow], responses=errors(401, 403))
     def list_users(caller: Admin, db: DB) -> list[dict[str, Any]]:
-        return [user_json(u) for u in db.scalars(select(User).order_by(User.id))]
+        sessions = active_sessions(db)
+        return [
+            {**user_json(u), "active_sessions": sessions.get(u.id, 0)}
+            for u in db.scalars(select(User).order_by(User.id))
+        ]
 
-    @app.post("/api/users", status_code=201)
+    @app.post(
+        "/api/users", status_code=201, response_model=UserOut, responses=errors(401, 403, 409, 422, 503)
+    )
     def post_user(body: UserBody, caller: Admin, db: DB) -> dict[str, Any]:
         try:
             user = add_user(db, app.state.hasher, body.username, body.password, body.is_admin)
@@ -530,7 +705,41 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             raise invalid(exc.field, exc.message) from None
         return user_json(user)
 
-    @app.get("/api/projects/{pid}/members")
+    def _user(db: Session, uid: int) -> User:
+        user = db.get(User, uid)
+        if user is None:
+            raise HTTPException(404, f"no user {uid}")
+        return user
+
+    @app.patch("/api/users/{uid}", response_model=UserOut, responses=errors(401, 403, 404, 409, 422))
+    def patch_user(uid: UserId, body: UserPatchBody, caller: Admin, db: DB) -> dict[str, Any]:
+        """Disable an account (it cannot log in, its sessions end at once) or enable it again."""
+        user = _user(db, uid)
+        if body.disabled and user.id == caller.user.id:
+            raise HTTPException(409, "you cannot disable your own account")
+        return user_json(set_disabled(db, user, body.disabled))
+
+    @app.put("/api/users/{uid}/password", status_code=204, responses=errors(401, 403, 404, 422, 503))
+    def put_user_password(uid: UserId, body: PasswordBody, caller: Admin, db: DB) -> Response:
+        """Give an account a new password; every session of theirs ends."""
+        user = _user(db, uid)
+        try:
+            set_password(db, app.state.hasher, user, body.password)
+        except FieldError as exc:
+            db.rollback()
+            raise invalid(exc.field, exc.message) from None
+        return Response(status_code=204)
+
+    @app.delete("/api/users/{uid}/sessions", response_model=Revoked, responses=errors(401, 403, 404, 422))
+    def delete_user_sessions(uid: UserId, caller: Admin, db: DB) -> dict[str, int]:
+        """Log an account out everywhere."""
+        user = _user(db, uid)
+        begin_write(db)
+        revoked = revoke_sessions(db, user.id)
+        db.commit()
+        return {"revoked": revoked}
+
+    @app.get("/api/projects/{pid}/members", response_model=list[UserOut], responses=admin_errors)
     def list_members(project: AdminProject, db: DB) -> list[dict[str, Any]]:
         query = select(User).join(ProjectMember, ProjectMember.user_id == User.id)
         return [
@@ -538,17 +747,22 @@ def _api_routes(app: FastAPI, secure_cookie: bool) -> None:
             for u in db.scalars(query.where(ProjectMember.project_id == project.id).order_by(User.id))
         ]
 
-    @app.post("/api/projects/{pid}/members", status_code=201)
-    def post_member(
-        body: MemberBody,
-        project: AdminProject,
-        db: DB,
-    ) -> dict[str, Any]:
+    @app.post(
+        "/api/projects/{pid}/members", status_code=201, response_model=MemberAdded, responses=admin_errors
+    )
+    def post_member(body: MemberBody, project: AdminProject, db: DB) -> dict[str, Any]:
         try:
             user = add_member(db, project, body.username)
         except LookupError as exc:
             raise HTTPException(404, str(exc).strip("'\"")) from None
         return {"project_id": project.id, "user": user_json(user)}
+
+    @app.delete("/api/projects/{pid}/members/{uid}", status_code=204, responses=admin_errors)
+    def delete_member(uid: UserId, project: AdminProject, db: DB) -> Response:
+        """Stop a labeller from working on the project; their answers stay."""
+        if not remove_member(db, project, uid):
+            raise HTTPException(404, f"user {uid} is not a member of project {project.id}")
+        return Response(status_code=204)
 
 
 # ---------------------------------------------------------------------------------------------- pages
@@ -557,6 +771,7 @@ _PLACEHOLDER = "<!doctype html><meta charset=utf-8><title>rlxf label</title><p>{
 _FORBIDDEN = (
     "<!doctype html><meta charset=utf-8><title>Forbidden</title><h1>403</h1><p>{why} <a href='/'>Home</a>"
 )
+_NOT_FOUND = _FORBIDDEN.replace("403", "404").replace("Forbidden", "Not found")
 
 
 NO_STORE = {"Cache-Control": "no-store"}  # pages depend on who is logged in: a browser must not reuse them
@@ -578,8 +793,6 @@ def _page_caller(request: Request, db: Session) -> Caller | None:
 
 
 def _to_login(request: Request) -> RedirectResponse:
-    from urllib.parse import quote
-
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
@@ -598,19 +811,22 @@ def _page_routes(app: FastAPI) -> None:
             return RedirectResponse("/admin", status_code=303)
         return page("home.html")
 
+    @app.get("/account", include_in_schema=False)
+    def account_page(request: Request, db: DB) -> Response:
+        if _page_caller(request, db) is None:
+            return _to_login(request)
+        return page("account.html")
+
     @app.get("/projects/{pid}/label", include_in_schema=False)
     def label_page(pid: int, request: Request, db: DB) -> Response:
         caller = _page_caller(request, db)
         if caller is None:
             return _to_login(request)
-        if db.get(Project, pid) is None:
-            return HTMLResponse(
-                _FORBIDDEN.replace("403", "404").format(why="No such project."), status_code=404
-            )
-        if not caller.user.is_admin and not is_member(db, pid, caller.user.id):
-            return HTMLResponse(
-                _FORBIDDEN.format(why="You are not a member of this project."), status_code=403
-            )
+        visible = 1 <= pid <= MAX_ID and db.get(Project, pid) is not None
+        if visible and not caller.user.is_admin:
+            visible = is_member(db, pid, caller.user.id)  # a labeller cannot tell others' projects exist
+        if not visible:
+            return HTMLResponse(_NOT_FOUND.format(why="No such project."), status_code=404)
         return page("label.html")
 
     @app.get("/admin", include_in_schema=False)
@@ -631,8 +847,70 @@ def _admin_page(request: Request, db: Session, name: str) -> Response:
     return page(name)
 
 
-def serve(db_url: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Migrate the database and serve the app at ``db_url`` on ``host:port`` with uvicorn."""
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    db_url: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    secure_cookie: bool | None = None,
+    allowed_hosts: list[str] | None = None,
+    forwarded_allow_ips: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> None:
+    """Migrate and check the database, then serve the app on ``host:port`` with uvicorn.
+
+    ``secure_cookie`` defaults to on when ``host`` is not a loopback address (a deployment is served over
+    HTTPS, by a reverse proxy or ``ssl_certfile``); ``allowed_hosts`` defaults to the loopback names plus
+    ``host``; ``forwarded_allow_ips``: the reverse proxies whose X-Forwarded-For / -Proto uvicorn trusts
+    (so the login throttle sees the client's address, not the proxy's).
+    """
+    import logging
+
     import uvicorn
 
-    uvicorn.run(create_app(db_url), host=host, port=port)
+    log = logging.getLogger(__name__)
+    loopback = is_loopback(host)
+    secure = (not loopback) if secure_cookie is None else secure_cookie
+    hosts = (
+        list(allowed_hosts)
+        if allowed_hosts
+        else [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::") else [host])]
+    )
+    if not loopback and not ssl_certfile:
+        log.warning(
+            f"serving on {host}, not a loopback address, without TLS: passwords and session cookies cross the "
+            "network in clear unless a reverse proxy with TLS is in front (docs/labelling.md, Deployment)"
+        )
+    if not loopback and not secure:
+        log.warning(
+            "--no-secure-cookie on a network address: the session cookie will also be sent over plain HTTP"
+        )
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        log.warning(
+            f"serving on every interface: only requests for {', '.join(hosts)} are answered; give the name "
+            "users type with --allowed-hosts NAME (the Host check stops DNS-rebinding pages)"
+        )
+    app = create_app(db_url, secure_cookie=secure, allowed_hosts=hosts)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        server_header=False,
+    )

@@ -8,34 +8,65 @@
 * Each session has its own CSRF token, returned by login and ``/api/me``; every state-changing request
   must echo it in the ``X-CSRF-Token`` header (compared with ``secrets.compare_digest``). SameSite=Lax
   already keeps the cookie off cross-site POSTs; the header is the second lock.
-* Dependencies: :func:`current_user` (401 without a valid session), :func:`check_csrf` (403),
-  :func:`require_admin` (403 for a labeller) and :func:`require_member` (the ``pid`` path parameter:
-  404 if no such project, 403 for a labeller who is not a member).
+* Dependencies: :func:`current_user` (401 without a valid session, or for a disabled account),
+  :func:`check_csrf` (403), :func:`require_admin` (403 for a labeller) and :func:`require_member` (the
+  ``pid`` path parameter: 404 if no such project, and the same 404 for a labeller who is not a member, so
+  a labeller cannot tell which project ids exist).
+* Logins (:func:`log_in`): :class:`LoginThrottle` first (failed logins per client address and per
+  username, in a moving window, from the ``limits`` library: 429 with ``Retry-After`` before any work),
+  then the user is read in a short read transaction, the password checked with no transaction open and
+  behind :data:`HASH_SLOTS` (at most that many argon2 hashes at once: 64 MiB each at the default cost),
+  and only a correct login takes the write lock, to store its session and purge expired ones.
+* New passwords (:func:`check_new_password`): 8 to 1024 characters, and not guessable: zxcvbn's score
+  >= 2 (about 10^6 guesses or more), with the username as a known word, so ``12345678``, ``password``
+  and eight spaces are refused. Usernames (:func:`check_username`): ASCII letters, digits and ``._@+-``
+  (no invisible, bidi or look-alike characters), unique regardless of case.
 
-Left out: password reset, rate limiting of logins, and "remember me" lifetimes.
+Left out: password reset by e-mail, "remember me" lifetimes, and a throttle shared between server
+processes (the counts live in each process's memory; ``limits`` has Redis storage for that).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
+import math
+import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 import argon2
-from fastapi import Depends, HTTPException, Request
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from fastapi import Depends, HTTPException, Path, Request
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from rlxf.feedback.label.db import LoginSession, Project, ProjectMember, User, utcnow
+from rlxf.feedback.label.db import LoginSession, Project, ProjectMember, User, begin_write, utcnow
+from rlxf.feedback.label.schema import FieldError
 
 COOKIE = "rlxf_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL = dt.timedelta(days=14)
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # argon2 takes any length; this bounds the work a request can ask for
+MIN_PASSWORD_SCORE = 2  # zxcvbn's 0..4 scale: 2 is "somewhat guessable" (>= 10^6 guesses)
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# Argon2 hashes computed at once in this process; the rest wait their turn (up to HASH_WAIT_S, then 503).
+# Two fill this machine's two cores; at the default cost each takes ~150 ms and 64 MiB.
+HASH_SLOTS = threading.BoundedSemaphore(2)
+HASH_WAIT_S = 10.0
+# Failed logins allowed in a moving window before 429: per client address (an IPv6 /64 counts as one) and
+# per username (whoever tries it). Only failures count, so labellers logging in behind one NAT are fine.
+FAILED_LOGINS_PER_ADDRESS = "20/minute"
+FAILED_LOGINS_PER_USERNAME = "10/15 minutes"
 
 
 def password_hasher(cheap: bool = False) -> argon2.PasswordHasher:
@@ -50,23 +81,161 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def check_new_password(password: str) -> None:
+def check_username(username: str, field: str = "username") -> str:
+    """``username`` if it is a valid new name; :class:`FieldError` naming ``field`` otherwise."""
+    if not USERNAME.fullmatch(username):
+        raise FieldError(
+            field,
+            "1-64 characters: ASCII letters, digits and . _ @ + - (starting with a letter or digit), "
+            f"got {username[:70]!r}",
+        )
+    return username
+
+
+def check_new_password(password: str, username: str = "", field: str = "password") -> None:
+    """:class:`FieldError` naming ``field`` when ``password`` is too short, too long or guessable."""
+    from zxcvbn import zxcvbn
+
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"password: must have at least {MIN_PASSWORD_LENGTH} characters")
+        raise FieldError(field, f"must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise FieldError(field, f"must have at most {MAX_PASSWORD_LENGTH} characters")
+    if "\x00" in password or not password.strip():
+        raise FieldError(field, "must hold more than spaces")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FieldError(
+            field, "holds a lone surrogate (an invalid \\ud800-\\udfff escape): not text"
+        ) from None
+    # zxcvbn reads at most 72 characters; a longer password is not weaker than its first 72.
+    strength = zxcvbn(password[:72], user_inputs=[username] if username else [])
+    if strength["score"] < MIN_PASSWORD_SCORE:
+        hint = strength["feedback"].get("warning") or "too easy to guess"
+        raise FieldError(field, f"{hint.rstrip('.')}: pick a longer or less common password")
+
+
+def hash_password(hasher: argon2.PasswordHasher, password: str) -> str:
+    """argon2id hash of ``password``, behind :data:`HASH_SLOTS`; call it with no transaction open."""
+    with _hash_slot():
+        return hasher.hash(password)
 
 
 def verify_password(hasher: argon2.PasswordHasher, user: User | None, password: str) -> bool:
-    """True when ``password`` matches ``user``'s hash. An unknown user still costs one hash, so response
-    times do not tell which usernames exist."""
-    if user is None:
-        hasher.hash(password)
-        return False
+    """True when ``password`` matches ``user``'s hash, behind :data:`HASH_SLOTS`. An unknown user still
+    costs one hash, so response times do not tell which usernames exist. Call it with no transaction open."""
+    with _hash_slot():
+        if user is None:
+            hasher.hash(password)
+            return False
+        try:
+            return hasher.verify(user.password_hash, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+        except UnicodeEncodeError:  # a lone surrogate: matches no stored password
+            return False
+
+
+class _hash_slot:
+    def __enter__(self) -> None:
+        if not HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
+            raise HTTPException(503, "the server is busy checking passwords; try again", {"Retry-After": "5"})
+
+    def __exit__(self, *_exc: object) -> None:
+        HASH_SLOTS.release()
+
+
+class LoginThrottle:
+    """Failed logins per client address and per username in moving windows (``limits``, in memory)."""
+
+    def __init__(
+        self, per_address: str = FAILED_LOGINS_PER_ADDRESS, per_username: str = FAILED_LOGINS_PER_USERNAME
+    ) -> None:
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limits: list[tuple[str, RateLimitItem]] = [
+            ("address", parse(per_address)),
+            ("username", parse(per_username)),
+        ]
+
+    def _keys(self, address: str, username: str) -> dict[str, str]:
+        return {"address": _address_key(address), "username": username.casefold()[:200]}
+
+    def check(self, address: str, username: str) -> None:
+        """429 with ``Retry-After`` (seconds) when either window is full."""
+        keys = self._keys(address, username)
+        waits = []
+        for kind, limit in self.limits:
+            if not self.limiter.test(limit, "failed-login", kind, keys[kind]):
+                reset = self.limiter.get_window_stats(limit, "failed-login", kind, keys[kind]).reset_time
+                waits.append(max(1, math.ceil(reset - time.time())))
+        if waits:
+            wait = max(waits)
+            raise HTTPException(
+                429,
+                f"too many failed logins for this account or address; try again in {wait} s",
+                {"Retry-After": str(wait)},
+            )
+
+    def failed(self, address: str, username: str) -> None:
+        keys = self._keys(address, username)
+        for kind, limit in self.limits:
+            self.limiter.hit(limit, "failed-login", kind, keys[kind])
+
+
+def _address_key(address: str) -> str:
+    """The throttle's key for a client address: the address, or its /64 network for IPv6 (one host
+    usually owns a whole /64)."""
     try:
-        return hasher.verify(user.password_hash, password)
-    except argon2.exceptions.VerificationError:
-        return False
-    except argon2.exceptions.InvalidHashError:
-        return False
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def log_in(
+    maker: sessionmaker,
+    hasher: argon2.PasswordHasher,
+    throttle: LoginThrottle,
+    address: str,
+    username: str,
+    password: str,
+) -> tuple[str, LoginSession, User]:
+    """Check a login (module docstring: throttle, read, hash with no transaction, write): the new
+    session's cookie token, its row and the user; 401 for a wrong password or a disabled account, 429
+    when throttled."""
+    throttle.check(address, username)
+    with maker() as db:
+        user = db.scalar(select(User).where(User.username == username))
+        db.commit()  # end the read: the hash below takes ~150 ms and must not hold anything
+        if not verify_password(hasher, user, password) or user.disabled:
+            throttle.failed(address, username)
+            raise HTTPException(401, "wrong username or password")
+        begin_write(db)
+        db.execute(delete(LoginSession).where(LoginSession.expires_at <= utcnow()))  # expired: gone
+        token, row = open_session(db, user)
+        db.commit()
+        return token, row, user
+
+
+def revoke_sessions(db: Session, user_id: int, keep: int | None = None) -> int:
+    """End ``user_id``'s sessions (all, or all but session ``keep``) in the current write transaction;
+    returns how many ended."""
+    query = delete(LoginSession).where(LoginSession.user_id == user_id)
+    if keep is not None:
+        query = query.where(LoginSession.id != keep)
+    return db.execute(query).rowcount or 0
+
+
+def active_sessions(db: Session) -> dict[int, int]:
+    """user id -> number of unexpired sessions."""
+    rows = db.execute(
+        select(LoginSession.user_id, func.count())
+        .where(LoginSession.expires_at > utcnow())
+        .group_by(LoginSession.user_id)
+    )
+    return {user_id: n for user_id, n in rows}
 
 
 def open_session(db: Session, user: User) -> tuple[str, LoginSession]:
@@ -100,9 +269,9 @@ DB = Annotated[Session, Depends(get_db)]
 
 
 def _end_read(db: Session) -> None:
-    """End a dependency's read transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE``
-    (it holds the write lock); a dependency must not keep that lock while its endpoint waits for a
-    thread. (``expire_on_commit=False``: what was read stays readable.)"""
+    """End a dependency's read transaction, so that the endpoint's reads see what committed meanwhile and
+    no snapshot is held while it waits for a thread (``expire_on_commit=False``: what was read stays
+    readable)."""
     db.commit()
 
 
@@ -115,7 +284,7 @@ def current_user(request: Request, db: DB) -> Caller:
     if row is None or row.expires_at <= utcnow():
         raise HTTPException(401, "session expired or unknown; log in again")
     user = db.get(User, row.user_id)
-    if user is None:
+    if user is None or user.disabled:
         raise HTTPException(401, "session expired or unknown; log in again")
     _end_read(db)
     return Caller(user, row)
@@ -151,19 +320,25 @@ def is_member(db: Session, project_id: int, user_id: int) -> bool:
     return db.get(ProjectMember, (project_id, user_id)) is not None
 
 
-def require_member(pid: int, caller: Checked, db: DB) -> Project:
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL; a larger one is a 422, not a database error
+ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="a project's id")]
+
+
+def require_member(pid: ProjectId, caller: Checked, db: DB) -> Project:
     """The project ``pid`` if the caller may work on it: 404 if it does not exist, 403 if the caller is a
     labeller who is not a member. Admins may see every project."""
     project = db.get(Project, pid)
     if project is None:
         raise HTTPException(404, f"no project {pid}")
     if not caller.user.is_admin and not is_member(db, pid, caller.user.id):
-        raise HTTPException(403, "you are not a member of this project")
+        raise HTTPException(
+            404, f"no project {pid}"
+        )  # as for a missing one: ids of others' projects stay hidden
     _end_read(db)
     return project
 
 
-def require_admin_project(pid: int, caller: Admin, db: DB) -> Project:
+def require_admin_project(pid: ProjectId, caller: Admin, db: DB) -> Project:
     """The project ``pid`` for an admin-only endpoint: 403 for a labeller (member or not), 404 if absent."""
     project = db.get(Project, pid)
     if project is None:

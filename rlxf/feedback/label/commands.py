@@ -1,7 +1,10 @@
 """The ``rlxf label`` commands: their options (typed configs) and the library functions behind them.
 
-``serve`` (the web app), ``user add``, ``project create`` (from a candidates JSONL file), ``push`` (a
-project straight from a model's responses) and ``export`` (answers to preference / ratings / raw JSONL).
+``serve`` (the web app), ``user add`` / ``password`` / ``disable`` / ``enable`` / ``logout`` (accounts),
+``member add`` / ``remove``, ``project create`` (from a candidates JSONL file), ``push`` (a project straight
+from a model's responses) and ``export`` (answers to preference / ratings / raw JSONL). Passwords come
+from a file, standard input (``--password-file -``) or a prompt, never from the command line, where every
+user of the machine could read them in the process list.
 Options are checked when the config is built, before anything heavy is imported; each function imports
 the web stack (the ``label`` extra: ``pip install 'rlxf[label]'``) or the model stack only when it runs,
 so ``rlxf --help`` needs neither.
@@ -9,7 +12,9 @@ so ``rlxf --help`` needs neither.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,60 +59,263 @@ class LabelServeConfig:
     db: str = option(DEFAULT_DB, help=DB_HELP)
     host: str = option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     port: int = option(8000, help="TCP port")
+    secure_cookie: bool | None = option(
+        None,
+        help="mark the session cookie Secure (HTTPS only) and send HSTS; default on for a non-loopback --host",
+    )
+    allowed_hosts: list[str] = option(
+        default_factory=list,
+        help="Host header values to answer (the name users type; '*': any); default the loopback names and --host",
+    )
+    forwarded_allow_ips: str | None = option(
+        None, help="reverse proxies (comma-separated IPs) whose X-Forwarded-For/-Proto are trusted"
+    )
+    ssl_certfile: str | None = option(None, help="serve HTTPS with this certificate (PEM) instead of a proxy")
+    ssl_keyfile: str | None = option(None, help="the certificate's private key (PEM)")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1..65535, got {self.port}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("give both --ssl-certfile and --ssl-keyfile, or neither")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"no such file {path}")
 
 
 def label_serve(cfg: LabelServeConfig) -> None:
-    """Migrate the database and serve the app with uvicorn until interrupted (``rlxf label serve``)."""
+    """Migrate and check the database, then serve the app with uvicorn until interrupted (``rlxf label serve``)."""
     _label_extra()
     from rlxf.feedback.label.app import serve
 
-    serve(cfg.db, cfg.host, cfg.port)
+    serve(
+        cfg.db,
+        cfg.host,
+        cfg.port,
+        secure_cookie=cfg.secure_cookie,
+        allowed_hosts=list(cfg.allowed_hosts) or None,
+        forwarded_allow_ips=cfg.forwarded_allow_ips,
+        ssl_certfile=cfg.ssl_certfile,
+        ssl_keyfile=cfg.ssl_keyfile,
+    )
+
+
+PASSWORD_FILE_HELP = "file whose first line is the password ('-': standard input); default: ask"
+
+
+def read_password(password_file: str | None, prompt: str = "Password: ") -> str:
+    """The first line of ``password_file`` (``-``: standard input), or typed at a prompt twice."""
+    if password_file == "-":
+        return sys.stdin.readline().rstrip("\r\n")
+    if password_file is not None:
+        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+        return lines[0] if lines else ""
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "give the password with --password-file FILE (or --password-file - for standard input)"
+        )
+    password = getpass.getpass(prompt)
+    if getpass.getpass("Again: ") != password:
+        raise ConfigError("the two passwords differ")
+    return password
 
 
 @dataclass
-class LabelUserAddConfig:
-    """Options of ``rlxf label user add``."""
+class AccountOptions:
+    """The account a ``rlxf label user`` command works on."""
 
     db: str = option(DEFAULT_DB, help=DB_HELP)
-    username: str = option("", help="the new account's name")
-    password: str | None = option(
-        None, help="its password (visible in the process list: prefer password_file)"
-    )
-    password_file: str | None = option(None, help="file whose first line is the password")
-    admin: bool = option(False, help="an admin: creates projects and accounts, sees every answer and export")
+    username: str = option("", help="the account's name")
 
     def __post_init__(self) -> None:
         if not self.username:
             raise ConfigError("give the account's name: --username NAME")
-        if (self.password is None) == (self.password_file is None):
-            raise ConfigError("give the password once: --password-file FILE or --password TEXT")
+
+
+@dataclass
+class LabelUserAddConfig(AccountOptions):
+    """Options of ``rlxf label user add``."""
+
+    password_file: str | None = option(None, help=PASSWORD_FILE_HELP)
+    admin: bool = option(False, help="an admin: creates projects and accounts, sees every answer and export")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.password_file not in (None, "-") and not Path(self.password_file).is_file():
+            raise ConfigError(f"password_file: no such file {self.password_file}")
+
+
+def _open_db(db: str) -> Any:
+    _label_extra()
+    from rlxf.feedback.label.db import init_db, make_engine
+
+    engine = make_engine(db)
+    try:
+        init_db(engine)
+    except Exception:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _account(db: Any, cfg: AccountOptions) -> User:
+    from rlxf.feedback.label.projects import find_user
+
+    user = find_user(db, cfg.username)
+    if user is None:
+        raise ConfigError(f"no account {cfg.username!r} in {cfg.db}")
+    return user
+
+
+def _field_error(exc: FieldError) -> ConfigError:
+    return ConfigError(f"{exc.field}: {exc.message}")
 
 
 def label_user_add(cfg: LabelUserAddConfig) -> User:
     """Create an account; the function behind ``rlxf label user add``."""
-    _label_extra()
+    password = read_password(cfg.password_file)
+    engine = _open_db(cfg.db)
     from rlxf.feedback.label.auth import password_hasher
-    from rlxf.feedback.label.db import init_db, make_engine, make_sessionmaker
+    from rlxf.feedback.label.db import make_sessionmaker
     from rlxf.feedback.label.projects import add_user
 
-    if cfg.password_file is not None:
-        lines = Path(cfg.password_file).read_text(encoding="utf-8").splitlines()
-        password = lines[0] if lines else ""
-    else:
-        password = cfg.password
-    engine = make_engine(cfg.db)
     try:
-        init_db(engine)
         with make_sessionmaker(engine)() as db:
             user = add_user(db, password_hasher(), cfg.username, password, cfg.admin)
+    except FieldError as exc:
+        raise _field_error(exc) from None
     finally:
         engine.dispose()
     logger.info(f"created {'admin' if user.is_admin else 'labeller'} {user.username!r} (id {user.id})")
     return user
+
+
+@dataclass
+class LabelUserPasswordConfig(AccountOptions):
+    """Options of ``rlxf label user password``."""
+
+    password_file: str | None = option(None, help=PASSWORD_FILE_HELP)
+
+
+def label_user_password(cfg: LabelUserPasswordConfig) -> int:
+    """Give an account a new password and end its sessions; returns how many ended."""
+    password = read_password(cfg.password_file, "New password: ")
+    engine = _open_db(cfg.db)
+    from rlxf.feedback.label.auth import password_hasher
+    from rlxf.feedback.label.db import make_sessionmaker
+    from rlxf.feedback.label.projects import set_password
+
+    try:
+        with make_sessionmaker(engine)() as db:
+            ended = set_password(db, password_hasher(), _account(db, cfg), password)
+    except FieldError as exc:
+        raise _field_error(exc) from None
+    finally:
+        engine.dispose()
+    logger.info(f"new password for {cfg.username!r}; {ended} session(s) ended")
+    return ended
+
+
+@dataclass
+class LabelUserDisableConfig(AccountOptions):
+    """Options of ``rlxf label user disable`` / ``enable``."""
+
+
+def _set_disabled(cfg: AccountOptions, disabled: bool) -> User:
+    engine = _open_db(cfg.db)
+    from rlxf.feedback.label.db import make_sessionmaker
+    from rlxf.feedback.label.projects import set_disabled
+
+    try:
+        with make_sessionmaker(engine)() as db:
+            user = set_disabled(db, _account(db, cfg), disabled)
+    finally:
+        engine.dispose()
+    logger.info(f"{'disabled' if disabled else 'enabled'} {cfg.username!r}")
+    return user
+
+
+def label_user_disable(cfg: LabelUserDisableConfig) -> User:
+    """Disable an account: it cannot log in and its sessions end now (its answers stay)."""
+    return _set_disabled(cfg, True)
+
+
+def label_user_enable(cfg: LabelUserDisableConfig) -> User:
+    """Enable a disabled account again."""
+    return _set_disabled(cfg, False)
+
+
+def label_user_logout(cfg: LabelUserDisableConfig) -> int:
+    """End every session of an account (each browser must log in again); returns how many ended."""
+    engine = _open_db(cfg.db)
+    from rlxf.feedback.label.auth import revoke_sessions
+    from rlxf.feedback.label.db import begin_write, make_sessionmaker
+
+    try:
+        with make_sessionmaker(engine)() as db:
+            user = _account(db, cfg)
+            begin_write(db)
+            ended = revoke_sessions(db, user.id)
+            db.commit()
+    finally:
+        engine.dispose()
+    logger.info(f"ended {ended} session(s) of {cfg.username!r}")
+    return ended
+
+
+@dataclass
+class LabelMemberConfig(AccountOptions):
+    """Options of ``rlxf label member add`` / ``remove``."""
+
+    project: str = option("", help="the project's name")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.project:
+            raise ConfigError("give the project: --project NAME")
+
+
+def _project(db: Any, cfg: LabelMemberConfig) -> Project:
+    from sqlalchemy import select
+
+    from rlxf.feedback.label.db import Project
+
+    project = db.scalar(select(Project).where(Project.name == cfg.project))
+    if project is None:
+        raise ConfigError(f"no project called {cfg.project!r} in {cfg.db}")
+    return project
+
+
+def label_member_add(cfg: LabelMemberConfig) -> User:
+    """Let an account label a project."""
+    engine = _open_db(cfg.db)
+    from rlxf.feedback.label.db import make_sessionmaker
+    from rlxf.feedback.label.projects import add_member
+
+    try:
+        with make_sessionmaker(engine)() as db:
+            user = add_member(db, _project(db, cfg), _account(db, cfg).username)
+    finally:
+        engine.dispose()
+    logger.info(f"{cfg.username!r} may label {cfg.project!r}")
+    return user
+
+
+def label_member_remove(cfg: LabelMemberConfig) -> bool:
+    """Stop an account from labelling a project (its answers stay); False if it was no member."""
+    engine = _open_db(cfg.db)
+    from rlxf.feedback.label.db import make_sessionmaker
+    from rlxf.feedback.label.projects import remove_member
+
+    try:
+        with make_sessionmaker(engine)() as db:
+            removed = remove_member(db, _project(db, cfg), _account(db, cfg).id)
+    finally:
+        engine.dispose()
+    if not removed:
+        raise ConfigError(f"{cfg.username!r} is not a member of {cfg.project!r}")
+    logger.info(f"{cfg.username!r} no longer labels {cfg.project!r}")
+    return removed
 
 
 @dataclass

@@ -8,25 +8,39 @@ in which one labeller sees one item's responses, stored the first time the item 
 answer per (item, labeller)).
 
 Engines (:func:`make_engine`): a URL such as ``sqlite:///rlxf-label.db`` (the default; a bare path is
-taken as a SQLite file) or ``postgresql+psycopg://user@host/db``. SQLite runs in WAL mode with
-``synchronous=FULL``: a commit has reached the disk (the WAL is fsynced) before it returns, so an answer
-the server acknowledged survives a killed process and even a power cut. Every SQLite transaction starts
-with ``BEGIN IMMEDIATE`` and waits up to ``busy_timeout`` for the write lock: a plain deferred
-transaction that reads and then writes can fail at once with "database is locked" when another writer
-committed in between, which 50 concurrent labellers would hit; taking the lock at the start makes
-writers queue instead. (Readers in WAL mode are never blocked by the writer.)
+taken as a SQLite file, created with mode 0600: it holds password hashes) or
+``postgresql+psycopg://user@host/db``. SQLite runs in WAL mode with ``synchronous=FULL``: a commit has
+reached the disk (the WAL is fsynced) before it returns, so an answer the server acknowledged survives a
+killed process and even a power cut.
+
+Reads and writes (one rule for both backends): a session's transactions are reads (SQLite: a deferred
+``BEGIN``, which in WAL mode neither waits for nor blocks the one writer) until :func:`begin_write` ends
+the read and opens a write transaction (SQLite: ``BEGIN IMMEDIATE``, which takes the write lock at once
+and waits up to ``busy_timeout`` for it: a deferred transaction that reads and then writes can fail at once
+with "database is locked" when another writer committed in between). A flush outside a write transaction
+is a bug and raises (:func:`make_sessionmaker`), so no write can slip in as a read. Writers hold the lock
+only for their own statements: password hashing, JSON parsing and checks happen before
+:func:`begin_write`. :func:`lock_project` serialises the writers of one project's queue on PostgreSQL too
+(a transaction-scoped advisory lock), where SQLite's single writer already does.
 
 Schema changes go through Alembic (``migrations/`` beside this file, configured from code, no ini file):
-:func:`init_db` upgrades a database to the newest revision; the ``serve`` command calls it at start.
+:func:`init_db` upgrades a database to the newest revision, then checks that it is sound and writable
+(:class:`DatabaseError` with the reason otherwise: a corrupted file, a read-only file or folder, a role
+without write rights); every command calls it at start, so a bad database stops the server before it
+answers anything.
 Left out: downgrades beyond the initial revision, and read replicas.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -40,16 +54,28 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from rlxf.config import ConfigError
 from rlxf.feedback.label.schema import DEFAULT_DB
+
+logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for the lock before "database is locked"
 # Connections: enough for FastAPI's 40 worker threads plus a margin (PostgreSQL allows 100 by default).
 POOL = {"pool_size": 10, "max_overflow": 50}
+WRITE = "rlxf_write"  # the execution option that marks a write transaction (begin_write)
+_PG_LOCK_NAMESPACE = (
+    0x726C  # pg_advisory_xact_lock(namespace, project_id): "rl", apart from other apps' locks
+)
+
+
+class DatabaseError(ConfigError):
+    """The database given with ``--db`` cannot be used: the message says which and why."""
 
 
 def utcnow() -> dt.datetime:
@@ -69,6 +95,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))  # argon2 encoded hash (rlxf.feedback.label.auth)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)  # cannot log in; has no sessions
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -80,7 +107,7 @@ class LoginSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
 
 
 class Project(Base):
@@ -128,6 +155,8 @@ class DisplayOrder(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     permutation: Mapped[list[int]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Until then the item counts towards its k labels for this labeller (None: no lease, e.g. answered).
+    leased_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Answer(Base):
@@ -168,8 +197,9 @@ def database_url(db: str) -> str:
 
 
 def make_engine(db: str = DEFAULT_DB) -> Engine:
-    """An engine for ``db`` (see :func:`database_url`); SQLite files get WAL, FULL sync, immediate
-    transactions and a busy timeout (module docstring)."""
+    """An engine for ``db`` (see :func:`database_url`); a new SQLite file is created with mode 0600 and
+    gets WAL, FULL sync and a busy timeout; transactions are reads until :func:`begin_write` (module
+    docstring)."""
     url = make_url(database_url(db))
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **POOL)
@@ -177,6 +207,8 @@ def make_engine(db: str = DEFAULT_DB) -> Engine:
         raise ValueError(
             f"--db {db}: give a SQLite file (sqlite:///path.db); an in-memory database loses every answer"
         )
+    if not url.query.get("uri"):  # a file: URI (e.g. ?mode=ro) names a file SQLite opens as told
+        _private_file(Path(url.database))
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **POOL)
 
     @event.listens_for(engine, "connect")
@@ -191,15 +223,59 @@ def make_engine(db: str = DEFAULT_DB) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Any) -> None:
+        write = connection.get_execution_options().get(WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (it holds password hashes; SQLite gives its -wal
+    and -shm files the same mode); warn when an existing one is readable by others."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning(
+                f"{path} is readable by other users (mode {stat.filemode(mode)}); it holds password hashes: "
+                f"chmod 600 {path}"
+            )
+        return
+    except OSError as exc:
+        raise DatabaseError(f"--db {path}: cannot create the database file ({exc.strerror})") from None
+    os.close(fd)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     # expire_on_commit=False: objects stay readable after the commit that acknowledged them.
-    return sessionmaker(engine, expire_on_commit=False)
+    maker = sessionmaker(engine, expire_on_commit=False)
+
+    @event.listens_for(maker, "before_flush")
+    def _writes_only_in_write_transactions(session: Session, _context: Any, _instances: Any) -> None:
+        if not session.connection().get_execution_options().get(WRITE, False):
+            raise RuntimeError(
+                "a write outside a write transaction: call begin_write(db) before changing rows"
+            )
+
+    return maker
+
+
+def begin_write(db: Session) -> None:
+    """End ``db``'s read transaction (keeping what it loaded) and open a write transaction: on SQLite a
+    ``BEGIN IMMEDIATE`` that waits for the write lock. Call it after every slow step (hashing, parsing)."""
+    db.commit()
+    db.connection(execution_options={WRITE: True})
+
+
+def lock_project(db: Session, project_id: int) -> None:
+    """Serialise the writers of one project's queue (assigning items, storing answers) until the end of the
+    write transaction: SQLite has one writer already; PostgreSQL takes an advisory transaction lock."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": _PG_LOCK_NAMESPACE, "id": project_id}
+        )
 
 
 def alembic_config(connection: Any = None) -> Any:
@@ -214,8 +290,20 @@ def alembic_config(connection: Any = None) -> Any:
 
 
 def init_db(engine: Engine) -> None:
-    """Create or upgrade the database to the newest schema (Alembic ``upgrade head``); idempotent."""
+    """Create or upgrade the database to the newest schema (Alembic ``upgrade head``; idempotent), then
+    check that it is sound and writable: :class:`DatabaseError` saying why not, before any request."""
     from alembic import command
 
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), "head")
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.execution_options(**{WRITE: True}).begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+            if engine.dialect.name == "sqlite":
+                problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise DatabaseError(f"--db {where}: the database is damaged: {'; '.join(problems[:3])}")
+            # A real write (rolled back by nothing: it changes no value) shows a read-only file or role now.
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+    except sqlalchemy.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise DatabaseError(f"--db {where}: cannot use this database: {reason}") from None
