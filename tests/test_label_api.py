@@ -73,7 +73,7 @@ def api_routes(app):
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path.startswith("/api/") and route.path != "/api/login":
             for method in route.methods:
-                yield method, route.path.replace("{pid}", "1").replace("{item_id}", "1")
+                yield method, route.path.replace("{pid}", "1").replace("{item_id}", "1").replace("{uid}", "1")
 
 
 # ------------------------------------------------------------------------------------- sessions, CSRF

@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -859,6 +860,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class Deployment:
+    """How ``serve`` runs the app for a ``host`` (:func:`deployment`): cookie flag, Host names, warnings."""
+
+    secure_cookie: bool
+    allowed_hosts: list[str]
+    warnings: list[str]
+
+
+def deployment(
+    host: str, secure_cookie: bool | None = None, allowed_hosts: list[str] | None = None, tls: bool = False
+) -> Deployment:
+    """The settings ``serve`` uses on ``host``: ``secure_cookie`` defaults to on for a non-loopback address
+    (a deployment is served over HTTPS, by a reverse proxy or ``tls``); ``allowed_hosts`` to the loopback
+    names plus ``host``; and the warnings to print about it."""
+    loopback = is_loopback(host)
+    secure = (not loopback) if secure_cookie is None else secure_cookie
+    every_interface = host in ("0.0.0.0", "::")
+    hosts = list(allowed_hosts) if allowed_hosts else [*LOOPBACK_HOSTS, *([] if every_interface else [host])]
+    warnings = []
+    if not loopback and not tls:
+        warnings.append(
+            f"serving on {host}, not a loopback address, without TLS: passwords and session cookies cross the "
+            "network in clear unless a reverse proxy with TLS is in front (docs/labelling.md, Deployment)"
+        )
+    if not loopback and not secure:
+        warnings.append(
+            "--no-secure-cookie on a network address: the session cookie also travels over plain HTTP"
+        )
+    if every_interface and not allowed_hosts:
+        warnings.append(
+            f"serving on every interface: only requests for {', '.join(hosts)} are answered; give the name "
+            "users type with --allowed-hosts NAME (the Host check stops DNS-rebinding pages)"
+        )
+    return Deployment(secure, hosts, warnings)
+
+
 def serve(
     db_url: str,
     host: str = "127.0.0.1",
@@ -870,40 +908,17 @@ def serve(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
 ) -> None:
-    """Migrate and check the database, then serve the app on ``host:port`` with uvicorn.
-
-    ``secure_cookie`` defaults to on when ``host`` is not a loopback address (a deployment is served over
-    HTTPS, by a reverse proxy or ``ssl_certfile``); ``allowed_hosts`` defaults to the loopback names plus
-    ``host``; ``forwarded_allow_ips``: the reverse proxies whose X-Forwarded-For / -Proto uvicorn trusts
-    (so the login throttle sees the client's address, not the proxy's).
-    """
+    """Migrate and check the database, then serve the app on ``host:port`` with uvicorn (settings from
+    :func:`deployment`). ``forwarded_allow_ips``: the reverse proxies whose X-Forwarded-For / -Proto
+    uvicorn trusts, so that the login throttle sees the client's address, not the proxy's."""
     import logging
 
     import uvicorn
 
-    log = logging.getLogger(__name__)
-    loopback = is_loopback(host)
-    secure = (not loopback) if secure_cookie is None else secure_cookie
-    hosts = (
-        list(allowed_hosts)
-        if allowed_hosts
-        else [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::") else [host])]
-    )
-    if not loopback and not ssl_certfile:
-        log.warning(
-            f"serving on {host}, not a loopback address, without TLS: passwords and session cookies cross the "
-            "network in clear unless a reverse proxy with TLS is in front (docs/labelling.md, Deployment)"
-        )
-    if not loopback and not secure:
-        log.warning(
-            "--no-secure-cookie on a network address: the session cookie will also be sent over plain HTTP"
-        )
-    if host in ("0.0.0.0", "::") and not allowed_hosts:
-        log.warning(
-            f"serving on every interface: only requests for {', '.join(hosts)} are answered; give the name "
-            "users type with --allowed-hosts NAME (the Host check stops DNS-rebinding pages)"
-        )
-    app = create_app(db_url, secure_cookie=secure, allowed_hosts=hosts)
+    setup = deployment(host, secure_cookie, allowed_hosts, tls=ssl_certfile is not None)
+    for warning in setup.warnings:
+        logging.getLogger(__name__).warning(warning)
+    app = create_app(db_url, secure_cookie=setup.secure_cookie, allowed_hosts=setup.allowed_hosts)
     uvicorn.run(
         app,
         host=host,

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,8 +48,12 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-class TooLarge(Exception):
-    """Raised from ``receive`` when a chunked body passes the limit (the middleware answers 413)."""
+class TooLarge(HTTPException):
+    """Raised from ``receive`` when a chunked body passes the limit: an HTTPException, so that FastAPI's
+    body parsing passes it on (any other error there becomes a 400) and the app answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
 class BodyLimit:
@@ -94,7 +99,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise TooLarge
+                    raise TooLarge(limit)
             return message
 
         async def tracked_send(message: Message) -> None:

@@ -1,7 +1,8 @@
-// Pieces the two admin pages share: a project's export links and its agreement figures.
+// Pieces the two admin pages share: a project's export links, its agreement figures, and running a
+// row's action button (disable an account, remove a member, ...) with its outcome in the message line.
 
-import { api } from "./api.js";
-import { el } from "./page.js";
+import { ApiError, api } from "./api.js";
+import { el, showMessage, showSessionEnded } from "./page.js";
 
 /** The export formats of a project kind (the backend's export.FORMAT_KINDS): preferences come from
  * pairwise and ranking projects, ratings from rating projects, raw from any. */
@@ -48,5 +49,26 @@ export async function fetchAgreement(projectId) {
   } catch (error) {
     console.warn(`agreement of project ${projectId}:`, error);
     return null;
+  }
+}
+
+/**
+ * Runs one action of a table row: asks first when `question` is given (window.confirm: a native dialog,
+ * keyboard-usable and announced by screen readers), disables the button while it runs, then shows what
+ * `action` returns (a sentence) or why it failed. Resolves true when it succeeded, false when it failed,
+ * null when the admin said no.
+ */
+export async function rowAction(button, action, question = null) {
+  if (question && !window.confirm(question)) return null;
+  button.disabled = true;
+  try {
+    showMessage(await action(), "ok");
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) showSessionEnded();
+    else showMessage(error.message, "error");
+    return false;
+  } finally {
+    button.disabled = false;
   }
 }

@@ -1,8 +1,9 @@
 // One project for an admin (/admin/projects/{pid}): settings, progress, agreement, export links, the
-// guidelines, its labellers (and a form to add one) and every answer (newest first).
+// guidelines, its labellers (a form to add one, a Remove button on each) and every answer (newest first).
+// Removing a labeller keeps their answers (they still count and are exported); they stop seeing the project.
 
 import { api, requireLogin } from "./api.js";
-import { agreementSummary, exportLinks, fetchAgreement } from "./admin_parts.js";
+import { agreementSummary, exportLinks, fetchAgreement, rowAction } from "./admin_parts.js";
 import { el, progressBar, renderUserBar, showFatal, showMessage } from "./page.js";
 
 const $ = (id) => document.getElementById(id);
@@ -74,11 +75,47 @@ async function loadMembers() {
     api("GET", "/api/users"),
   ]);
   $("members").replaceChildren(
-    ...(members.length ? members.map((m) => el("span", { text: m.username })) : [el("span", { class: "muted", text: "none yet" })]),
+    ...(members.length ? members.map(memberItem) : [el("li", { class: "muted", text: "none yet" })]),
   );
   const memberNames = new Set(members.map((m) => m.username));
   $("usernames").replaceChildren(
-    ...users.filter((u) => !u.is_admin && !memberNames.has(u.username)).map((u) => el("option", { value: u.username })),
+    ...users
+      .filter((u) => !u.is_admin && !u.disabled && !memberNames.has(u.username))
+      .map((u) => el("option", { value: u.username })),
+  );
+}
+
+function memberItem(member) {
+  const name = `"${member.username}"`;
+  const remove = el(
+    "button",
+    {
+      type: "button",
+      class: "button small secondary",
+      "aria-label": `Remove ${member.username} from this project`,
+      onclick: async (event) => {
+        const removed = await rowAction(
+          event.currentTarget,
+          async () => {
+            await api("DELETE", `${base}/members/${encodeURIComponent(member.id)}`);
+            return `${name} was removed from this project; their answers stay.`;
+          },
+          `Remove ${name} from this project? They stop seeing it; their answers stay.`,
+        );
+        if (removed === null) return; // the admin said no
+        // Refreshed on a failure too: a 404 means someone else removed them already.
+        await loadMembers().catch((error) => showMessage(error.message, "error"));
+        if (removed) $("member-form").querySelector("input[name=username]").focus();
+      },
+    },
+    "Remove",
+  );
+  return el(
+    "li",
+    { "data-user": member.id },
+    el("span", { class: "member-name", text: member.username }),
+    member.disabled ? el("span", { class: "status off", text: "disabled" }) : null,
+    remove,
   );
 }
 

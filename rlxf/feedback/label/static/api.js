@@ -2,12 +2,30 @@
 // header, errors turned into readable messages, the login check and logout.
 // It leaves out retries: the labelling page decides what to retry (label.js), other pages show the error.
 
-/** An API call that did not succeed. status 0 means the server could not be reached at all. */
+/**
+ * An API call that did not succeed. status 0 means the server could not be reached at all. retryAfter: the
+ * seconds the server asked us to wait (its Retry-After header, e.g. on a 429), or null when it named none.
+ * detail: the body's `detail` as sent (a string or FastAPI's list of {loc, msg}), for forms that show each
+ * field's message next to the field (fieldErrors).
+ */
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, retryAfter = null, detail = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
+    this.retryAfter = retryAfter;
+    this.detail = detail;
+  }
+
+  /** {field: message} of a 422 whose detail names body fields (loc ["body", "new_password"] -> new_password). */
+  get fieldErrors() {
+    const fields = Object.create(null); // no inherited keys: a field named "constructor" is still found
+    if (!Array.isArray(this.detail)) return fields;
+    for (const error of this.detail) {
+      const loc = Array.isArray(error && error.loc) ? error.loc : [];
+      if (loc[0] === "body" && typeof loc[1] === "string" && !(loc[1] in fields)) fields[loc[1]] = String(error.msg);
+    }
+    return fields;
   }
 
   /** True when sending the same request again later may succeed: no answer, a timeout or a 5xx. */
@@ -39,6 +57,15 @@ export function describeDetail(data, status) {
   }
   if (detail && typeof detail === "object") return JSON.stringify(detail);
   return `the server answered ${status}`;
+}
+
+/** Retry-After as whole seconds: it is either a number of seconds or an HTTP date; null when absent or unreadable. */
+export function parseRetryAfter(value) {
+  if (!value) return null;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text);
+  const when = Date.parse(text);
+  return Number.isNaN(when) ? null : Math.max(0, Math.ceil((when - Date.now()) / 1000));
 }
 
 /**
@@ -78,7 +105,11 @@ export async function api(method, path, body) {
       data = text;
     }
   }
-  if (!response.ok) throw new ApiError(response.status, describeDetail(data, response.status));
+  if (!response.ok) {
+    const retryAfter = parseRetryAfter(response.headers.get("Retry-After"));
+    const detail = data && typeof data === "object" ? data.detail : null;
+    throw new ApiError(response.status, describeDetail(data, response.status), retryAfter, detail);
+  }
   return { status: response.status, data };
 }
 

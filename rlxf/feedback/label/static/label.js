@@ -4,11 +4,14 @@
 //
 // No vote is lost: an answer gets a client_id (the server's idempotency key) when the labeller commits it,
 // is kept in localStorage until the server acknowledges it (201, or 200 for a repeat), and is sent again
-// with the same client_id after a network error or a 5xx, also after a reload. The page moves on to the
-// next item only after the acknowledgement. It leaves out editing an answer once it has been sent.
+// with the same client_id after a network error or a 5xx, also after a reload (a 429 after the server's
+// Retry-After). The page moves on to the next item only after the acknowledgement. A 4xx is final: the
+// answer is dropped from storage and the reason shown. After DISCARD_AFTER failed sends the labeller may
+// also discard the answer, so a server that keeps failing on one answer never leaves them stuck. It leaves
+// out editing an answer once it has been sent.
 
-import { ApiError, api, loginUrl, refreshCsrf, requireLogin } from "./api.js";
-import { clearMessage, el, kbd, progressText, renderUserBar, showFatal, showMessage } from "./page.js";
+import { ApiError, api, refreshCsrf, requireLogin } from "./api.js";
+import { clearMessage, el, kbd, progressText, renderUserBar, showFatal, showMessage, showSessionEnded } from "./page.js";
 
 const projectId = decodeURIComponent(location.pathname.split("/")[2] || "");
 
@@ -20,13 +23,17 @@ const PAIRWISE_CHOICES = [
 ];
 const PAIRWISE_KEYS = new Map(PAIRWISE_CHOICES.flatMap((c) => c.keys.map((key) => [key, c.choice])));
 const RETRY_DELAYS_S = [1, 2, 4, 8, 15]; // then every 15 s, for as long as the page is open
+const DISCARD_AFTER = 5; // failed sends of one answer before "Discard this answer" is offered
+const MAX_RETRY_AFTER_S = 600; // a Retry-After beyond this is read as this (the labeller can retry now)
 
 const state = {
   me: null,
   project: null,
   item: null, // the item on screen, as /next returned it
   ranking: [], // ranking: display slots, best first
-  ratings: [], // rating: one {aspect: value} per display slot
+  // rating: one Map aspect -> value per display slot. A Map, not an object: an aspect may be named
+  // "__proto__", "constructor" or "toString", which a plain object would swallow or already "have".
+  ratings: [],
   pending: null, // {item_id, body}: sent, not acknowledged yet; body.client_id stays the same on retries
   busy: false, // a send or a /next load is under way: buttons and shortcuts do nothing
   failures: 0, // consecutive retryable failures, for the back-off
@@ -91,10 +98,14 @@ function clearRetry() {
   state.retryTimer = null;
 }
 
-/** Runs `action` again after a growing delay, with a "Retry now" button beside the message. */
-function scheduleRetry(action, text) {
+/**
+ * Runs `action` again after a growing delay (or the server's Retry-After), with a "Retry now" button beside
+ * the message and any `extra` buttons after it.
+ */
+function scheduleRetry(action, text, retryAfter = null, ...extra) {
   clearRetry();
-  const delay = RETRY_DELAYS_S[Math.min(state.failures, RETRY_DELAYS_S.length - 1)];
+  const backoff = RETRY_DELAYS_S[Math.min(state.failures, RETRY_DELAYS_S.length - 1)];
+  const delay = retryAfter !== null ? Math.min(Math.max(retryAfter, 1), MAX_RETRY_AFTER_S) : backoff;
   state.failures += 1;
   const retryNow = el(
     "button",
@@ -109,7 +120,7 @@ function scheduleRetry(action, text) {
     },
     "Retry now",
   );
-  showMessage(`${text} Trying again in ${delay} s.`, "warning", retryNow);
+  showMessage(`${text} Trying again in ${delay} s.`, "warning", retryNow, ...extra);
   state.retryTimer = setTimeout(() => {
     state.retryTimer = null;
     action();
@@ -117,10 +128,8 @@ function scheduleRetry(action, text) {
 }
 
 function sessionEnded() {
-  showMessage(
+  showSessionEnded(
     "Your session has ended. Log in again to go on; an unsaved answer is kept in this browser and sent when you come back.",
-    "error",
-    el("a", { class: "button small", href: loginUrl() }, "Log in"),
   );
 }
 
@@ -134,7 +143,7 @@ async function loadNext() {
     response = await api("GET", `/api/projects/${encodeURIComponent(projectId)}/next`);
   } catch (error) {
     if (error instanceof ApiError && error.retryable) {
-      scheduleRetry(loadNext, `Could not load the next item: ${error.message}`);
+      scheduleRetry(loadNext, `Could not load the next item: ${error.message}`, error.retryAfter);
     } else if (error instanceof ApiError && error.status === 401) {
       sessionEnded();
     } else {
@@ -161,7 +170,7 @@ function showItem(item) {
   state.item = item;
   state.ranking = [];
   const slots = [...item.responses].sort((a, b) => a.slot - b.slot);
-  state.ratings = slots.map(() => ({}));
+  state.ratings = slots.map(() => new Map());
   $("done").hidden = true;
   $("item").hidden = false;
   $("prompt-text").textContent = item.prompt;
@@ -213,8 +222,8 @@ function ratingGroup(slot, aspect, aspectIndex) {
       "aria-label": `${aspect}, 1 to ${scale}`,
       oninput: (event) => {
         const value = Number(event.target.value);
-        if (Number.isInteger(value) && value >= 1 && value <= scale) state.ratings[slot][aspect] = value;
-        else delete state.ratings[slot][aspect];
+        if (Number.isInteger(value) && value >= 1 && value <= scale) state.ratings[slot].set(aspect, value);
+        else state.ratings[slot].delete(aspect);
       },
     });
     return el("fieldset", attrs, legend, input);
@@ -232,7 +241,7 @@ function ratingGroup(slot, aspect, aspectIndex) {
           value,
           "aria-label": `${aspect}: ${value} of ${scale}`,
           onchange: () => {
-            state.ratings[slot][aspect] = value;
+            state.ratings[slot].set(aspect, value);
           },
         }),
         el("span", { "aria-hidden": "true", text: String(value) }),
@@ -342,7 +351,7 @@ function ratingGroups() {
 }
 
 function groupValue(group) {
-  return state.ratings[Number(group.dataset.slot)][group.dataset.aspect];
+  return state.ratings[Number(group.dataset.slot)].get(group.dataset.aspect);
 }
 
 function focusRatingGroup(index) {
@@ -377,7 +386,9 @@ function submitRating() {
     focusRatingGroup(ratingGroups().indexOf(first));
     return;
   }
-  commit({ ratings: state.ratings.map((ratings) => ({ ...ratings })) });
+  // Object.fromEntries defines own properties, so "__proto__" becomes a key that JSON.stringify sends
+  // (assigning obj["__proto__"] = 4 would instead try to set the object's prototype and be dropped).
+  commit({ ratings: state.ratings.map((ratings) => Object.fromEntries(ratings)) });
 }
 
 /** Freezes the answer on screen and sends it; the page moves on once the server has committed it. */
@@ -402,15 +413,18 @@ function commit(answer) {
 async function sendPending() {
   clearRetry();
   setBusy(true);
-  const { item_id: itemId, body } = state.pending;
+  const sent = state.pending;
+  const { item_id: itemId, body } = sent;
   const url = `/api/projects/${encodeURIComponent(projectId)}/items/${encodeURIComponent(itemId)}/answers`;
   let response;
   try {
     response = await api("POST", url, body);
   } catch (error) {
-    handleSendError(error);
+    // Discarded while this request was under way: the page has moved on already.
+    if (state.pending === sent) handleSendError(error);
     return;
   }
+  if (state.pending !== sent) return;
   const hadTrouble = state.failures > 0;
   state.pending = null;
   storePending();
@@ -426,7 +440,20 @@ function handleSendError(error) {
     return;
   }
   if (error.retryable) {
-    scheduleRetry(sendPending, `Your answer is not saved yet (${error.message}); it stays here and is sent again.`);
+    // state.failures counts the failed sends before this one.
+    const offerDiscard = state.failures + 1 >= DISCARD_AFTER;
+    const discard = el(
+      "button",
+      { type: "button", class: "button small secondary", id: "discard", onclick: discardPending },
+      "Discard this answer",
+    );
+    scheduleRetry(
+      sendPending,
+      `Your answer is not saved yet (${error.message}); it stays here and is sent again.` +
+        (offerDiscard ? ` It failed ${state.failures + 1} times: you may discard it and go on.` : ""),
+      error.retryAfter,
+      ...(offerDiscard ? [discard] : []),
+    );
     return;
   }
   if (error.status === 401) {
@@ -454,6 +481,16 @@ function handleSendError(error) {
     showMessage(`The answer was refused (${error.status}): ${error.message}`, "error");
     loadNext();
   }
+}
+
+/** Gives up on the unsaved answer: it leaves this browser's storage and the next item is loaded. */
+function discardPending() {
+  clearRetry();
+  state.pending = null;
+  storePending();
+  state.failures = 0;
+  showMessage("The answer was discarded: the server never confirmed it.", "info");
+  loadNext();
 }
 
 // ---------------------------------------------------------------- keyboard
