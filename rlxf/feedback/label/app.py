@@ -19,13 +19,7 @@ synchronous (FastAPI runs them in its thread pool); each request has its own dat
 reads without taking SQLite's write lock and writes only in short write transactions
 (:func:`rlxf.feedback.label.db.begin_write`).
 
-**Over-labelling bound.** ``next`` leases the item it serves to the labeller for :data:`ITEM_LEASE`; an
-item leased to others or answered counts towards its k, so two labellers are not sent the last free slot
-of one item. Assigning an item and storing an answer are serialised per project
-(:func:`~rlxf.feedback.label.db.lock_project`), and an answer to an item that has k answers already is
-refused (409): an item never has more than k labels, even across several servers on one database. A
-labeller who leaves an item unanswered past its lease loses the slot to the next labeller; their answer
-is still taken while the item is short of k.
+The queue and its over-labelling bound: :mod:`rlxf.feedback.label.queue`; the pages: :mod:`rlxf.feedback.label.pages`.
 
 Left out: editing projects, deleting accounts (they are disabled), pagination of long answer lists.
 """
@@ -33,12 +27,9 @@ Left out: editing projects, deleting accounts (they are disabled), pagination of
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -48,9 +39,8 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import BigInteger, and_, cast, exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -86,15 +76,12 @@ from rlxf.feedback.label.auth import (
     SESSION_TTL,
     Admin,
     AdminProject,
-    Caller,
     Checked,
     LoggedIn,
     LoginThrottle,
     MemberProject,
     active_sessions,
-    current_user,
     hash_token,
-    is_member,
     log_in,
     password_hasher,
     revoke_sessions,
@@ -117,6 +104,7 @@ from rlxf.feedback.label.db import (
 )
 from rlxf.feedback.label.export import EXPORT_FORMATS, export_records
 from rlxf.feedback.label.guard import AsciiJSONResponse, BodyLimit, SecurityHeaders
+from rlxf.feedback.label.pages import STATIC, page_routes
 from rlxf.feedback.label.projects import (
     add_member,
     add_user,
@@ -126,14 +114,10 @@ from rlxf.feedback.label.projects import (
     set_password,
     user_json,
 )
+from rlxf.feedback.label.queue import assign_next, held_item, progress
 from rlxf.feedback.label.schema import FieldError, Settings, check_candidates
 
-STATIC = Path(__file__).with_name("static")
 PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
-# The per-labeller queue order: a multiplicative hash of (item, labeller), computed in SQL so the queue
-# query stays one indexed statement on SQLite and PostgreSQL alike (both have 64-bit integer arithmetic).
-_HASH_ITEM, _HASH_USER, _HASH_MOD = 2654435761, 40503, 1_000_003
-ITEM_LEASE = dt.timedelta(minutes=20)  # how long a served item stays reserved for its labeller
 MAX_BODY_BYTES = 256 * 1024  # any request but an admin's new project: an answer is well under 10 KiB
 MAX_PROJECT_BYTES = 64 * 1024 * 1024  # an admin's POST /api/projects: 20,000 items of ~3 KiB each
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
@@ -146,106 +130,6 @@ def invalid(field: str | list[Any], message: str) -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors: ``detail[0].loc`` names the field."""
     loc = ["body", *(field if isinstance(field, list) else [field])]
     return HTTPException(422, [{"loc": loc, "msg": message, "type": "value_error"}])
-
-
-# ---------------------------------------------------------------------------------------- queue, progress
-
-
-def answer_counts(project_id: int) -> Any:
-    """A subquery: ``item_id`` -> number of answers, for the items of one project that have any."""
-    return (
-        select(Answer.item_id, func.count().label("n"))
-        .where(Answer.project_id == project_id)
-        .group_by(Answer.item_id)
-        .subquery()
-    )
-
-
-def lease_counts(project_id: int, user_id: int, now: dt.datetime) -> Any:
-    """A subquery: ``item_id`` -> items leased to labellers other than ``user_id`` and not answered yet
-    (a lease ends when its labeller answers: ``leased_until`` is cleared)."""
-    return (
-        select(DisplayOrder.item_id, func.count().label("n"))
-        .join(Item, Item.id == DisplayOrder.item_id)
-        .where(
-            Item.project_id == project_id, DisplayOrder.user_id != user_id, DisplayOrder.leased_until > now
-        )
-        .group_by(DisplayOrder.item_id)
-        .subquery()
-    )
-
-
-def queue_query(project: Project, user_id: int, now: dt.datetime | None = None) -> Any:
-    """The labeller's queue, best first: items not answered by them whose answers plus leases to other
-    labellers are below k, fewest first, then a per-labeller pseudo-random order (stable, so a reload
-    shows the same item)."""
-    now = now or utcnow()
-    answers, leases = answer_counts(project.id), lease_counts(project.id, user_id, now)
-    taken = func.coalesce(answers.c.n, 0) + func.coalesce(leases.c.n, 0)
-    mine = exists().where(and_(Answer.item_id == Item.id, Answer.user_id == user_id))
-    return (
-        select(Item)
-        .outerjoin(answers, answers.c.item_id == Item.id)
-        .outerjoin(leases, leases.c.item_id == Item.id)
-        .where(Item.project_id == project.id, ~mine, taken < project.labels_per_item)
-        .order_by(taken, (cast(Item.id, BigInteger) * _HASH_ITEM + user_id * _HASH_USER) % _HASH_MOD, Item.id)
-    )
-
-
-def held_item(db: Session, project: Project, user_id: int, now: dt.datetime) -> Item | None:
-    """The item this labeller was served and has not answered, while its lease runs (a reload shows it
-    again without taking the write lock)."""
-    query = (
-        select(Item)
-        .join(DisplayOrder, and_(DisplayOrder.item_id == Item.id, DisplayOrder.user_id == user_id))
-        .where(Item.project_id == project.id, DisplayOrder.leased_until > now)
-        .order_by(DisplayOrder.leased_until)
-    )
-    return db.scalars(query.limit(1)).first()
-
-
-def assign_next(db: Session, project: Project, user_id: int) -> Item | None:
-    """Lease the head of the labeller's queue to them and store their display order on first view, in one
-    write transaction serialised per project (so two labellers never take the last free slot of one
-    item); None when the queue is empty."""
-    begin_write(db)
-    lock_project(db, project.id)
-    now = utcnow()
-    item = db.scalars(queue_query(project, user_id, now).limit(1)).first()
-    if item is not None:
-        row = db.get(DisplayOrder, (item.id, user_id))
-        if row is None:
-            permutation = list(range(len(item.responses)))
-            random.SystemRandom().shuffle(permutation)
-            db.add(
-                DisplayOrder(
-                    item_id=item.id, user_id=user_id, permutation=permutation, leased_until=now + ITEM_LEASE
-                )
-            )
-        else:  # shown before, its lease ran out: the same order again, a new lease
-            row.leased_until = now + ITEM_LEASE
-    db.commit()
-    return item
-
-
-def progress(db: Session, project: Project, user: User) -> dict[str, int]:
-    """A labeller: their answers / (their answers + their queue). An admin: items with k labels / all items."""
-    if user.is_admin:
-        counts = answer_counts(project.id)
-        done = db.scalar(
-            select(func.count()).select_from(counts).where(counts.c.n >= project.labels_per_item)
-        )
-        total = db.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id))
-        return {"done": done or 0, "total": total or 0}
-    done = db.scalar(
-        select(func.count())
-        .select_from(Answer)
-        .where(Answer.project_id == project.id, Answer.user_id == user.id)
-    )
-    waiting = db.scalar(
-        select(func.count()).select_from(queue_query(project, user.id).order_by(None).subquery())
-    )
-    return {"done": done or 0, "total": (done or 0) + (waiting or 0)}
 
 
 def project_json(db: Session, project: Project, user: User) -> dict[str, Any]:
@@ -410,7 +294,7 @@ def create_app(
     _session_routes(app, secure_cookie)
     _labelling_routes(app)
     _admin_routes(app)
-    _page_routes(app)
+    page_routes(app)
     return app
 
 
@@ -764,88 +648,6 @@ def _admin_routes(app: FastAPI) -> None:
         if not remove_member(db, project, uid):
             raise HTTPException(404, f"user {uid} is not a member of project {project.id}")
         return Response(status_code=204)
-
-
-# ---------------------------------------------------------------------------------------------- pages
-
-_PLACEHOLDER = "<!doctype html><meta charset=utf-8><title>rlxf label</title><p>{what}: page not written yet."
-_FORBIDDEN = (
-    "<!doctype html><meta charset=utf-8><title>Forbidden</title><h1>403</h1><p>{why} <a href='/'>Home</a>"
-)
-_NOT_FOUND = _FORBIDDEN.replace("403", "404").replace("Forbidden", "Not found")
-
-
-NO_STORE = {"Cache-Control": "no-store"}  # pages depend on who is logged in: a browser must not reuse them
-
-
-def page(name: str) -> Response:
-    """``static/NAME``, or a placeholder while the page does not exist yet."""
-    path = STATIC / name
-    if path.is_file():
-        return FileResponse(path, media_type="text/html", headers=NO_STORE)
-    return HTMLResponse(_PLACEHOLDER.format(what=name), headers=NO_STORE)
-
-
-def _page_caller(request: Request, db: Session) -> Caller | None:
-    try:
-        return current_user(request, db)
-    except HTTPException:
-        return None
-
-
-def _to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
-
-
-def _page_routes(app: FastAPI) -> None:
-    @app.get("/login", include_in_schema=False)
-    def login_page() -> Response:
-        return page("login.html")
-
-    @app.get("/", include_in_schema=False)
-    def home(request: Request, db: DB) -> Response:
-        caller = _page_caller(request, db)
-        if caller is None:
-            return _to_login(request)
-        if caller.user.is_admin:
-            return RedirectResponse("/admin", status_code=303)
-        return page("home.html")
-
-    @app.get("/account", include_in_schema=False)
-    def account_page(request: Request, db: DB) -> Response:
-        if _page_caller(request, db) is None:
-            return _to_login(request)
-        return page("account.html")
-
-    @app.get("/projects/{pid}/label", include_in_schema=False)
-    def label_page(pid: int, request: Request, db: DB) -> Response:
-        caller = _page_caller(request, db)
-        if caller is None:
-            return _to_login(request)
-        visible = 1 <= pid <= MAX_ID and db.get(Project, pid) is not None
-        if visible and not caller.user.is_admin:
-            visible = is_member(db, pid, caller.user.id)  # a labeller cannot tell others' projects exist
-        if not visible:
-            return HTMLResponse(_NOT_FOUND.format(why="No such project."), status_code=404)
-        return page("label.html")
-
-    @app.get("/admin", include_in_schema=False)
-    def admin_page(request: Request, db: DB) -> Response:
-        return _admin_page(request, db, "admin.html")
-
-    @app.get("/admin/projects/{pid}", include_in_schema=False)
-    def admin_project_page(pid: int, request: Request, db: DB) -> Response:
-        return _admin_page(request, db, "admin_project.html")
-
-
-def _admin_page(request: Request, db: Session, name: str) -> Response:
-    caller = _page_caller(request, db)
-    if caller is None:
-        return _to_login(request)
-    if not caller.user.is_admin:
-        return HTMLResponse(_FORBIDDEN.format(why="This page is for admins."), status_code=403)
-    return page(name)
 
 
 def is_loopback(host: str) -> bool:
