@@ -116,6 +116,33 @@ def test_failed_logins_are_throttled_per_address_and_per_username(label_db):
     app.state.engine.dispose()
 
 
+def test_concurrent_failed_logins_cannot_slip_past_the_throttle(label_db):
+    """Attempts still being checked count: 8 wrong passwords at once against a limit of 3 give three
+    full checks (401) and five 429s, not eight hashes that all passed the check before any failed."""
+    app = create_app(
+        label_db,
+        allowed_hosts=["testserver"],  # argon2's default cost: each check takes long enough to overlap
+        throttle=LoginThrottle(per_address="3/minute", per_username="100/minute"),
+    )
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def attempt(i: int) -> None:
+        client = TestClient(app)
+        barrier.wait()
+        statuses.append(
+            client.post("/api/login", json={"username": f"u{i}", "password": "wrong-guess"}).status_code
+        )
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [401] * 3 + [429] * 5
+    app.state.engine.dispose()
+
+
 def test_a_failed_login_holds_no_database_lock(label_db):
     """The password is checked with no transaction open: a slow hash while a writer holds the lock."""
     app = create_app(label_db, hasher=password_hasher(cheap=True), allowed_hosts=["testserver"])

@@ -316,15 +316,18 @@ def _client_address(request: Request) -> str:
 
 def _session_routes(app: FastAPI, secure_cookie: bool) -> None:
     @app.post("/api/login", response_model=LoginOut, responses=errors(401, 413, 422, 429, 503))
-    def login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
-        token, row, user = log_in(
-            app.state.sessionmaker,
-            app.state.hasher,
-            app.state.throttle,
-            _client_address(request),
-            body.username,
-            body.password,
-        )
+    async def login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+        # async: the throttle's 429 (and its tarpit) costs no worker thread; the check runs in one.
+        throttle: LoginThrottle = app.state.throttle
+        try:
+            with throttle.attempt(_client_address(request), body.username):
+                token, row, user = await anyio.to_thread.run_sync(
+                    log_in, app.state.sessionmaker, app.state.hasher, body.username, body.password
+                )
+        except HTTPException as exc:
+            if exc.status_code == 429:
+                await throttle.tarpit()
+            raise
         response.set_cookie(
             COOKIE,
             token,

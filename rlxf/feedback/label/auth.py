@@ -13,7 +13,8 @@
   ``pid`` path parameter: 404 if no such project, and the same 404 for a labeller who is not a member, so
   a labeller cannot tell which project ids exist).
 * Logins (:func:`log_in`): :class:`LoginThrottle` first (failed logins per client address and per
-  username, in a moving window, from the ``limits`` library: 429 with ``Retry-After`` before any work),
+  username, in a moving window, from the ``limits`` library, attempts still being checked counted too:
+  429 with ``Retry-After`` before any work, sent after a one-second tarpit),
   then the user is read in a short read transaction, the password checked with no transaction open and
   behind :data:`HASH_SLOTS` (at most that many argon2 hashes at once: 64 MiB each at the default cost),
   and only a correct login takes the write lock, to store its session and purge expired ones.
@@ -28,6 +29,8 @@ processes (the counts live in each process's memory; ``limits`` has Redis storag
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -40,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 import argon2
 from fastapi import Depends, HTTPException, Path, Request
 from limits import RateLimitItem, parse
@@ -67,6 +71,8 @@ HASH_WAIT_S = 10.0
 # per username (whoever tries it). Only failures count, so labellers logging in behind one NAT are fine.
 FAILED_LOGINS_PER_ADDRESS = "20/minute"
 FAILED_LOGINS_PER_USERNAME = "10/15 minutes"
+TARPIT_S = 1.0  # a throttled attempt's 429 waits this long (LoginThrottle)
+MAX_TARPITTED = 1024  # 429s waiting at once; past that they go out at once
 
 
 def password_hasher(cheap: bool = False) -> argon2.PasswordHasher:
@@ -146,7 +152,14 @@ class _hash_slot:
 
 
 class LoginThrottle:
-    """Failed logins per client address and per username in moving windows (``limits``, in memory)."""
+    """Failed logins per client address and per username in moving windows (``limits``, in memory).
+
+    An attempt is admitted only while the failures in each window plus the attempts still being checked
+    stay under the limit: counting attempts in flight closes the race in which many concurrent attempts
+    all pass the check during the ~150 ms before any of them has failed. A refused attempt is answered
+    429 after :data:`TARPIT_S` (an attacker's loop that ignores ``Retry-After`` then runs at one attempt
+    a second, not hundreds), sleeping without a thread, for up to :data:`MAX_TARPITTED` at once.
+    """
 
     def __init__(
         self, per_address: str = FAILED_LOGINS_PER_ADDRESS, per_username: str = FAILED_LOGINS_PER_USERNAME
@@ -156,30 +169,55 @@ class LoginThrottle:
             ("address", parse(per_address)),
             ("username", parse(per_username)),
         ]
+        self.lock = threading.Lock()
+        self.in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.tarpitted = 0
 
-    def _keys(self, address: str, username: str) -> dict[str, str]:
-        return {"address": _address_key(address), "username": username.casefold()[:200]}
+    def _keys(self, address: str, username: str) -> list[tuple[str, str]]:
+        return [("address", _address_key(address)), ("username", username.casefold()[:200])]
 
-    def check(self, address: str, username: str) -> None:
-        """429 with ``Retry-After`` (seconds) when either window is full."""
+    @contextlib.contextmanager
+    def attempt(self, address: str, username: str) -> Iterator[None]:
+        """One login attempt: 429 with ``Retry-After`` (seconds) at once when a window is full; a 401
+        raised inside counts as a failure."""
         keys = self._keys(address, username)
-        waits = []
-        for kind, limit in self.limits:
-            if not self.limiter.test(limit, "failed-login", kind, keys[kind]):
-                reset = self.limiter.get_window_stats(limit, "failed-login", kind, keys[kind]).reset_time
-                waits.append(max(1, math.ceil(reset - time.time())))
-        if waits:
-            wait = max(waits)
-            raise HTTPException(
-                429,
-                f"too many failed logins for this account or address; try again in {wait} s",
-                {"Retry-After": str(wait)},
-            )
+        with self.lock:
+            waits = []
+            for (_kind, limit), key in zip(self.limits, keys):
+                stats = self.limiter.get_window_stats(limit, "failed-login", *key)
+                if stats.remaining - self.in_flight[key] <= 0:
+                    waits.append(max(1, math.ceil(stats.reset_time - time.time())))
+            if waits:
+                wait = max(waits)
+                raise HTTPException(
+                    429,
+                    f"too many failed logins for this account or address; try again in {wait} s",
+                    {"Retry-After": str(wait)},
+                )
+            self.in_flight.update(keys)
+        failed = False
+        try:
+            yield
+        except HTTPException as exc:
+            failed = exc.status_code == 401
+            raise
+        finally:
+            with self.lock:
+                self.in_flight.subtract(keys)
+                self.in_flight += collections.Counter()  # drop the zeros: the counter does not grow
+                if failed:
+                    for (_kind, limit), key in zip(self.limits, keys):
+                        self.limiter.hit(limit, "failed-login", *key)
 
-    def failed(self, address: str, username: str) -> None:
-        keys = self._keys(address, username)
-        for kind, limit in self.limits:
-            self.limiter.hit(limit, "failed-login", kind, keys[kind])
+    async def tarpit(self) -> None:
+        """Wait :data:`TARPIT_S` before a 429 goes out (at once when too many are waiting already)."""
+        if self.tarpitted >= MAX_TARPITTED:
+            return
+        self.tarpitted += 1
+        try:
+            await anyio.sleep(TARPIT_S)
+        finally:
+            self.tarpitted -= 1
 
 
 def _address_key(address: str) -> str:
@@ -195,22 +233,14 @@ def _address_key(address: str) -> str:
 
 
 def log_in(
-    maker: sessionmaker,
-    hasher: argon2.PasswordHasher,
-    throttle: LoginThrottle,
-    address: str,
-    username: str,
-    password: str,
+    maker: sessionmaker, hasher: argon2.PasswordHasher, username: str, password: str
 ) -> tuple[str, LoginSession, User]:
-    """Check a login (module docstring: throttle, read, hash with no transaction, write): the new
-    session's cookie token, its row and the user; 401 for a wrong password or a disabled account, 429
-    when throttled."""
-    throttle.check(address, username)
+    """Check a login (module docstring: read, hash with no transaction, write; the caller throttles):
+    the new session's cookie token, its row and the user; 401 for a wrong password or a disabled account."""
     with maker() as db:
         user = db.scalar(select(User).where(User.username == username))
         db.commit()  # end the read: the hash below takes ~150 ms and must not hold anything
         if not verify_password(hasher, user, password) or user.disabled:
-            throttle.failed(address, username)
             raise HTTPException(401, "wrong username or password")
         begin_write(db)
         db.execute(delete(LoginSession).where(LoginSession.expires_at <= utcnow()))  # expired: gone

@@ -37,6 +37,7 @@ import datetime as dt
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -259,14 +260,54 @@ def make_sessionmaker(engine: Engine) -> sessionmaker:
                 "a write outside a write transaction: call begin_write(db) before changing rows"
             )
 
+    @event.listens_for(maker, "after_transaction_end")
+    def _end_of_write(session: Session, transaction: Any) -> None:
+        if transaction.parent is None:  # the root transaction ended: committed, rolled back or closed
+            _release_write_lock(session)
+
     return maker
 
 
 def begin_write(db: Session) -> None:
     """End ``db``'s read transaction (keeping what it loaded) and open a write transaction: on SQLite a
-    ``BEGIN IMMEDIATE`` that waits for the write lock. Call it after every slow step (hashing, parsing)."""
+    ``BEGIN IMMEDIATE`` that waits for the write lock. Call it after every slow step (hashing, parsing).
+
+    On SQLite the writers of this process first queue on a Python lock per database file (released when
+    the transaction ends): SQLite's own busy handler retries with sleeps of up to 100 ms, so writers
+    that queue there wait in bursts and the slowest answers take seconds; a lock hands over at once. The
+    busy handler still orders writers of different processes (a second server, a CLI command).
+    """
     db.commit()
-    db.connection(execution_options={WRITE: True})
+    lock = _process_write_lock(db.get_bind())
+    if lock is not None:
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise TimeoutError(f"no write lock on the database within {SQLITE_BUSY_TIMEOUT_MS / 1000:.0f} s")
+        db.info[_HELD] = lock
+    try:
+        db.connection(execution_options={WRITE: True})
+    except BaseException:
+        _release_write_lock(db)
+        raise
+
+
+_HELD = "rlxf_process_write_lock"
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _process_write_lock(engine: Engine) -> threading.Lock | None:
+    """The lock of this process's writers to one SQLite file (None on PostgreSQL: no single writer)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    key = os.path.realpath(engine.url.database.removeprefix("file:").split("?")[0])
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
+
+
+def _release_write_lock(session: Session) -> None:
+    lock = session.info.pop(_HELD, None)
+    if lock is not None:
+        lock.release()
 
 
 def lock_project(db: Session, project_id: int) -> None:
