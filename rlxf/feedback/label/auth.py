@@ -156,7 +156,10 @@ class LoginThrottle:
 
     An attempt is admitted only while the failures in each window plus the attempts still being checked
     stay under the limit: counting attempts in flight closes the race in which many concurrent attempts
-    all pass the check during the ~150 ms before any of them has failed. A refused attempt is answered
+    all pass the check during the ~150 ms before any of them has failed (each freed slot of the window
+    would let every waiting attacker through). A key with no failure in its window is not limited, so a
+    room of labellers behind one address can log in at once; an attacker gets one such burst, as many
+    attempts as it has connections (and :data:`HASH_SLOTS` hashes them two at a time). A refused attempt is answered
     429 after :data:`TARPIT_S` (an attacker's loop that ignores ``Retry-After`` then runs at one attempt
     a second, not hundreds), sleeping without a thread, for up to :data:`MAX_TARPITTED` at once.
     """
@@ -185,7 +188,10 @@ class LoginThrottle:
             waits = []
             for (_kind, limit), key in zip(self.limits, keys):
                 stats = self.limiter.get_window_stats(limit, "failed-login", *key)
-                if stats.remaining - self.in_flight[key] <= 0:
+                failures = limit.amount - stats.remaining
+                # No failure yet: not limited (fifty labellers behind one NAT log in at once). After one,
+                # the attempts still being checked count as failures too.
+                if failures > 0 and failures + self.in_flight[key] >= limit.amount:
                     waits.append(max(1, math.ceil(stats.reset_time - time.time())))
             if waits:
                 wait = max(waits)
