@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
+import sys
 import threading
 import time
 import uuid
@@ -154,6 +156,18 @@ def test_concurrent_failed_logins_cannot_slip_past_the_throttle(label_db):
     wrong = [{"username": f"u{i}", "password": "wrong-guess"} for i in range(8)]
     assert _at_once(app, wrong) == [401] * 3 + [429] * 5
     app.state.engine.dispose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_passwords_are_hashed_in_low_priority_threads():
+    from rlxf.feedback.label import auth
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert (
+        auth._HASHING.submit(priority).result() >= priority() + auth.HASH_NICE - 1
+    )  # the request's is lower
 
 
 def test_a_failed_login_holds_no_database_lock(label_db):

@@ -16,7 +16,8 @@
   username, in a moving window, from the ``limits`` library, attempts still being checked counted too:
   429 with ``Retry-After`` before any work, sent after a one-second tarpit),
   then the user is read in a short read transaction, the password checked with no transaction open and
-  behind :data:`HASH_SLOTS` (at most that many argon2 hashes at once: 64 MiB each at the default cost),
+  in :data:`HASH_WORKERS` low-priority threads (at most that many argon2 hashes at once, 64 MiB each at
+  the default cost, on the cores labelling leaves free),
   and only a correct login takes the write lock, to store its session and purge expired ones.
 * New passwords (:func:`check_new_password`): 8 to 1024 characters, and not guessable: zxcvbn's score
   >= 2 (about 10^6 guesses or more), with the username as a known word, so ``12345678``, ``password``
@@ -30,18 +31,20 @@ processes (the counts live in each process's memory; ``limits`` has Redis storag
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import math
+import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import argon2
@@ -63,10 +66,13 @@ MAX_PASSWORD_LENGTH = 1024  # argon2 takes any length; this bounds the work a re
 MIN_PASSWORD_SCORE = 2  # zxcvbn's 0..4 scale: 2 is "somewhat guessable" (>= 10^6 guesses)
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-# Argon2 hashes computed at once in this process; the rest wait their turn (up to HASH_WAIT_S, then 503).
-# Two fill this machine's two cores; at the default cost each takes ~150 ms and 64 MiB.
-HASH_SLOTS = threading.BoundedSemaphore(2)
-HASH_WAIT_S = 10.0
+# Argon2 runs in HASH_WORKERS threads of its own (at the default cost one hash takes ~150 ms, ~230 ms of
+# CPU over its 4 lanes, and 64 MiB), at a lower CPU priority (nice +HASH_NICE, Linux): a flood of logins
+# then waits for the cores the labellers leave free instead of taking them. A hash that has not started
+# within HASH_WAIT_S is dropped with a 503.
+HASH_WORKERS = 2
+HASH_NICE = 10
+HASH_WAIT_S = 30.0
 # Failed logins allowed in a moving window before 429: per client address (an IPv6 /64 counts as one) and
 # per username (whoever tries it). Only failures count, so labellers logging in behind one NAT are fine.
 FAILED_LOGINS_PER_ADDRESS = "20/minute"
@@ -121,16 +127,37 @@ def check_new_password(password: str, username: str = "", field: str = "password
         raise FieldError(field, f"{hint.rstrip('.')}: pick a longer or less common password")
 
 
+def _lower_priority() -> None:
+    """Run this (hashing) thread at a lower CPU priority: on Linux ``setpriority`` on a thread id changes
+    that thread alone, and argon2's lane threads inherit it. Elsewhere it stays as it is."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICE)
+
+
+_HASHING = concurrent.futures.ThreadPoolExecutor(HASH_WORKERS, "rlxf-argon2", initializer=_lower_priority)
+
+
+def _in_hashing_thread(function: Callable[[], Any]) -> Any:
+    future = _HASHING.submit(function)
+    try:
+        return future.result(timeout=HASH_WAIT_S)
+    except concurrent.futures.TimeoutError:
+        future.cancel()  # still queued: dropped; already running: finishes unseen
+        raise HTTPException(
+            503, "the server is busy checking passwords; try again", {"Retry-After": "5"}
+        ) from None
+
+
 def hash_password(hasher: argon2.PasswordHasher, password: str) -> str:
-    """argon2id hash of ``password``, behind :data:`HASH_SLOTS`; call it with no transaction open."""
-    with _hash_slot():
-        return hasher.hash(password)
+    """argon2id hash of ``password``, in a hashing thread; call it with no transaction open."""
+    return _in_hashing_thread(lambda: hasher.hash(password))
 
 
 def verify_password(hasher: argon2.PasswordHasher, user: User | None, password: str) -> bool:
-    """True when ``password`` matches ``user``'s hash, behind :data:`HASH_SLOTS`. An unknown user still
+    """True when ``password`` matches ``user``'s hash (checked in a hashing thread). An unknown user still
     costs one hash, so response times do not tell which usernames exist. Call it with no transaction open."""
-    with _hash_slot():
+
+    def check() -> bool:
         if user is None:
             hasher.hash(password)
             return False
@@ -141,14 +168,7 @@ def verify_password(hasher: argon2.PasswordHasher, user: User | None, password: 
         except UnicodeEncodeError:  # a lone surrogate: matches no stored password
             return False
 
-
-class _hash_slot:
-    def __enter__(self) -> None:
-        if not HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
-            raise HTTPException(503, "the server is busy checking passwords; try again", {"Retry-After": "5"})
-
-    def __exit__(self, *_exc: object) -> None:
-        HASH_SLOTS.release()
+    return _in_hashing_thread(check)
 
 
 class LoginThrottle:
@@ -159,7 +179,7 @@ class LoginThrottle:
     all pass the check during the ~150 ms before any of them has failed (each freed slot of the window
     would let every waiting attacker through). A key with no failure in its window is not limited, so a
     room of labellers behind one address can log in at once; an attacker gets one such burst, as many
-    attempts as it has connections (and :data:`HASH_SLOTS` hashes them two at a time). A refused attempt is answered
+    attempts as it has connections (hashed :data:`HASH_WORKERS` at a time, at a low priority). A refused attempt is answered
     429 after :data:`TARPIT_S` (an attacker's loop that ignores ``Retry-After`` then runs at one attempt
     a second, not hundreds), sleeping without a thread, for up to :data:`MAX_TARPITTED` at once.
     """
