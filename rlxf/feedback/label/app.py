@@ -40,7 +40,7 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -97,7 +97,7 @@ from rlxf.feedback.label.db import (
     User,
     begin_write,
     init_db,
-    lock_project,
+    lock_item,
     make_engine,
     make_sessionmaker,
     utcnow,
@@ -439,12 +439,13 @@ def _labelling_routes(app: FastAPI) -> None:
         raw, value = to_original(project, body, order_row.permutation)
         reason = check_reason(project, body.reason)
         begin_write(db)
-        lock_project(db, project.id)  # the count below and the insert: one step for every server
-        answered = db.scalar(select(func.count()).select_from(Answer).where(Answer.item_id == item.id))
-        if (
-            db.scalar(select(Answer.id).where(Answer.item_id == item.id, Answer.user_id == user.id))
-            is not None
-        ):
+        lock_item(db, item.id)  # the count below and the insert: one step, for every server
+        answered, mine = db.execute(
+            select(
+                func.count(), func.coalesce(func.sum(case((Answer.user_id == user.id, 1), else_=0)), 0)
+            ).where(Answer.item_id == item.id)
+        ).one()
+        if mine:
             db.rollback()
             raise HTTPException(409, "you have already answered this item")
         if answered >= project.labels_per_item:

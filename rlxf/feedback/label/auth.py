@@ -324,25 +324,19 @@ def get_db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_db)]
 
 
-def _end_read(db: Session) -> None:
-    """End a dependency's read transaction, so that the endpoint's reads see what committed meanwhile and
-    no snapshot is held while it waits for a thread (``expire_on_commit=False``: what was read stays
-    readable)."""
-    db.commit()
-
-
 def current_user(request: Request, db: DB) -> Caller:
     """The caller, from the session cookie; 401 when it is missing, unknown or expired."""
     token = request.cookies.get(COOKIE)
     if not token:
         raise HTTPException(401, "not logged in")
-    row = db.scalar(select(LoginSession).where(LoginSession.token_hash == hash_token(token)))
-    if row is None or row.expires_at <= utcnow():
+    found = db.execute(
+        select(LoginSession, User)
+        .join(User, User.id == LoginSession.user_id)
+        .where(LoginSession.token_hash == hash_token(token))
+    ).first()
+    if found is None or found[0].expires_at <= utcnow() or found[1].disabled:
         raise HTTPException(401, "session expired or unknown; log in again")
-    user = db.get(User, row.user_id)
-    if user is None or user.disabled:
-        raise HTTPException(401, "session expired or unknown; log in again")
-    _end_read(db)
+    row, user = found
     return Caller(user, row)
 
 
@@ -390,7 +384,6 @@ def require_member(pid: ProjectId, caller: Checked, db: DB) -> Project:
         raise HTTPException(
             404, f"no project {pid}"
         )  # as for a missing one: ids of others' projects stay hidden
-    _end_read(db)
     return project
 
 
@@ -399,7 +392,6 @@ def require_admin_project(pid: ProjectId, caller: Admin, db: DB) -> Project:
     project = db.get(Project, pid)
     if project is None:
         raise HTTPException(404, f"no project {pid}")
-    _end_read(db)
     return project
 
 

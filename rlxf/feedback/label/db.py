@@ -20,8 +20,8 @@ and waits up to ``busy_timeout`` for it: a deferred transaction that reads and t
 with "database is locked" when another writer committed in between). A flush outside a write transaction
 is a bug and raises (:func:`make_sessionmaker`), so no write can slip in as a read. Writers hold the lock
 only for their own statements: password hashing, JSON parsing and checks happen before
-:func:`begin_write`. :func:`lock_project` serialises the writers of one project's queue on PostgreSQL too
-(a transaction-scoped advisory lock), where SQLite's single writer already does.
+:func:`begin_write`. :func:`lock_item` serialises the writers of one item's leases and answers on
+PostgreSQL too (a transaction-scoped advisory lock), where SQLite's single writer already does.
 
 Schema changes go through Alembic (``migrations/`` beside this file, configured from code, no ini file):
 :func:`init_db` upgrades a database to the newest revision, then checks that it is sound and writable
@@ -70,9 +70,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for the lock before "
 # Connections: enough for FastAPI's 40 worker threads plus a margin (PostgreSQL allows 100 by default).
 POOL = {"pool_size": 10, "max_overflow": 50}
 WRITE = "rlxf_write"  # the execution option that marks a write transaction (begin_write)
-_PG_LOCK_NAMESPACE = (
-    0x726C  # pg_advisory_xact_lock(namespace, project_id): "rl", apart from other apps' locks
-)
+_PG_ITEM_LOCKS = 0x726C69  # pg_advisory_xact_lock(namespace, item id): "rli", apart from other apps' locks
 
 
 class DatabaseError(ConfigError):
@@ -310,13 +308,20 @@ def _release_write_lock(session: Session) -> None:
         lock.release()
 
 
-def lock_project(db: Session, project_id: int) -> None:
-    """Serialise the writers of one project's queue (assigning items, storing answers) until the end of the
-    write transaction: SQLite has one writer already; PostgreSQL takes an advisory transaction lock."""
+def lock_item(db: Session, item_id: int) -> None:
+    """Serialise the writers of one item's leases and answers until the end of the write transaction (the
+    count of its labels and the new one: no item past k): SQLite has one writer already; PostgreSQL waits
+    for a transaction-scoped advisory lock."""
     if db.get_bind().dialect.name == "postgresql":
-        db.execute(
-            text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": _PG_LOCK_NAMESPACE, "id": project_id}
-        )
+        db.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": _PG_ITEM_LOCKS, "key": item_id})
+
+
+def try_lock_item(db: Session, item_id: int) -> bool:
+    """:func:`lock_item` without waiting: False when another transaction holds it (always True on SQLite)."""
+    if db.get_bind().dialect.name != "postgresql":
+        return True
+    query = text("SELECT pg_try_advisory_xact_lock(:ns, :key)")
+    return bool(db.scalar(query, {"ns": _PG_ITEM_LOCKS, "key": item_id}))
 
 
 def alembic_config(connection: Any = None) -> Any:

@@ -6,9 +6,9 @@ SQL, so the query stays one statement on SQLite and PostgreSQL alike), stable ac
 
 **Over-labelling bound.** ``next`` leases the item it serves to the labeller for :data:`ITEM_LEASE`; an
 item leased to others or answered counts towards its k, so two labellers are not sent the last free slot
-of one item. Assigning an item and storing an answer are serialised per project
-(:func:`~rlxf.feedback.label.db.lock_project`), and an answer to an item that has k answers already is
-refused (409): an item never has more than k labels, even across several servers on one database. A
+of one item. Leases and answers of one item are written under that item's lock (SQLite: its one writer;
+PostgreSQL: :func:`~rlxf.feedback.label.db.lock_item`, see :func:`_claim`), and an answer to an item
+that has k answers already is refused (409): an item never has more than k labels, even across several servers on one database. A
 labeller who leaves an item unanswered past its lease loses the slot to the next labeller; their answer
 is still taken while the item is short of k.
 
@@ -32,7 +32,8 @@ from rlxf.feedback.label.db import (
     Project,
     User,
     begin_write,
-    lock_project,
+    lock_item,
+    try_lock_item,
     utcnow,
 )
 
@@ -96,12 +97,14 @@ def held_item(db: Session, project: Project, user_id: int, now: dt.datetime) -> 
 
 def assign_next(db: Session, project: Project, user_id: int) -> Item | None:
     """Lease the head of the labeller's queue to them and store their display order on first view, in one
-    write transaction serialised per project (so two labellers never take the last free slot of one
-    item); None when the queue is empty."""
+    write transaction (so two labellers never take the last free slot of one item); None when the queue
+    is empty. SQLite has one writer: the head of the queue is free. PostgreSQL: :func:`_claim`."""
     begin_write(db)
-    lock_project(db, project.id)
     now = utcnow()
-    item = db.scalars(queue_query(project, user_id, now).limit(1)).first()
+    if db.get_bind().dialect.name == "postgresql":
+        item = _claim(db, project, user_id, now)
+    else:
+        item = db.scalars(queue_query(project, user_id, now).limit(1)).first()
     if item is not None:
         row = db.get(DisplayOrder, (item.id, user_id))
         if row is None:
@@ -116,6 +119,52 @@ def assign_next(db: Session, project: Project, user_id: int) -> Item | None:
             row.leased_until = now + ITEM_LEASE
     db.commit()
     return item
+
+
+CANDIDATES = 8  # queue items one PostgreSQL assignment looks at before it looks again
+
+
+def _claim(db: Session, project: Project, user_id: int, now: dt.datetime) -> Item | None:
+    """The first of the queue's head items that this transaction can lock (a non-blocking advisory lock,
+    the one answers to the item take) and that still has a free slot once locked.
+
+    Every lease and answer of an item is written under its lock, so the count re-read under it is exact;
+    labellers see the queue in different orders, so they rarely want the same item, and none waits for
+    another's assignment. Only when every head item is busy does it start over in a fresh transaction
+    (holding no lock) and wait for the first one: waiting while holding none cannot deadlock.
+    """
+    for _look in range(2):  # the head of the queue, twice, without waiting for anyone
+        candidates = db.scalars(queue_query(project, user_id, now).limit(CANDIDATES)).all()
+        if not candidates:
+            return None
+        for item in candidates:
+            if try_lock_item(db, item.id) and free_slots(db, project, item.id, user_id, now) > 0:
+                return item
+        db.rollback()  # nothing claimed: let go of the locks taken, look at the queue again
+        begin_write(db)
+        now = utcnow()
+    for item in candidates:  # all busy twice: wait for each in turn, in a transaction holding no other lock
+        lock_item(db, item.id)
+        if free_slots(db, project, item.id, user_id, now) > 0:
+            return item
+        db.rollback()
+        begin_write(db)
+        now = utcnow()
+    return None
+
+
+def free_slots(db: Session, project: Project, item_id: int, user_id: int, now: dt.datetime) -> int:
+    """k minus the item's answers and its active leases to labellers other than ``user_id``."""
+    answers = select(func.count()).select_from(Answer).where(Answer.item_id == item_id).scalar_subquery()
+    leases = (
+        select(func.count())
+        .select_from(DisplayOrder)
+        .where(
+            DisplayOrder.item_id == item_id, DisplayOrder.user_id != user_id, DisplayOrder.leased_until > now
+        )
+        .scalar_subquery()
+    )
+    return project.labels_per_item - db.scalar(select(answers + leases))
 
 
 def progress(db: Session, project: Project, user: User) -> dict[str, int]:
