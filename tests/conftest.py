@@ -110,4 +110,6 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 # The labelling app's database fixtures (a throwaway PostgreSQL server; SQLite and PostgreSQL URLs).
+# The labelling app on a fresh database of each backend (tests/label_client.py).
+from label_client import app  # noqa: E402, F401
 from pg import label_db, postgres_server  # noqa: E402, F401

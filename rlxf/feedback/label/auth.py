@@ -56,7 +56,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlxf.feedback.label.db import LoginSession, Project, ProjectMember, User, begin_write, utcnow
-from rlxf.feedback.label.schema import FieldError
+from rlxf.feedback.label.schema import FieldError, check_text
 
 COOKIE = "rlxf_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -110,16 +110,9 @@ def check_new_password(password: str, username: str = "", field: str = "password
 
     if len(password) < MIN_PASSWORD_LENGTH:
         raise FieldError(field, f"must have at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise FieldError(field, f"must have at most {MAX_PASSWORD_LENGTH} characters")
-    if "\x00" in password or not password.strip():
+    check_text(password, field, max_length=MAX_PASSWORD_LENGTH)  # no NUL, no lone surrogate
+    if not password.strip():
         raise FieldError(field, "must hold more than spaces")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        raise FieldError(
-            field, "holds a lone surrogate (an invalid \\ud800-\\udfff escape): not text"
-        ) from None
     # zxcvbn reads at most 72 characters; a longer password is not weaker than its first 72.
     strength = zxcvbn(password[:72], user_inputs=[username] if username else [])
     if strength["score"] < MIN_PASSWORD_SCORE:
