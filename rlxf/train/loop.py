@@ -321,13 +321,21 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        local = local_units.item()
-        metrics = {"loss": loss_sum / local}
-        metrics.update({name: value / local for name, value in metric_sums.items()})
+        # Logged figures are global: sums over every process's micro-batches (each loss and metric is a
+        # sum over its units, weighted as its normaliser says), then divided by the step's total units.
+        names = sorted(metric_sums)
+        local_sums = torch.tensor(
+            [loss_sum, float(tokens), *(metric_sums[n] for n in names)],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        sums = self.accelerator.reduce(local_sums, reduction="sum").tolist()
+        metrics = {"loss": sums[0] / total_units}
+        metrics.update({name: value / total_units for name, value in zip(names, sums[2:])})
         metrics["lr"] = lr
         if grad_norm is not None:
-            metrics["grad_norm"] = float(grad_norm)
-        metrics["tokens"] = float(tokens)
+            metrics["grad_norm"] = float(grad_norm)  # of the all-reduced gradients: already global
+        metrics["tokens"] = sums[1]
         return metrics
 
     def fit(self) -> dict[str, float]:

@@ -169,8 +169,17 @@ class RunDir:
         logger: the :class:`~rlxf.train.metrics.MetricsLogger` behind :meth:`log`.
     """
 
-    def __init__(self, path: Path, *, resume_checkpoint: Path | None, resume_step: int, tensorboard: bool):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        resume_checkpoint: Path | None,
+        resume_step: int,
+        tensorboard: bool,
+        main: bool = True,
+    ):
         self.path = path
+        self.main = main  # the one process of a distributed run that writes run files
         self.config_path = path / CONFIG_FILE
         self.metrics_path = path / METRICS_FILE
         self.summary_path = path / SUMMARY_FILE
@@ -181,7 +190,11 @@ class RunDir:
         self.resume_step = resume_step
         self.started = time.monotonic()
         purge = resume_step + 1 if resume_checkpoint is not None else None
-        self.logger = MetricsLogger(self.metrics_path, self.tb_dir if tensorboard else None, purge_step=purge)
+        self.logger = (
+            MetricsLogger(self.metrics_path, self.tb_dir if tensorboard else None, purge_step=purge)
+            if main
+            else None
+        )
 
     @classmethod
     def create(
@@ -207,10 +220,50 @@ class RunDir:
             tensorboard: also write TensorBoard event files into ``tb/``.
             stream: where notes (resuming from ..., changed options) go; logged at INFO when unset.
 
+        Under ``torchrun`` / ``accelerate launch`` only the main process prepares and writes the folder;
+        the others wait for it, then read the checkpoint to resume from, and write nothing.
+
         Raises:
             RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set; or
                 ``resume`` is set but ``out`` holds a finished run without a checkpoint to continue from.
         """
+        import torch
+        from accelerate import PartialState
+
+        # This process's place in a torchrun / accelerate launch (one process: rank 0 of 1). accelerate's
+        # state is one per process: cpu= as the Trainer's Accelerator will ask for it.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if not state.is_main_process:
+            state.wait_for_everyone()  # the main process has claimed, cleared or truncated the folder
+            path = Path(out)
+            checkpoint = latest_checkpoint(path / CHECKPOINTS_DIR) if resume else None
+            step = (
+                int(json.loads((checkpoint / META_FILE).read_text(encoding="utf-8"))["step"])
+                if checkpoint
+                else 0
+            )
+            return cls(
+                path, resume_checkpoint=checkpoint, resume_step=step, tensorboard=tensorboard, main=False
+            )
+        try:
+            run = cls._create(
+                out, config, resume=resume, overwrite=overwrite, tensorboard=tensorboard, stream=stream
+            )
+        finally:
+            state.wait_for_everyone()  # the others go on once the folder is ready (or the error is raised)
+        return run
+
+    @classmethod
+    def _create(
+        cls,
+        out: str | Path,
+        config: Any,
+        *,
+        resume: bool,
+        overwrite: bool,
+        tensorboard: bool,
+        stream: IO[str] | None,
+    ) -> RunDir:
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         path = Path(out)
@@ -252,7 +305,10 @@ class RunDir:
         return run
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """Log named metrics for ``step`` to ``metrics.jsonl`` (flushed at once) and TensorBoard."""
+        """Log named metrics for ``step`` to ``metrics.jsonl`` (flushed at once) and TensorBoard (the main
+        process only; pass metrics that are already global)."""
+        if self.logger is None:
+            return {"step": step, **metrics}
         return self.logger.log(step, metrics)
 
     def write_summary(
@@ -280,13 +336,15 @@ class RunDir:
             "resumed_from_step": self.resume_step if self.resume_checkpoint is not None else None,
         }
         summary.update(extra or {})
-        self.logger.flush()
-        write_text_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        if self.logger is not None:
+            self.logger.flush()
+            write_text_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def close(self) -> None:
         """Flush and close the metrics sinks."""
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
 
     def __enter__(self) -> RunDir:
         return self
