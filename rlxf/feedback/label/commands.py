@@ -12,9 +12,11 @@ so ``rlxf --help`` needs neither.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,17 +147,22 @@ class LabelUserAddConfig(AccountOptions):
             raise ConfigError(f"password_file: no such file {self.password_file}")
 
 
-def _open_db(db: str) -> Any:
+@contextlib.contextmanager
+def _session(db: str) -> Iterator[Any]:
+    """A database session on ``--db`` (migrated and checked first), its engine disposed afterwards; a
+    :class:`FieldError` raised inside becomes a :class:`ConfigError` naming the field."""
     _label_extra()
-    from rlxf.feedback.label.db import init_db, make_engine
+    from rlxf.feedback.label.db import init_db, make_engine, make_sessionmaker
 
     engine = make_engine(db)
     try:
         init_db(engine)
-    except Exception:
+        with make_sessionmaker(engine)() as session:
+            yield session
+    except FieldError as exc:
+        raise ConfigError(f"{exc.field}: {exc.message}") from None
+    finally:
         engine.dispose()
-        raise
-    return engine
 
 
 def _account(db: Any, cfg: AccountOptions) -> User:
@@ -167,25 +174,14 @@ def _account(db: Any, cfg: AccountOptions) -> User:
     return user
 
 
-def _field_error(exc: FieldError) -> ConfigError:
-    return ConfigError(f"{exc.field}: {exc.message}")
-
-
 def label_user_add(cfg: LabelUserAddConfig) -> User:
     """Create an account; the function behind ``rlxf label user add``."""
     password = read_password(cfg.password_file)
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.auth import password_hasher
-    from rlxf.feedback.label.db import make_sessionmaker
-    from rlxf.feedback.label.projects import add_user
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.auth import password_hasher
+        from rlxf.feedback.label.projects import add_user
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            user = add_user(db, password_hasher(), cfg.username, password, cfg.admin)
-    except FieldError as exc:
-        raise _field_error(exc) from None
-    finally:
-        engine.dispose()
+        user = add_user(db, password_hasher(), cfg.username, password, cfg.admin)
     logger.info(f"created {'admin' if user.is_admin else 'labeller'} {user.username!r} (id {user.id})")
     return user
 
@@ -200,18 +196,11 @@ class LabelUserPasswordConfig(AccountOptions):
 def label_user_password(cfg: LabelUserPasswordConfig) -> int:
     """Give an account a new password and end its sessions; returns how many ended."""
     password = read_password(cfg.password_file, "New password: ")
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.auth import password_hasher
-    from rlxf.feedback.label.db import make_sessionmaker
-    from rlxf.feedback.label.projects import set_password
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.auth import password_hasher
+        from rlxf.feedback.label.projects import set_password
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            ended = set_password(db, password_hasher(), _account(db, cfg), password)
-    except FieldError as exc:
-        raise _field_error(exc) from None
-    finally:
-        engine.dispose()
+        ended = set_password(db, password_hasher(), _account(db, cfg), password)
     logger.info(f"new password for {cfg.username!r}; {ended} session(s) ended")
     return ended
 
@@ -222,15 +211,10 @@ class LabelUserDisableConfig(AccountOptions):
 
 
 def _set_disabled(cfg: AccountOptions, disabled: bool) -> User:
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.db import make_sessionmaker
-    from rlxf.feedback.label.projects import set_disabled
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.projects import set_disabled
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            user = set_disabled(db, _account(db, cfg), disabled)
-    finally:
-        engine.dispose()
+        user = set_disabled(db, _account(db, cfg), disabled)
     logger.info(f"{'disabled' if disabled else 'enabled'} {cfg.username!r}")
     return user
 
@@ -247,18 +231,14 @@ def label_user_enable(cfg: LabelUserDisableConfig) -> User:
 
 def label_user_logout(cfg: LabelUserDisableConfig) -> int:
     """End every session of an account (each browser must log in again); returns how many ended."""
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.auth import revoke_sessions
-    from rlxf.feedback.label.db import begin_write, make_sessionmaker
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.auth import revoke_sessions
+        from rlxf.feedback.label.db import begin_write
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            user = _account(db, cfg)
-            begin_write(db)
-            ended = revoke_sessions(db, user.id)
-            db.commit()
-    finally:
-        engine.dispose()
+        user = _account(db, cfg)
+        begin_write(db)
+        ended = revoke_sessions(db, user.id)
+        db.commit()
     logger.info(f"ended {ended} session(s) of {cfg.username!r}")
     return ended
 
@@ -288,30 +268,20 @@ def _project(db: Any, cfg: LabelMemberConfig) -> Project:
 
 def label_member_add(cfg: LabelMemberConfig) -> User:
     """Let an account label a project."""
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.db import make_sessionmaker
-    from rlxf.feedback.label.projects import add_member
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.projects import add_member
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            user = add_member(db, _project(db, cfg), _account(db, cfg).username)
-    finally:
-        engine.dispose()
+        user = add_member(db, _project(db, cfg), _account(db, cfg).username)
     logger.info(f"{cfg.username!r} may label {cfg.project!r}")
     return user
 
 
 def label_member_remove(cfg: LabelMemberConfig) -> bool:
     """Stop an account from labelling a project (its answers stay); False if it was no member."""
-    engine = _open_db(cfg.db)
-    from rlxf.feedback.label.db import make_sessionmaker
-    from rlxf.feedback.label.projects import remove_member
+    with _session(cfg.db) as db:  # checks the label extra before these imports
+        from rlxf.feedback.label.projects import remove_member
 
-    try:
-        with make_sessionmaker(engine)() as db:
-            removed = remove_member(db, _project(db, cfg), _account(db, cfg).id)
-    finally:
-        engine.dispose()
+        removed = remove_member(db, _project(db, cfg), _account(db, cfg).id)
     if not removed:
         raise ConfigError(f"{cfg.username!r} is not a member of {cfg.project!r}")
     logger.info(f"{cfg.username!r} no longer labels {cfg.project!r}")
