@@ -26,7 +26,7 @@ import rlxf.algos.offline as offline_module
 from rlxf.algos.sft import SFTConfig, count_label_tokens, sft, sft_loss
 from rlxf.config import ConfigError, load_config, to_yaml
 from rlxf.data import IGNORE_INDEX, collate_sft
-from rlxf.train.loop import LossOutput, Trainer, TrainingConfig
+from rlxf.train.loop import HeldOut, LossOutput, Trainer, TrainingConfig
 from rlxf.train.metrics import read_metrics
 from rlxf.train.run import RunDir
 
@@ -281,11 +281,15 @@ def test_evaluates_at_step_0_every_eval_every_and_at_the_end(tiny_tokenizer, exa
     that step's record; eval_start / eval_end hold the two ends."""
     seen = []
 
-    def evaluate(model) -> dict[str, float]:
+    def score(model, batch) -> dict[str, torch.Tensor]:
         seen.append(len(seen))
-        return {"loss": float(len(seen))}  # 1.0 at step 0, then 2.0, 3.0 ...
+        return {"n": torch.full((len(batch),), float(len(seen)))}
 
-    trainer = make_trainer(tiny_tokenizer, examples, tmp_path / "run", micro=8, steps=5, evaluate=evaluate)
+    def summarize(figures) -> dict[str, float]:
+        return {"loss": figures["n"].mean().item()}  # 1.0 at step 0, then 2.0, 3.0 ...
+
+    held_out = HeldOut(examples[:3], 8, score, summarize)  # one batch
+    trainer = make_trainer(tiny_tokenizer, examples, tmp_path / "run", micro=8, steps=5, held_out=held_out)
     trainer.cfg.eval_every = 2
     trainer.fit()
     trainer.run.close()

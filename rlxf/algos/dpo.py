@@ -66,7 +66,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rlxf.algos.offline import eval_batches, fit_and_save, read_and_tokenize
+from rlxf.algos.offline import fit_and_save, model_device, read_and_tokenize, to_device
 from rlxf.algos.preference import PreferenceRunConfig, load_policy, sequence_logps
 from rlxf.config import option
 from rlxf.data import Dataset, pad_token_id, tokenize_dataset, tokenize_preference
@@ -249,21 +249,25 @@ def dpo(cfg: DPOConfig) -> RunResult:
     # 3. Loss: summed over the pairs; the loop divides by the step's number of pairs.
     collate = functools.partial(collate_pairs, pad_id=pad_id)
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+    def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Per held-out pair: its loss, implicit rewards and margin (beta * h)."""
+        out = dpo_pairs(model, to_device(collate(examples), model_device(model)), cfg)
+        return {
+            "loss": out.losses.detach(),
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+        }
+
+    def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out loss, implicit-reward accuracy and margins (means over the held-out pairs)."""
-        sums = dict.fromkeys(
-            ("loss", "accuracy", "rewards/margins", "rewards/chosen", "rewards/rejected"), 0.0
-        )
-        device = next(model.parameters()).device
-        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
-            out = dpo_pairs(model, batch, cfg)
-            margins = out.chosen_rewards - out.rejected_rewards  # beta * h
-            sums["loss"] += out.losses.sum().item()
-            sums["accuracy"] += (margins > 0).sum().item()
-            sums["rewards/margins"] += margins.sum().item()
-            sums["rewards/chosen"] += out.chosen_rewards.sum().item()
-            sums["rewards/rejected"] += out.rejected_rewards.sum().item()
-        return {name: value / len(data.eval) for name, value in sums.items()}
+        margins = figures["rewards/chosen"].double() - figures["rewards/rejected"].double()
+        return {
+            "loss": figures["loss"].double().mean().item(),
+            "accuracy": (margins > 0).double().mean().item(),
+            "rewards/margins": margins.mean().item(),
+            "rewards/chosen": figures["rewards/chosen"].double().mean().item(),
+            "rewards/rejected": figures["rewards/rejected"].double().mean().item(),
+        }
 
     # 4. Fit, save model/ and summary.json.
     return fit_and_save(
@@ -275,7 +279,9 @@ def dpo(cfg: DPOConfig) -> RunResult:
         collate=collate,
         units=count_pairs,
         compute_loss=functools.partial(dpo_compute_loss, cfg=cfg),
-        evaluate=evaluate,
+        score=score,
+        summarize=summarize,
         desc="dpo" if cfg.loss_type == "sigmoid" else cfg.loss_type,
+        command="dpo",
         unit="pairs",
     )

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from rlxf.algos.offline import eval_batches, fit_and_save, read_and_tokenize
+from rlxf.algos.offline import fit_and_save, model_device, read_and_tokenize, to_device
 from rlxf.algos.preference import PreferenceRunConfig, load_policy, sequence_logps
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, DataError, Dataset, Truncation, pad_token_id
@@ -286,21 +286,21 @@ def kto(cfg: KTOConfig) -> RunResult:
     # 3. Loss: summed over the examples; the loop divides by the step's number of examples.
     collate = functools.partial(collate_unpaired, pad_id=pad_id)
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        """Held-out loss, KL estimate and implicit rewards (exact means over the held-out examples)."""
-        losses, rewards, labels, kls = [], [], [], []
-        device = next(model.parameters()).device
-        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
-            out = kto_batch(model, batch, cfg)
-            losses.append(out["losses"])
-            rewards.append(out["rewards"])
-            labels.append(batch["label"])
-            kls.append(out["kl"] * len(batch["label"]))
-        reward, label = torch.cat(rewards), torch.cat(labels)
-        metrics = {
-            "loss": torch.cat(losses).mean().item(),
-            "kl": (torch.stack(kls).sum() / len(data.eval)).item(),
+    def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Per held-out example: its loss, implicit reward and label, and its batch's KL estimate."""
+        batch = to_device(collate(examples), model_device(model))
+        out = kto_batch(model, batch, cfg)
+        return {
+            "loss": out["losses"].detach(),
+            "rewards": out["rewards"],
+            "label": batch["label"],
+            "kl": out["kl"].expand(len(examples)),  # the batch's z_ref, for each of its examples
         }
+
+    def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Held-out loss, KL estimate and implicit rewards (exact means over the held-out examples)."""
+        reward, label = figures["rewards"].double(), figures["label"]
+        metrics = {"loss": figures["loss"].double().mean().item(), "kl": figures["kl"].double().mean().item()}
         if label.any():
             metrics["rewards/chosen"] = reward[label].mean().item()
         if (~label).any():
@@ -319,6 +319,8 @@ def kto(cfg: KTOConfig) -> RunResult:
         collate=collate,
         units=count_examples,
         compute_loss=functools.partial(kto_compute_loss, cfg=cfg),
-        evaluate=evaluate,
+        score=score,
+        summarize=summarize,
         desc="kto",
+        command="kto",
     )

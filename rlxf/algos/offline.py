@@ -4,7 +4,7 @@ Each learner's entry function reads as data -> model -> loss -> fit::
 
     data = read_and_tokenize(cfg, "sft", tokenize)          # read, validate, hold out, tokenise
     model, precision = load_trainable_model(cfg)            # precision -> weight dtype, LoRA, dropout
-    ... compute_loss(model, batch), evaluate(model) over eval_batches(...) (the learner's own) ...
+    ... compute_loss(model, batch), held-out score(model, batch) and summarize(figures) (the learner's own) ...
     return fit_and_save(cfg, model=model, ..., desc="sft")  # train, save model/ and summary.json, tidy
 
 **Validation by default.** Without ``eval_data``, ``eval_split="auto"`` (the default) holds out a tenth
@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ from rlxf.models.load import disable_dropout, load_model, load_tokenizer, resolv
 from rlxf.models.precision import ResolvedPrecision, resolve_precision, weight_dtype
 from rlxf.models.registry import resolve_model
 from rlxf.train.checkpoint import finish_checkpoints
-from rlxf.train.loop import LossOutput, RunConfig, Trainer
+from rlxf.train.distributed import check_launch
+from rlxf.train.loop import HeldOut, LossOutput, RunConfig, Trainer
 from rlxf.train.run import RunDir, RunResult
 from rlxf.train.seed import seed_everything
 
@@ -141,16 +143,13 @@ def check_full_batch(
     )
 
 
-def eval_batches(
-    examples: Sequence[Any],
-    collate: Callable[[list[Any]], dict[str, Any]],
-    batch_size: int,
-    device: torch.device,
-) -> Iterator[dict[str, Any]]:
-    """The held-out examples in file order, collated ``batch_size`` at a time and moved to ``device``."""
-    for start in range(0, len(examples), batch_size):
-        batch = collate(list(examples[start : start + batch_size]))
-        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch with its tensors moved to ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -253,19 +252,30 @@ def fit_and_save(
     collate: Callable[[list[Any]], dict[str, Any]],
     units: Callable[[dict[str, Any]], int],
     compute_loss: Callable[[torch.nn.Module, dict[str, Any]], LossOutput],
-    evaluate: Callable[[torch.nn.Module], dict[str, float]],
+    score: Callable[[torch.nn.Module, list[Any]], dict[str, torch.Tensor]],
+    summarize: Callable[[dict[str, torch.Tensor]], dict[str, float]],
     desc: str,
+    command: str,
+    eval_batch_size: int | None = None,
     judge_by: str = "loss",
     unit: str = "examples",
     before_save: Callable[[Trainer, dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Train in the run folder ``cfg.out``, save ``model/`` and ``summary.json``, tidy the checkpoints.
 
-    ``evaluate`` runs only when there are ``eval_examples``; ``judge_by`` names the held-out metric the
-    run is judged by (:func:`held_out_warning`), ``unit`` what an example is (``pairs``). ``before_save``
-    may change the trained model (a reward model's centring and head description) before it is saved.
-    Everything a learner can check is checked before this is called, so bad input writes nothing.
+    The held-out evaluation (``score`` a batch of ``eval_examples``, ``summarize`` the figures of all:
+    :class:`~rlxf.train.loop.HeldOut`, in batches of ``eval_batch_size``, default ``train.micro_batch_size``)
+    runs only when there are ``eval_examples``; ``judge_by`` names the held-out metric the run is judged by
+    (:func:`held_out_warning`), ``unit`` what an example is (``pairs``). ``before_save`` may change the
+    trained model (a reward model's centring and head description) before it is saved. ``command`` names
+    the rlxf command in messages. Everything a learner can check is checked before this is called (the
+    launch too: :func:`~rlxf.train.distributed.check_launch`), so bad input writes nothing.
     """
+    check_launch(os.environ, command=command)  # before the run folder: a refused launch writes nothing
+    held_out = None
+    if eval_examples:
+        size = eval_batch_size or cfg.train.micro_batch_size
+        held_out = HeldOut(eval_examples, size, score, summarize)
     with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
         trainer = Trainer(
             cfg.train,
@@ -276,8 +286,9 @@ def fit_and_save(
             compute_loss=compute_loss,
             run=run,
             seed=cfg.seed,
-            evaluate=evaluate if eval_examples else None,
+            held_out=held_out,
             desc=desc,
+            command=command,
         )
         final = trainer.fit()
         if before_save is not None:
@@ -286,8 +297,9 @@ def fit_and_save(
             trainer.eval_start, trainer.eval_end, len(eval_examples), metric=judge_by, unit=unit
         )
         summary: dict[str, Any] = {}
+        to_save = trainer.model_to_save()  # every process: a sharded model is gathered
         if trainer.accelerator.is_main_process:
-            save_model(trainer.model, tokenizer, run.model_dir)
+            save_model(to_save, tokenizer, run.model_dir)
             summary = run.write_summary(
                 final, num_tokens=int(final.get("train_tokens", 0)), extra={"held_out": held_out}
             )

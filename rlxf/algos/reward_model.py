@@ -401,24 +401,40 @@ def reward_train(cfg: RewardTrainConfig) -> RunResult:
         losses = rating_mse_loss(predicted, batch["rating"])  # [B]
         return LossOutput(loss=losses.sum(), metrics={"mse": losses.mean().item()})
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        batch_size = 2 * cfg.train.micro_batch_size
+    eval_rows = 2 * cfg.train.micro_batch_size  # sequences per forward pass: a batch's chosen + rejected
+
+    def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Per held-out example: its head outputs (chosen and rejected, or the rated completion's)."""
         if objective == "preferences":
-            rows = [e["chosen_ids"] for e in eval_examples] + [e["rejected_ids"] for e in eval_examples]
-            outputs = score_sequences(model, rows, pad_id, batch_size)
-            n = len(eval_examples)
-            r_chosen, std = head.combine(outputs[:n])
-            r_rejected, _ = head.combine(outputs[n:])
-            margin = torch.tensor([float(e.get("margin", 0.0)) for e in eval_examples])
-            loss = bradley_terry_loss(outputs[:n], outputs[n:], margin[:, None] if margin_in_loss else None)
+            rows = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+            outputs = score_sequences(model, rows, pad_id, eval_rows)  # [2n, K]
+            margin = torch.tensor([float(e.get("margin", 0.0)) for e in examples])
+            return {
+                "chosen": outputs[: len(examples)],
+                "rejected": outputs[len(examples) :],
+                "margin": margin,
+            }
+        outputs = score_sequences(model, [e["input_ids"] for e in examples], pad_id, eval_rows)  # [n, K]
+        index = torch.tensor([e["aspect_index"] for e in examples])
+        return {
+            "predicted": outputs.gather(1, index[:, None]).squeeze(1),
+            "target": torch.tensor([e["rating"] for e in examples]),
+            "index": index,
+        }
+
+    def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Held-out loss, accuracy, ties and margins; or MSE, Spearman and Pearson (per aspect too)."""
+        if objective == "preferences":
+            chosen, rejected = figures["chosen"], figures["rejected"]
+            r_chosen, std = head.combine(chosen)
+            r_rejected, _ = head.combine(rejected)
+            margin = figures["margin"][:, None] if margin_in_loss else None
+            loss = bradley_terry_loss(chosen, rejected, margin)
             metrics = {"loss": loss.mean().item(), **preference_metrics(r_chosen, r_rejected)}
             if std is not None:
                 metrics["rewards/ensemble_std"] = std.mean().item()
             return metrics
-        outputs = score_sequences(model, [e["input_ids"] for e in eval_examples], pad_id, batch_size)
-        index = torch.tensor([e["aspect_index"] for e in eval_examples])
-        predicted = outputs.gather(1, index[:, None]).squeeze(1)
-        target = torch.tensor([e["rating"] for e in eval_examples])
+        predicted, target, index = figures["predicted"], figures["target"], figures["index"]
         metrics = rating_metrics(predicted, target)
         if len(head.labels) > 1:
             for k, aspect in enumerate(head.labels):
@@ -454,8 +470,10 @@ def reward_train(cfg: RewardTrainConfig) -> RunResult:
         collate=collate,
         units=lambda batch: int(batch["input_ids"].shape[0] // (2 if preferences else 1)),
         compute_loss=preference_loss if preferences else ratings_loss,
-        evaluate=evaluate,
+        score=score,
+        summarize=summarize,
         desc="reward",
+        command="reward train",
         judge_by="accuracy" if preferences else "mse",
         unit="pairs" if preferences else "rated examples",
         before_save=centre_and_describe,

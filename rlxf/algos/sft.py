@@ -53,10 +53,11 @@ import torch.nn.functional as F
 
 from rlxf.algos.offline import (
     check_full_batch,
-    eval_batches,
     fit_and_save,
     load_trainable_model,
+    model_device,
     read_and_tokenize,
+    to_device,
 )
 from rlxf.config import option
 from rlxf.data import (
@@ -225,17 +226,24 @@ def sft(cfg: SFTConfig) -> RunResult:
             hits = (logits[:, :-1].argmax(-1) == targets) & (targets != IGNORE_INDEX)
         return LossOutput(loss=loss, metrics={"token_accuracy": hits.sum().item() / max(count, 1)})
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        """Mean loss per completion token on the held-out examples, and its perplexity."""
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for batch in eval_batches(data.eval, collate, cfg.train.micro_batch_size, device):
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits
-            loss, n = sft_loss(logits, batch["labels"])
-            total, count = total + loss.item(), count + n
-        mean = total / count
+    def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Per held-out example: its summed completion-token loss and its completion-token count."""
+        batch = to_device(collate(examples), model_device(model))
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE_INDEX  # [batch, seq-1]
+        # as sft_loss, on the labelled positions only, then summed per example
+        losses = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")  # [N]
+        rows = mask.nonzero()[:, 0]  # the example of each labelled position
+        loss_sum = torch.zeros(len(examples), dtype=torch.float64, device=losses.device)
+        loss_sum.index_add_(0, rows, losses.double())
+        return {"loss_sum": loss_sum, "tokens": mask.sum(-1).double()}
+
+    def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean loss per completion token over the held-out examples, and its perplexity."""
+        mean = (figures["loss_sum"].sum() / figures["tokens"].sum()).item()
         return {"loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf}
 
     # 4. Fit, save model/ and summary.json.
@@ -248,6 +256,8 @@ def sft(cfg: SFTConfig) -> RunResult:
         collate=collate,
         units=count_label_tokens,
         compute_loss=compute_loss,
-        evaluate=evaluate,
+        score=score,
+        summarize=summarize,
         desc="sft",
+        command="sft",
     )

@@ -32,7 +32,11 @@ key it expected was found.
 Everything is stored with ``torch.save`` and read back with ``torch.load(weights_only=True)``: the
 ``extra`` dict must hold tensors and plain Python values (numbers, strings, lists, dicts, tuples).
 
-Only one process should save (under ``accelerate``, the main process, with the unwrapped model).
+Only one process saves (under ``accelerate``, the main process, with the unwrapped model). A sharded model
+(FSDP2, DeepSpeed ZeRO) is gathered first and its states given as ``model_state`` / ``optimizer_state``;
+``meta.json``'s ``layout`` says which (:func:`rlxf.train.distributed.checkpoint_layout`: ``replicated``,
+``fsdp2``, ``deepspeed-zero2`` ...), and :func:`load_checkpoint` refuses to resume a run in another layout
+(the optimizer state of one does not fit another).
 
 **A finished run** calls :func:`finish_checkpoints` once ``model/`` and ``summary.json`` are written: by
 default every checkpoint goes (the optimizer state is twice the model's size, and ``model/`` is what a
@@ -106,7 +110,7 @@ def _trainable_names(model: torch.nn.Module) -> tuple[set[str], set[str]]:
     return trainable, frozen
 
 
-def model_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+def model_state_of(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     """The model's state to checkpoint and its kind: ``"full"``, or ``"trainable"`` when some are frozen.
 
     ``"trainable"`` holds the trainable parameters and all buffers, not the frozen parameters.
@@ -210,6 +214,9 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     *,
     keep_last: int | None = 2,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    optimizer_state: Any = None,
+    layout: str = "replicated",
 ) -> Path:
     """Atomically write the checkpoint of ``step`` under ``ckpt_dir`` and return its folder.
 
@@ -224,6 +231,9 @@ def save_checkpoint(
             ``torch.Generator`` state, counters. Tensors and plain Python values only.
         keep_last: how many complete checkpoints to keep (the new one included); ``None`` keeps all.
             Older ones are deleted only after the new one is in place.
+        model_state, optimizer_state: a sharded model's gathered full state (then ``model`` and
+            ``optimizer`` are ``None``), stored as they are.
+        layout: how the states are laid out (module docstring), recorded in ``meta.json``.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -236,9 +246,16 @@ def save_checkpoint(
     name = checkpoint_name(step)
     tmp = ckpt_dir / f"{_TMP_PREFIX}{name}-{os.getpid()}"
     tmp.mkdir()
-    state, kind = model_state(model)
+    if model_state is not None:
+        state, kind = dict(model_state), "full"
+    elif model is not None:
+        state, kind = model_state_of(model)
+    else:
+        raise ValueError("save_checkpoint needs the model or its model_state")
     _save_file(state, tmp / MODEL_FILE)
-    if optimizer is not None:
+    if optimizer_state is not None:
+        _save_file(optimizer_state, tmp / OPTIMIZER_FILE)
+    elif optimizer is not None:
         _save_file(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     if scheduler is not None:
         _save_file(scheduler.state_dict(), tmp / SCHEDULER_FILE)
@@ -248,6 +265,7 @@ def save_checkpoint(
         "step": step,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_state": kind,
+        "layout": layout,
         "files": sorted(p.name for p in tmp.iterdir()),
     }
     write_text_atomic(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -305,6 +323,7 @@ def load_checkpoint(
     *,
     restore_rng: bool = True,
     map_location: Any = "cpu",
+    layout: str = "replicated",
 ) -> Checkpoint:
     """Restore the objects given from a checkpoint, and return its step and ``extra`` dict.
 
@@ -312,6 +331,9 @@ def load_checkpoint(
     case its :func:`latest_checkpoint` is loaded. Build the model, optimizer and scheduler exactly as
     the interrupted run did (same model reference, same options), then call this before the first step.
     With ``restore_rng`` (the default) the random generators continue where the saved run left them.
+    ``layout`` is the resuming run's (module docstring): a checkpoint of another layout is refused. A
+    sharded model's states are loaded by :func:`rlxf.train.distributed.load_sharded_state` (pass ``None``
+    for the model and optimizer here).
     """
     path = Path(path)
     if not (path / META_FILE).is_file():
@@ -320,6 +342,12 @@ def load_checkpoint(
             raise CheckpointError(f"no complete checkpoint in {path}")
         path = latest
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    saved_layout = meta.get("layout", "replicated")  # checkpoints from before layouts: one process or DDP
+    if saved_layout != layout:
+        raise CheckpointError(
+            f"{path} was written by a {saved_layout} run and this run is {layout}: the model and optimizer "
+            f"states do not carry over. Resume with the launch that started the run ({saved_layout})"
+        )
 
     if model is not None:
         target = _unwrap(model)

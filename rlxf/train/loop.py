@@ -24,19 +24,26 @@ Precision (``precision``): ``fp32``; ``bf16-mixed`` keeps fp32 weights and optim
 matmuls in bf16 under autocast (the default where bf16 is native: ~2.7x faster steps on an AVX-512 BF16
 CPU); ``bf16`` stores the weights in bf16 too (least memory; small updates can round away).
 
-Held-out data. When the learner gives an ``evaluate`` function, the loop evaluates before the first step
+Held-out data. When the learner gives a :class:`HeldOut`, the loop evaluates before the first step
 (logged at step 0: the untrained model's figures, what the end is compared with), every ``eval_every``
 steps, and after the last step (in that step's record); :attr:`Trainer.eval_start` and
-:attr:`Trainer.eval_end` hold the two ends. Which data is held out by default is the learners' business
-(:mod:`rlxf.algos.offline`).
+:attr:`Trainer.eval_end` hold the two ends. The held-out batches are dealt to the processes and their
+per-example figures gathered before the learner's ``summarize`` makes the metrics, so two processes
+evaluate half the set each and report what one process reports. Which data is held out by default is the
+learners' business (:mod:`rlxf.algos.offline`).
 
-Distribution goes through ``accelerate`` (DDP / FSDP / DeepSpeed when launched with ``accelerate
-launch``); on one CPU process it adds nothing but the autocast context.
+Distribution goes through ``accelerate`` (:func:`rlxf.train.distributed.build_accelerator`): DDP under
+``torchrun`` or ``accelerate launch``, FSDP2 and DeepSpeed ZeRO-1/2/3 with the configs of
+``configs/accelerate/``, on GPUs or on CPU (gloo); launches accelerate would silently run as something else
+are refused. A sharded model (FSDP2, DeepSpeed) is saved and checkpointed as full state dicts by the main
+process (:mod:`rlxf.train.distributed`). On one CPU process accelerate adds nothing but the autocast
+context.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -48,11 +55,24 @@ import torch
 from rlxf.config import option
 from rlxf.models.load import ModelConfig
 from rlxf.models.precision import Precision, autocast, resolve_precision
-from rlxf.train.checkpoint import load_checkpoint, save_checkpoint
+from rlxf.train.checkpoint import MODEL_FILE, OPTIMIZER_FILE, load_checkpoint, save_checkpoint
+from rlxf.train.distributed import (
+    LaunchError,
+    build_accelerator,
+    checkpoint_layout,
+    configure_deepspeed,
+    full_model_state,
+    full_optimizer_state,
+    load_sharded_state,
+    plain_model,
+    sharding_of,
+)
 from rlxf.train.metrics import read_metrics
 from rlxf.train.optim import ScheduleKind, build_optimizer, build_scheduler
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,6 +207,26 @@ class RunConfig:
             )
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """A learner's held-out evaluation; the loop splits it across processes.
+
+    The loop cuts ``examples`` (in file order) into batches of ``batch_size``, deals them to the processes
+    (batch ``b`` to process ``b % world``) and calls ``score(model, batch)`` on each of its own (eval mode,
+    no gradient, the training autocast). ``score`` returns per-example figures: tensors whose first
+    dimension is the batch's examples (a figure of the whole batch, like KTO's KL estimate, repeated for
+    each). The loop gathers every batch's figures, puts them back in file order, concatenates them and
+    calls ``summarize(figures)`` for the named metrics (means, correlations: anything of the whole set),
+    the same on every process. Each batch is the batch one process makes, so N processes report what one
+    reports, to float rounding.
+    """
+
+    examples: Sequence[Any]
+    batch_size: int
+    score: Callable[[torch.nn.Module, list[Any]], dict[str, torch.Tensor]]
+    summarize: Callable[[dict[str, torch.Tensor]], dict[str, float]]
+
+
 @dataclass
 class LossOutput:
     """What a learner's ``compute_loss`` returns for one micro-batch."""
@@ -209,22 +249,22 @@ class Trainer:
         compute_loss: Callable[[torch.nn.Module, dict[str, Any]], LossOutput],
         run: RunDir,
         seed: int,
-        evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        held_out: HeldOut | None = None,
         desc: str = "train",
+        command: str = "train",
     ) -> None:
-        from accelerate import Accelerator
-
         device = next(model.parameters()).device
         self.precision = resolve_precision(cfg.precision, device)
         # Autocast is ours, not accelerate's `mixed_precision`: accelerate's state is a per-process
         # singleton, and a pipeline (or a test session) runs several trainers with different precisions.
-        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.accelerator = build_accelerator(device, command=command)
+        self.sharding = sharding_of(self.accelerator)
         self.cfg = cfg
         self.examples = examples
         self.collate = collate
         self.units = units
         self.compute_loss = compute_loss
-        self.evaluate = evaluate
+        self.held_out = held_out
         self.run = run
         self.seed = seed
         self.desc = desc
@@ -248,10 +288,30 @@ class Trainer:
         self.total_steps = cfg.max_steps or math.ceil(cfg.num_epochs * self.steps_per_epoch)
         self.warmup_steps = round(cfg.warmup_ratio * self.total_steps)
 
-        self.model = model  # the unwrapped module: what checkpoints and saving see
+        if self.sharding != "none":
+            if any(not p.requires_grad for p in model.parameters()):
+                raise LaunchError(
+                    f"{self.sharding} with frozen parameters (LoRA) is not supported: train LoRA with data "
+                    "parallelism (configs/accelerate/ddp.yaml or torchrun)"
+                )
+            if self.precision == "bf16":
+                raise LaunchError(
+                    f"{self.sharding} keeps fp32 weights: use train.precision=bf16-mixed (or fp32), not bf16"
+                )
+        if self.sharding == "deepspeed":
+            configure_deepspeed(
+                self.accelerator, per_process_batch=per_process, max_grad_norm=cfg.max_grad_norm
+            )
+        # what saving a sharded model builds its unsharded copy from (FSDP2 changes the module's class)
+        self.model_class, self.model_config = type(model), getattr(model, "config", None)
+
+        if world > 1:
+            logger.info(f"training on {world} processes: {checkpoint_layout(self.accelerator)}")
+        self.model = model  # the unwrapped module: what checkpoints, saving and evaluation see
         optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
         self.scheduler = build_scheduler(optimizer, cfg.lr_schedule, self.warmup_steps, self.total_steps)
-        # The scheduler stays ours (stepped once per optimizer step whatever the number of processes).
+        # The scheduler stays ours (stepped once per optimizer step whatever the number of processes; under
+        # DeepSpeed it sets the learning rate of the optimizer the ZeRO optimizer wraps).
         self.wrapped, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -300,12 +360,19 @@ class Trainer:
         for i, batch in enumerate(batches):
             # Gradients are all-reduced only on the last micro-batch of the step (no_sync before it).
             last = i == len(batches) - 1
+            if self.sharding == "deepspeed":
+                # The engine, not accelerator.backward (which would step after every micro-batch unless in
+                # accelerate's own accumulation): the step ends at the loop's last micro-batch.
+                self.wrapped.set_gradient_accumulation_boundary(last)
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.wrapped):
                 with self.autocast():
                     out = self.compute_loss(self.wrapped, batch)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"step {step + 1}: the loss is {out.loss.item()} (not finite)")
-                self.accelerator.backward(out.loss * scale)
+                if self.sharding == "deepspeed":
+                    self.wrapped.backward(out.loss * scale)
+                else:
+                    self.accelerator.backward(out.loss * scale)
             batch_units = self.units(batch)
             loss_sum += out.loss.item()
             for name, value in out.metrics.items():
@@ -314,10 +381,14 @@ class Trainer:
                 tokens += int(batch["attention_mask"].sum())
 
         grad_norm = None
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        if self.sharding == "deepspeed":
+            self.wrapped.step()  # clips (gradient_clipping = max_grad_norm) and updates
+            if self.cfg.max_grad_norm > 0:
+                grad_norm = self.wrapped.get_global_grad_norm()  # before clipping, as clip_grad_norm_'s
+        elif self.cfg.max_grad_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()  # under DeepSpeed accelerate's wrapper does nothing: the engine stepped
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -345,11 +416,9 @@ class Trainer:
         """
         start_step = 0
         if self.run.resume_checkpoint is not None:
-            start_step = load_checkpoint(
-                self.run.resume_checkpoint, self.model, self.optimizer, self.scheduler
-            ).step
+            start_step = self._restore(self.run.resume_checkpoint)
         cadence = Cadence.of(self.cfg, self.total_steps)
-        if self.evaluate is not None:
+        if self.held_out is not None:
             if start_step == 0:
                 self.eval_start = self._evaluate()
                 self.run.log(0, self.eval_start)
@@ -367,7 +436,7 @@ class Trainer:
             metrics["tokens_per_s"] = tokens / max(time.perf_counter() - step_start, 1e-9)
             metrics["epoch"] = (step + 1) / self.steps_per_epoch
             done = step + 1
-            if self.evaluate is not None and (cadence.evaluate(done) or done == self.total_steps):
+            if self.held_out is not None and (cadence.evaluate(done) or done == self.total_steps):
                 metrics.update(self._evaluate())
             if cadence.log(done):
                 self.run.log(done, metrics)
@@ -376,9 +445,9 @@ class Trainer:
             progress.update(1, {"loss": metrics["loss"]})
             last = metrics
         progress.close()
-        if self.evaluate is not None and start_step >= self.total_steps:
+        if self.held_out is not None and start_step >= self.total_steps:
             last.update(self._evaluate())  # nothing left to train: its record is logged already
-        if self.evaluate is not None:
+        if self.held_out is not None:
             self.eval_end = {k: v for k, v in last.items() if k.startswith("eval/")}
         if start_step < self.total_steps:
             self.save(self.total_steps)
@@ -394,22 +463,95 @@ class Trainer:
         return None
 
     def _evaluate(self) -> dict[str, float]:
-        """The learner's held-out metrics, named ``eval/...``."""
+        """The learner's held-out metrics, named ``eval/...``: this process's share of the batches, the
+        figures of all of them gathered (:class:`HeldOut`)."""
+        from accelerate.utils import gather_object
+
+        held_out = self.held_out
+        size = held_out.batch_size
+        starts = list(range(0, len(held_out.examples), size))
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        mine = starts[rank::world]
+        # A sharded model gathers its weights in every forward, which every process must join: each runs
+        # as many forwards as the busiest one, scoring its first batch again for nothing when it has fewer.
+        # DDP and one process run their own batches on the unwrapped model (no collective in its forward).
+        rounds = math.ceil(len(starts) / world) if self.sharding != "none" else len(mine)
+        scored: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.wrapped.eval()
         with torch.no_grad(), self.autocast():
-            result = self.evaluate(self.model)
+            for k in range(rounds):
+                start = mine[k] if k < len(mine) else starts[0]
+                figures = held_out.score(self.model, list(held_out.examples[start : start + size]))
+                if k < len(mine):
+                    scored.append((start, {name: value.detach().cpu() for name, value in figures.items()}))
         self.wrapped.train()
+        if world > 1:
+            scored = gather_object(scored)
+        scored.sort(key=lambda item: item[0])
+        names = scored[0][1].keys()
+        result = held_out.summarize(
+            {name: torch.cat([figures[name] for _, figures in scored]) for name in names}
+        )
         return {f"eval/{k}": v for k, v in result.items()}
 
+    # ------------------------------------------------------------------------------------------ state
+
+    def _restore(self, path) -> int:
+        """Load the checkpoint ``path`` into the model, optimizer, scheduler and generators; its step."""
+        layout = checkpoint_layout(self.accelerator)
+        if self.sharding == "none":
+            return load_checkpoint(path, self.model, self.optimizer, self.scheduler, layout=layout).step
+        checkpoint = load_checkpoint(path, None, None, self.scheduler, layout=layout)
+        load_sharded_state(
+            self.accelerator,
+            self.wrapped,
+            self.optimizer,
+            checkpoint.path / MODEL_FILE,
+            checkpoint.path / OPTIMIZER_FILE,
+        )
+        return checkpoint.step
+
     def save(self, step: int) -> None:
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.run.checkpoints_dir,
-                step,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                extra={"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps},
-                keep_last=self.cfg.keep_last,
-            )
+        """Checkpoint ``step``: the main process writes; a sharded model's state is gathered to it first."""
+        extra = {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
+        layout = checkpoint_layout(self.accelerator)
+        if self.sharding == "none":
+            if self.accelerator.is_main_process:
+                save_checkpoint(
+                    self.run.checkpoints_dir,
+                    step,
+                    self.model,
+                    self.optimizer,
+                    self.scheduler,
+                    extra=extra,
+                    keep_last=self.cfg.keep_last,
+                    layout=layout,
+                )
+        else:
+            model_state = full_model_state(self.accelerator, self.wrapped)
+            optimizer_state = full_optimizer_state(self.accelerator, self.wrapped, self.optimizer)
+            if self.accelerator.is_main_process:
+                save_checkpoint(
+                    self.run.checkpoints_dir,
+                    step,
+                    None,
+                    None,
+                    self.scheduler,
+                    extra=extra,
+                    keep_last=self.cfg.keep_last,
+                    model_state=model_state,
+                    optimizer_state=optimizer_state,
+                    layout=layout,
+                )
         self.accelerator.wait_for_everyone()
+
+    def model_to_save(self) -> torch.nn.Module | None:
+        """The trained model as ``save_model`` takes it, on the main process (``None`` on the others): the
+        model itself, or for a sharded one an unsharded copy of its gathered full state dict. Every process
+        must call it."""
+        if self.sharding == "none":
+            return self.model if self.accelerator.is_main_process else None
+        state = full_model_state(self.accelerator, self.wrapped)
+        if not self.accelerator.is_main_process:
+            return None
+        return plain_model(self.model_class, self.model_config, state, like=self.model)
