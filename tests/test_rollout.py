@@ -85,6 +85,23 @@ def test_samples_are_grouped_by_prompt_and_padding_is_consistent(engine):
         assert (batch.logprobs[i, kept:] == 0).all()
 
 
+def test_a_row_samples_the_same_whatever_its_batch_or_shard(engine):
+    # Each row draws from its own (seed, row) stream: the generation batch size, and generating a shard of
+    # the rows on its own (as a data-parallel process does, with row_offset), change nothing.
+    sampling = SamplingConfig(max_new_tokens=12, n=2, batch_size=6)
+    whole = engine.generate(PROMPTS, sampling, seed=5)
+    one_by_one = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=12, n=2, batch_size=1), seed=5)
+    assert one_by_one.completions == whole.completions
+    shard = engine.generate(PROMPTS[1:], sampling, seed=5, row_offset=2)  # rows 2..5: prompts 1 and 2
+    assert shard.completions == whole.completions[2:]
+    kept = shard.completion_mask.bool()
+    width = shard.completion_ids.shape[1]
+    assert torch.equal(shard.completion_ids[kept], whole.completion_ids[2:, :width][kept])
+    assert torch.allclose(shard.logprobs[kept], whole.logprobs[2:, :width][kept], atol=1e-5)
+    # the same prompts at another offset are other rows, so they sample otherwise
+    assert engine.generate(PROMPTS[1:], sampling, seed=5).completions != shard.completions
+
+
 def test_greedy_is_deterministic_without_a_seed(engine):
     sampling = SamplingConfig(max_new_tokens=10, temperature=0.0)
     assert engine.generate(PROMPTS, sampling).completions == engine.generate(PROMPTS, sampling).completions

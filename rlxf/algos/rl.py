@@ -70,10 +70,22 @@ Metrics: :data:`RL_METRICS` per step (``value/*`` with ``estimator=ppo``, ``kl``
 step 0, every ``train.eval_every`` steps and at the end, with their samples in
 ``samples/step-NNNNNN.jsonl``; docs/rl.md says what each means.
 
+Data parallel (``torchrun`` / ``accelerate launch``, DDP). With ``W`` processes, process ``r`` takes the
+prompts ``r*k .. (r+1)*k - 1`` of the step (``k = prompts_per_step / W``), so each prompt's group of ``n``
+samples stays on one process, and generates them with the row numbers they have in the whole batch (the
+engine's per-row random streams: the same tokens as one process would sample). Everything that spans the
+batch is computed over the whole step's rows, gathered from every process: reward normalisation (batch or
+running statistics), the whitening of PPO's and REINFORCE++'s advantages, the logged reward statistics.
+In the update every normaliser (tokens or sequences of a mini-batch) is the global count, summed over the
+processes, and DDP averages the gradients; so a step on ``W`` processes equals a step on one at the same
+``prompts_per_step`` (a test checks weights and logged metrics). One difference: with mini-batches smaller
+than the rollout batch each process shuffles its own rows, so which rows share a mini-batch depends on
+``W`` (as in TRL and OpenRLHF). Only the main process writes (metrics, samples, checkpoints, the model).
+FSDP and DeepSpeed are not supported by this trainer yet: generation needs the whole policy on each process.
+
 Left out: process (per-step) rewards, PPO-ptx (a pre-training loss mixed in), value-head pre-training
-warm-up, entropy bonus, asynchronous / off-policy rollouts, multiple processes for generation (vLLM and
-Ray are separate engines), and reward-model ensembles' uncertainty penalty beyond what the reward source
-offers.
+warm-up, entropy bonus, asynchronous / off-policy rollouts, and reward-model ensembles' uncertainty penalty
+beyond what the reward source offers.
 """
 
 from __future__ import annotations
@@ -83,7 +95,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -331,6 +343,20 @@ class RLConfig:
         return self.num_steps * self.updates_per_step
 
 
+def check_world_size(cfg: RLConfig, world: int) -> None:
+    """Raise unless a step's prompts and each mini-batch split evenly over ``world`` processes (every
+    process must run the same number of micro-batches: DDP all-reduces at the same points)."""
+    if world == 1:
+        return
+    mini = cfg.mini_batch_size or cfg.rollout_batch_size
+    if cfg.prompts_per_step % world or mini % world or (mini // world) % cfg.micro_batch_size:
+        raise ValueError(
+            f"on {world} processes, prompts_per_step ({cfg.prompts_per_step}) must be a multiple of {world} "
+            f"(each process samples whole groups), and each mini-batch of {mini} completions must split "
+            f"into {world} equal shares that are multiples of micro_batch_size ({cfg.micro_batch_size})"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -453,12 +479,21 @@ class RLTrainer:
     """Rollout -> reward -> advantages -> clipped updates, ``num_steps`` times (module docstring)."""
 
     def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any) -> None:
+        from accelerate import Accelerator
+
         self.cfg = cfg
         self.run = run
         train_set, eval_set = load_prompt_sets(cfg)
         self.reward_source = reward_source
         seed_everything(cfg.seed)
-        self.precision = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
+        device = resolve_device(cfg.model.device)
+        self.precision = resolve_precision(cfg.train.precision, device)
+        # This process's place in a torchrun / accelerate launch (rank 0 of 1 alone). Precision stays ours
+        # (autocast), as in the offline loop.
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        check_world_size(cfg, self.world)
         model_cfg = copy.deepcopy(cfg.model)
         model_cfg.dtype = weight_dtype(self.precision)  # type: ignore[assignment]
         self.policy, self.tokenizer = load_model(model_cfg, trainable=True)
@@ -514,6 +549,17 @@ class RLTrainer:
             )
         self.steps_per_epoch = len(self.train_prompts) // cfg.prompts_per_step
         self.engine = HFEngine(self.policy, self.tokenizer)
+        # What the loss's forward passes go through: DDP wrappers on several processes (their backward
+        # all-reduces the gradients), the modules themselves on one. Generation, no-grad passes and
+        # checkpoints use the modules (the wrappers share their parameters).
+        self.train_policy = self.accelerator.prepare_model(self.policy)
+        self.train_value_head = (
+            self.accelerator.prepare_model(self.value_head) if self.value_head is not None else None
+        )
+        self.train_critic = self.accelerator.prepare_model(self.critic) if self.critic is not None else None
+        self.wrapped = [
+            m for m in (self.train_policy, self.train_value_head, self.train_critic) if m is not None
+        ]
 
         # One AdamW over the policy and the critic (own learning rate), one schedule for both.
         self.modules = torch.nn.ModuleDict({"policy": self.policy})
@@ -551,6 +597,51 @@ class RLTrainer:
         s = self.cfg.sampling
         return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0
 
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def local_rows(self, rows: int) -> slice:
+        """This process's share of a step's ``rows`` (rows of the whole batch, grouped by prompt)."""
+        share = rows // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """``[B, ...]``: every process's ``[b, ...]`` rows in rank order, the completion axis (dim 1, if
+        any) padded with 0 to the widest process's; on one process the tensor itself."""
+        if self.world == 1:
+            return local
+        from accelerate.utils import pad_across_processes
+
+        if local.dim() > 1:
+            local = pad_across_processes(local, dim=1, pad_index=0)
+        return self.accelerator.gather(local.contiguous())
+
+    def over_global_batch(self, fn: Callable[..., torch.Tensor], *local: torch.Tensor) -> torch.Tensor:
+        """``fn`` applied to the whole step's rows (gathered from every process), cut back to this process's
+        rows and completion width: a statistic over the batch (whitening) is the one process's."""
+        if self.world == 1:
+            return fn(*local)
+        rows, width = local[0].shape[0], local[0].shape[1]
+        out = fn(*(self.gather_rows(t) for t in local))
+        return out[self.local_rows(rows * self.world), :width]
+
+    def mean_over_processes(self, metrics: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
+        """``metrics`` with ``keys`` averaged over the processes (every process holds as many rows, so the
+        mean of the processes' means is the batch's mean). One all-reduce, in float64."""
+        keys = [k for k in keys if k in metrics]
+        if self.world == 1 or not keys:
+            return metrics
+        local = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        total = self.accelerator.reduce(local, reduction="sum")
+        return {**metrics, **{k: v / self.world for k, v in zip(keys, total.tolist())}}
+
+    def sum_over_processes(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        total = torch.tensor(value, dtype=torch.float64, device=self.device)
+        return float(self.accelerator.reduce(total, reduction="sum"))
+
     def step_prompts(self, step: int) -> list[str]:
         """The prompts of ``step`` (deterministic in ``step``: epoch ``e`` visits them in ``randperm(seed+e)``)."""
         epoch, position = divmod(step, self.steps_per_epoch)
@@ -560,12 +651,31 @@ class RLTrainer:
         size = self.cfg.prompts_per_step
         return [self.train_prompts[i] for i in order[position * size : (position + 1) * size].tolist()]
 
-    def sample(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+    def sample(
+        self, prompts: list[str], sampling: SamplingConfig, seed: int, row_offset: int = 0
+    ) -> RolloutBatch:
         self.policy.eval()
         with torch.no_grad(), self.autocast():
-            batch = self.engine.generate(prompts, sampling, seed=seed)
+            batch = self.engine.generate(prompts, sampling, seed=seed, row_offset=row_offset)
         self.policy.train()
         return batch.to(self.device)
+
+    def pad_to_global_widths(self, batch: RolloutBatch) -> RolloutBatch:
+        """Pad this process's rows to the whole step's prompt and completion widths, so every forward pass
+        has the shapes one process would run (bf16 kernels round differently at other shapes)."""
+        if self.world == 1:
+            return batch
+        from accelerate.utils import pad_across_processes
+
+        pad = self.engine.pad_token_id
+        return dataclasses.replace(
+            batch,
+            prompt_ids=pad_across_processes(batch.prompt_ids, dim=1, pad_index=pad, pad_first=True),
+            prompt_mask=pad_across_processes(batch.prompt_mask, dim=1, pad_index=0, pad_first=True),
+            completion_ids=pad_across_processes(batch.completion_ids, dim=1, pad_index=pad),
+            completion_mask=pad_across_processes(batch.completion_mask, dim=1, pad_index=0),
+            logprobs=pad_across_processes(batch.logprobs, dim=1, pad_index=0),
+        )
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         # batch.prompts holds each row's own prompt text (prompts x samples rows), aligned with completions.
@@ -629,7 +739,16 @@ class RLTrainer:
             stats["kl"] = k1.sum(-1).mean().item()  # nats per completion: sum over tokens, mean over rows
             kl_tokens = kl_estimate(rollout_logprobs, ref_logprobs, cfg.kl.estimator) * mask
 
-        shaped = shape_rewards(rewards, list(batch.finish_reasons), cfg.shaping, self.reward_stats)  # [B]
+        # Shaping normalises over the whole step's rewards (and updates the running statistics with all of
+        # them, identically on every process): gathered, shaped, this process's rows kept.
+        all_rewards = self.gather_rows(rewards)  # [B_global]
+        all_reasons = list(batch.finish_reasons)
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            all_reasons = gather_object(all_reasons)
+        shaped_all = shape_rewards(all_rewards, all_reasons, cfg.shaping, self.reward_stats)  # [B_global]
+        shaped = shaped_all[self.local_rows(len(shaped_all))]  # [B]
         beta = self.kl_ctl.value
         in_reward = kl_tokens is not None and cfg.kl.placement == "reward"
         n = cfg.sampling.n
@@ -639,10 +758,14 @@ class RLTrainer:
             token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
             advantages, returns = gae_advantages(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask) * mask  # normaliser per batch: all real tokens
+                # normaliser per batch: all real tokens of the step, on every process
+                advantages = self.over_global_batch(masked_whiten, advantages, mask) * mask
         elif cfg.estimator == "reinforce++":
             token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
-            advantages = reinforce_pp_advantages(token_rewards, mask, cfg.gamma)  # whitened over the batch
+            # whitened over the whole step's tokens, on every process
+            advantages = self.over_global_batch(
+                lambda r, m: reinforce_pp_advantages(r, m, cfg.gamma), token_rewards, mask
+            )
         else:
             # Outcome-level estimators: one scalar per completion, the KL penalty folded into it.
             sequence_rewards = shaped - beta * kl_tokens.sum(-1) if in_reward else shaped  # [B]
@@ -651,8 +774,12 @@ class RLTrainer:
             else:
                 per_sequence = rloo_advantages(sequence_rewards, n)  # [B]
             advantages = per_sequence.unsqueeze(-1) * mask  # [B, C]: the same for every token
-        stats["reward/shaped_mean"] = shaped.mean().item()
-        stats["advantages/mean"] = masked_mean(advantages, mask).item()
+        stats = self.mean_over_processes(stats, ["kl"])  # equal rows per process: the batch's mean
+        stats["reward/shaped_mean"] = shaped_all.mean().item()
+        # mean over the step's real tokens: sums over the processes, then one division
+        stats["advantages/mean"] = self.sum_over_processes((advantages * mask).sum().item()) / max(
+            self.sum_over_processes(mask.sum().item()), 1.0
+        )
         exp = Experience(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -673,13 +800,13 @@ class RLTrainer:
         cfg = self.cfg
         mask = exp.completion_mask[rows]
         out = policy_forward(
-            self.policy,
+            self.train_policy,
             exp.input_ids[rows],
             exp.attention_mask[rows],
             exp.prompt_width,
             cfg.sampling.temperature,
             with_entropy=True,
-            value_head=self.value_head,
+            value_head=self.train_value_head,
         )
         # On-policy (one update per batch): pi_old = pi, so the ratio is 1 with the gradient of log pi.
         old = exp.old_logprobs[rows] if exp.old_logprobs is not None else out.logprobs.detach()
@@ -696,7 +823,7 @@ class RLTrainer:
         if cfg.estimator == "ppo":
             if self.critic is not None:
                 values = critic_forward(
-                    self.critic, exp.input_ids[rows], exp.attention_mask[rows], exp.prompt_width
+                    self.train_critic, exp.input_ids[rows], exp.attention_mask[rows], exp.prompt_width
                 )
             else:
                 values = out.values
@@ -705,12 +832,48 @@ class RLTrainer:
             stats["value/explained_variance"] = explained_variance(values.detach(), exp.returns[rows], mask)
         return per_token, value_loss, stats
 
-    def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """``ppo_epochs`` passes of mini-batch optimizer steps over the experience; mean statistics."""
+    def no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        """Hold back DDP's gradient all-reduce (``skip``) for a micro-batch that is not a mini-batch's last."""
+        stack = contextlib.ExitStack()
+        if skip:
+            for module in self.wrapped:
+                stack.enter_context(self.accelerator.no_sync(module))
+        return stack
+
+    def backward(
+        self, sub: Experience, rows: slice, units: float, value_units: float, step: int
+    ) -> dict[str, Any]:
+        """Forward and backward of one micro-batch of a mini-batch whose aggregate has ``units`` (policy)
+        and ``value_units`` (critic) on all processes together; the micro-batch's statistics."""
         cfg = self.cfg
-        rows = len(exp.input_ids)
-        mini = cfg.mini_batch_size or rows
-        norm_length = cfg.sampling.max_new_tokens
+        mask = sub.completion_mask[rows]
+        with self.autocast():
+            policy_tokens, value_tokens, stats = self.loss_terms(sub, rows)
+        numerator, micro_units = aggregate_sum(
+            policy_tokens, mask, cfg.loss_aggregation, cfg.sampling.max_new_tokens
+        )
+        # This micro-batch's share of the mini-batch's mean over every process's units, times W: DDP
+        # averages the processes' gradients, and the mean must be of their sum.
+        loss = numerator * self.world / units
+        stats["policy/loss"] = numerator.detach() / max(micro_units, 1.0)
+        if value_tokens is not None:
+            value_numerator, value_micro_units = aggregate_sum(value_tokens, mask, "token-mean")
+            # Normaliser per token of the mini-batch: the critic regresses every token's return.
+            loss = loss + cfg.critic.vf_coef * value_numerator * self.world / max(value_units, 1.0)
+            stats["value/loss"] = value_numerator.detach() / max(value_micro_units, 1.0)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()} (not finite)")
+        loss.backward()
+        return stats
+
+    def update(self, exp: Experience, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes of mini-batch optimizer steps over the experience; mean statistics.
+
+        ``exp`` holds this process's rows; a mini-batch is ``mini_batch_size / W`` of them on each of the
+        ``W`` processes."""
+        cfg = self.cfg
+        rows = len(exp.input_ids)  # this process's rows
+        mini = (cfg.mini_batch_size or cfg.rollout_batch_size) // self.world  # this process's share
         sums: dict[str, float] = {}
         count = 0
         for epoch in range(cfg.ppo_epochs):
@@ -720,34 +883,24 @@ class RLTrainer:
             for start in range(0, rows, mini):
                 idx = order[start : start + mini].sort().values  # [mini]
                 sub = _index_experience(exp, idx)
-                # Normaliser: the units (tokens or sequences) of the whole mini-batch, counted up front, so
-                # accumulating micro-batches gives the gradient of the mini-batch's aggregate exactly.
-                units = aggregate_units(sub.completion_mask, cfg.loss_aggregation)
-                value_units = aggregate_units(sub.completion_mask, "token-mean")
+                # Normaliser: the units (tokens or sequences) of the whole mini-batch on every process,
+                # counted up front, so accumulating micro-batches (and DDP's average over processes, undone
+                # by the factor W) gives the gradient of the mini-batch's aggregate exactly.
+                units = self.sum_over_processes(aggregate_units(sub.completion_mask, cfg.loss_aggregation))
+                value_units = self.sum_over_processes(aggregate_units(sub.completion_mask, "token-mean"))
                 micro_stats: dict[str, float] = {}
-                for s in self._chunks(len(idx)):
-                    mask = sub.completion_mask[s]
-                    with self.autocast():
-                        policy_tokens, value_tokens, stats = self.loss_terms(sub, s)
-                    numerator, micro_units = aggregate_sum(
-                        policy_tokens, mask, cfg.loss_aggregation, norm_length
-                    )
-                    loss = numerator / units  # this micro-batch's share of the mini-batch's mean
-                    stats["policy/loss"] = numerator.detach() / max(micro_units, 1.0)
-                    if value_tokens is not None:
-                        value_numerator, value_micro_units = aggregate_sum(value_tokens, mask, "token-mean")
-                        # Normaliser per token of the mini-batch: the critic regresses every token's return.
-                        loss = loss + cfg.critic.vf_coef * value_numerator / max(value_units, 1.0)
-                        stats["value/loss"] = value_numerator.detach() / max(value_micro_units, 1.0)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()} (not finite)")
-                    loss.backward()
+                chunks = self._chunks(len(idx))
+                for i, s in enumerate(chunks):
+                    # Gradients are all-reduced once per mini-batch, on its last micro-batch.
+                    with self.no_sync(i < len(chunks) - 1):
+                        stats = self.backward(sub, s, units, value_units, step)
                     share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
                     for k, v in stats.items():
                         micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
                 if cfg.train.max_grad_norm > 0:
                     # Policy and critic are clipped apart (as with two optimizers): a large value-loss
-                    # gradient early in training must not shrink the policy's step.
+                    # gradient early in training must not shrink the policy's step. The gradients are
+                    # all-reduced already, so the norms are global.
                     micro_stats["grad_norm"] = float(
                         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
                     )
@@ -764,7 +917,11 @@ class RLTrainer:
                 for k, v in micro_stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-        return {k: v / count for k, v in sums.items()}
+        means = {k: v / count for k, v in sums.items()}
+        # grad norms and lr are global already; the rest are means over this process's rows
+        return self.mean_over_processes(
+            means, [k for k in means if k not in ("grad_norm", "value/grad_norm", "lr")]
+        )
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -774,25 +931,52 @@ class RLTrainer:
         if not self.eval_prompts:
             return {}
         sampling = self.cfg.eval_sampling or dataclasses.replace(self.cfg.sampling, n=1)
-        batch = self.sample(self.eval_prompts, sampling, seed=self.cfg.seed + 10**9)
-        rewards = self.score(batch)
-        mask = batch.completion_mask.float()
+        # Each process samples and scores a contiguous share of the held-out prompts (with their rows'
+        # numbers in the whole set, so the samples are one process's); the rows are then gathered and
+        # every figure is computed over all of them.
+        count = len(self.eval_prompts)
+        first, last = self.rank * count // self.world, (self.rank + 1) * count // self.world
+        rows: list[dict[str, Any]] = []
+        if last > first:
+            batch = self.sample(
+                self.eval_prompts[first:last],
+                sampling,
+                seed=self.cfg.seed + 10**9,
+                row_offset=first * sampling.n,
+            )
+            rewards = self.score(batch)
+            mask = batch.completion_mask.float()  # [b, C]
+            kl = None
+            if self.needs_reference:
+                logprobs = self.no_grad_logprobs(self.policy, batch)
+                kl = (kl_k1(logprobs, self.reference_logprobs(batch)) * mask).sum(-1).tolist()  # [b] nats
+            for i in range(len(batch)):
+                rows.append(
+                    {
+                        "prompt": batch.prompts[i],
+                        "completion": batch.completions[i],
+                        "reward": rewards[i].item(),
+                        "finish_reason": batch.finish_reasons[i],
+                        "length": mask[i].sum().item(),
+                        **({"kl": kl[i]} if kl is not None else {}),
+                    }
+                )
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)  # in rank order: the prompts' order
+        rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float32)
         metrics = {
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            "response_len/mean": mask.sum(-1).mean().item(),
-            "repetition": sum(repeats_ngram(t, 3, 3) for t in batch.completions) / len(batch),
+            "response_len/mean": sum(r.pop("length") for r in rows) / len(rows),
+            "repetition": sum(repeats_ngram(r["completion"], 3, 3) for r in rows) / len(rows),
         }
         if self.needs_reference:
-            logprobs = self.no_grad_logprobs(self.policy, batch)
-            ref = self.reference_logprobs(batch)
-            metrics["kl"] = (kl_k1(logprobs, ref) * mask).sum(-1).mean().item()
-        self.samples_dir.mkdir(exist_ok=True)
-        rows = [
-            {"prompt": p, "completion": c, "reward": r, "finish_reason": f}
-            for p, c, r, f in zip(batch.prompts, batch.completions, rewards.tolist(), batch.finish_reasons)
-        ]
-        write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
+            metrics["kl"] = sum(r.pop("kl") for r in rows) / len(rows)
+        if self.is_main:
+            self.samples_dir.mkdir(exist_ok=True)
+            write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     # ------------------------------------------------------------------------------------------ loop
@@ -800,29 +984,41 @@ class RLTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        batch = self.sample(self.step_prompts(step), cfg.sampling, seed=cfg.seed * 1_000_003 + step)
+        prompts = self.step_prompts(step)[self.local_rows(cfg.prompts_per_step)]  # whole groups per process
+        first_row = self.local_rows(cfg.prompts_per_step).start * cfg.sampling.n
+        batch = self.sample(prompts, cfg.sampling, seed=cfg.seed * 1_000_003 + step, row_offset=first_row)
+        batch = self.pad_to_global_widths(batch)
         t1 = time.perf_counter()
-        rewards = self.score(batch)
+        rewards = self.score(batch)  # [b]: this process's rows
         t2 = time.perf_counter()
         exp, stats = self.make_experience(batch, rewards)
         update_stats = self.update(exp, step)
         t3 = time.perf_counter()
-        if "kl" in stats:
-            self.kl_ctl.update(stats["kl"], len(batch))
+        if "kl" in stats:  # the step's KL, over all processes, and all its rows
+            self.kl_ctl.update(stats["kl"], cfg.rollout_batch_size)
+        all_rewards = self.gather_rows(rewards)  # [B]
         mask = batch.completion_mask
-        tokens = int(batch.attention_mask.sum())
-        metrics = {
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            **stats,
-            "kl_coef": self.kl_ctl.value,
-            **update_stats,
+        local = {
             "response_len/mean": mask.sum(-1).float().mean().item(),
             "response/truncated": sum(f == "length" for f in batch.finish_reasons) / len(batch),
-            "tokens_per_s": tokens / (t3 - t0),
             "time/generate": t1 - t0,
             "time/score": t2 - t1,
             "time/train": t3 - t2,
+        }
+        local = self.mean_over_processes(local, list(local))  # times: the processes' mean
+        tokens = self.sum_over_processes(float(batch.attention_mask.sum()))
+        metrics = {
+            "reward/mean": all_rewards.mean().item(),
+            "reward/std": all_rewards.std().item() if len(all_rewards) > 1 else 0.0,
+            **stats,
+            "kl_coef": self.kl_ctl.value,
+            **update_stats,
+            "response_len/mean": local["response_len/mean"],
+            "response/truncated": local["response/truncated"],
+            "tokens_per_s": tokens / (t3 - t0),  # every process's tokens over this process's step time
+            "time/generate": local["time/generate"],
+            "time/score": local["time/score"],
+            "time/train": local["time/train"],
         }
         return metrics
 
@@ -843,8 +1039,11 @@ class RLTrainer:
         if start == 0 and self.eval_prompts:
             first_eval = self.evaluate(0)
             self.run.log(0, first_eval)
-            logger.info(_describe("step 0 (before training)", first_eval))
-        progress = Progress(cfg.num_steps, f"rl ({cfg.estimator})", initial=start)
+            if self.is_main:
+                logger.info(_describe("step 0 (before training)", first_eval))
+        progress = Progress(
+            cfg.num_steps, f"rl ({cfg.estimator})", initial=start, mode="auto" if self.is_main else "off"
+        )
         for step in range(start, cfg.num_steps):
             metrics = self.train_step(step)
             done = step + 1
@@ -861,37 +1060,50 @@ class RLTrainer:
             final = self.evaluate(cfg.num_steps)
             self.run.log(cfg.num_steps, final)
             last.update(final)
-            logger.info(_describe(f"step {cfg.num_steps} (after training)", final))
+            if self.is_main:
+                logger.info(_describe(f"step {cfg.num_steps} (after training)", final))
         if start < cfg.num_steps:
             self.save(cfg.num_steps)
         return last
 
     def save(self, step: int) -> None:
-        save_checkpoint(
-            self.run.checkpoints_dir,
-            step,
-            self.modules,
-            self.optimizer,
-            self.scheduler,
-            extra={"kl_ctl": self.kl_ctl.state_dict(), "reward_stats": self.reward_stats.state_dict()},
-            keep_last=self.cfg.train.keep_last,
-        )
+        """Checkpoint (the main process; every process holds the same weights and statistics)."""
+        if self.is_main:
+            save_checkpoint(
+                self.run.checkpoints_dir,
+                step,
+                self.modules,
+                self.optimizer,
+                self.scheduler,
+                extra={"kl_ctl": self.kl_ctl.state_dict(), "reward_stats": self.reward_stats.state_dict()},
+                keep_last=self.cfg.train.keep_last,
+            )
+        self.accelerator.wait_for_everyone()
 
 
 def rl(cfg: RLConfig) -> RunResult:
     """Run ``rlxf rl``: train, save ``out/model``, write ``summary.json``, then drop the checkpoints
     (unless ``train.keep_final_checkpoint``); returns the run folder, final metrics and summary."""
-    logger.info(render_config(cfg, "rlxf rl"))
+    from accelerate import PartialState
+
+    # The launch (torchrun / accelerate launch, or one process): cpu= as RunDir and the trainer ask.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        logger.info(render_config(cfg, "rlxf rl"))
+    check_world_size(cfg, state.num_processes)  # a batch that does not split stops here
     load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
     reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
     with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
         trainer = RLTrainer(cfg, run, reward_source)
         metrics = trainer.fit()
-        save_model(trainer.policy, trainer.tokenizer, run.model_dir)
+        if trainer.is_main:
+            save_model(trainer.policy, trainer.tokenizer, run.model_dir)
         summary = run.write_summary(metrics)
-    finish_checkpoints(
-        run.checkpoints_dir, keep_final=cfg.train.keep_final_checkpoint, keep_last=cfg.train.keep_last
-    )
+    if trainer.is_main:
+        finish_checkpoints(
+            run.checkpoints_dir, keep_final=cfg.train.keep_final_checkpoint, keep_last=cfg.train.keep_last
+        )
+    trainer.accelerator.wait_for_everyone()
     return RunResult(Path(run.path), metrics, summary)
 
 
@@ -927,6 +1139,7 @@ __all__ = [
     "RLConfig",
     "RLTrainer",
     "ValueHead",
+    "check_world_size",
     "policy_forward",
     "rl",
 ]

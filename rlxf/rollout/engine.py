@@ -99,12 +99,20 @@ class GenerationEngine(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None, progress: bool = False
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        seed: int | None = None,
+        progress: bool = False,
+        row_offset: int = 0,
     ) -> RolloutBatch:
         """Sample ``sampling.n`` completions for each rendered prompt string.
 
-        The same ``seed``, prompts and settings give the same completions. ``progress`` shows progress
-        over the batches (a bar on a terminal, log lines otherwise).
+        The same ``seed``, prompts and settings give the same completions. Each row (prompt x sample)
+        draws from its own random stream, seeded by ``seed`` and its row number counted from
+        ``row_offset``: a process that generates rows ``k..k+m`` of a larger batch (``row_offset=k``)
+        samples what generating the whole batch would give those rows. ``progress`` shows progress over
+        the batches (a bar on a terminal, log lines otherwise).
         """
 
     @abc.abstractmethod

@@ -8,6 +8,10 @@ any custom processor). At every step :class:`SampleAndRecord`
 2. draws the token by inverse-CDF sampling, ``token = min{i : cumsum(p)_i > u}``, ``u ~ U[0, sum p)``
    (one uniform per row; ``torch.multinomial`` on a ``[16, 49152]`` CPU tensor costs ~12 ms a step, about
    a fifth of SmolLM2's step time, this ~0.5 ms), or the argmax when decoding greedily;
+   each row's uniforms come from its own random stream, seeded by ``(seed, row)`` where ``row`` counts
+   the rows (prompts x samples) from ``row_offset``: a row samples the same tokens whatever else is in its
+   batch (``batch_size``, early stops of other rows) and on whichever process generates it, so a
+   process that generates a shard of a step's rows (data-parallel RL) samples what one process would;
 3. records ``log p(token)`` and hands ``generate`` scores that are ``-inf`` everywhere but the drawn token,
    so transformers' greedy step (``do_sample=False``) selects it.
 
@@ -35,29 +39,53 @@ from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, Sa
 from rlxf.train.progress import Progress
 
 
-def inverse_cdf_sample(logprobs: torch.Tensor) -> torch.Tensor:
+def inverse_cdf_sample(logprobs: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``logprobs`` ``[batch, vocab]``, drawn from ``softmax(logprobs)``: ``[batch]``.
 
     ``u ~ U[0, total)`` per row, token = first index whose cumulative probability exceeds ``u``; tokens of
     probability 0 (masked by top-k / top-p) can never be chosen, since their cumulative sum equals the
-    previous one. Uses the global torch generator, so ``torch.manual_seed`` makes it reproducible.
+    previous one. ``uniforms`` ``[batch]`` in ``[0, 1)`` are the draws; unset, they come from the global
+    torch generator (``torch.manual_seed`` makes it reproducible).
     """
     cumulative = logprobs.exp().cumsum(dim=-1)  # [batch, vocab]
-    u = torch.rand(logprobs.shape[0], 1, device=logprobs.device) * cumulative[:, -1:]  # [batch, 1]
+    if uniforms is None:
+        uniforms = torch.rand(logprobs.shape[0], device=logprobs.device)
+    u = uniforms.to(cumulative.device, cumulative.dtype)[:, None] * cumulative[:, -1:]  # [batch, 1]
     token = torch.searchsorted(cumulative, u, right=True).squeeze(1)
     return token.clamp_(max=logprobs.shape[-1] - 1)
 
 
-class SampleAndRecord(LogitsProcessor):
-    """Draws each token (or takes the argmax) and records its log-prob under the processed scores."""
+# An odd 64-bit constant (2^64 / golden ratio): seeds of neighbouring (seed, row) pairs land far apart.
+_SEED_MIX = 0x9E3779B97F4A7C15
 
-    def __init__(self, greedy: bool) -> None:
+
+def row_uniforms(seed: int, rows: range, steps: int) -> torch.Tensor:
+    """``[len(rows), steps]`` uniforms in ``[0, 1)``: row ``r``'s come from a generator seeded by
+    ``(seed, r)`` alone, so they do not depend on which other rows are generated beside it."""
+    out = torch.empty(len(rows), steps)
+    for i, row in enumerate(rows):
+        generator = torch.Generator().manual_seed((seed * _SEED_MIX + row) % 2**63)
+        out[i] = torch.rand(steps, generator=generator)
+    return out
+
+
+class SampleAndRecord(LogitsProcessor):
+    """Draws each token (or takes the argmax) and records its log-prob under the processed scores.
+
+    ``uniforms`` ``[batch, max_new_tokens]``: the draw of each row at each generated position."""
+
+    def __init__(self, greedy: bool, uniforms: torch.Tensor | None = None) -> None:
         self.greedy = greedy
+        self.uniforms = uniforms
         self.recorded: list[torch.Tensor] = []  # one [batch] tensor of log-probs per generated token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         logprobs = torch.log_softmax(scores.float(), dim=-1)  # [batch, vocab]
-        token = logprobs.argmax(dim=-1) if self.greedy else inverse_cdf_sample(logprobs)  # [batch]
+        if self.greedy:
+            token = logprobs.argmax(dim=-1)  # [batch]
+        else:
+            draws = None if self.uniforms is None else self.uniforms[:, len(self.recorded)]  # [batch]
+            token = inverse_cdf_sample(logprobs, draws)  # [batch]
         self.recorded.append(logprobs.gather(1, token[:, None]).squeeze(1))
         chosen = torch.full_like(scores, float("-inf"))
         return chosen.scatter_(1, token[:, None], 0.0)  # generate's argmax now picks `token`
@@ -140,7 +168,12 @@ class HFEngine(GenerationEngine):
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], sampling: SamplingConfig, seed: int | None = None, progress: bool = False
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        seed: int | None = None,
+        progress: bool = False,
+        row_offset: int = 0,
     ) -> RolloutBatch:
         """See :meth:`GenerationEngine.generate`; ``progress`` shows a bar (or log lines) over batches."""
         if not prompts:
@@ -162,14 +195,17 @@ class HFEngine(GenerationEngine):
         chunks: list[dict[str, Any]] = []
         try:
             # fork_rng: seeding here must not disturb the caller's random stream (e.g. a trainer's).
+            if seed is None:  # a fresh base seed from the global generator (torch.manual_seed fixes it);
+                seed = int(torch.randint(0, 2**62, ()))  # drawn outside fork_rng, so calls differ
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
                 bar = Progress(len(rows), "generate", unit="sequence", mode="auto" if progress else "off")
                 for start in range(0, len(rows), sampling.batch_size):
-                    stop = start + sampling.batch_size
-                    chunks.append(self._generate_chunk(encoded[start:stop], sampling, device))
-                    bar.update(len(encoded[start:stop]))
+                    stop = min(start + sampling.batch_size, len(rows))
+                    uniforms = row_uniforms(
+                        seed, range(row_offset + start, row_offset + stop), sampling.max_new_tokens
+                    )
+                    chunks.append(self._generate_chunk(encoded[start:stop], sampling, device, uniforms))
+                    bar.update(stop - start)
                 bar.close()
         finally:
             self.model.train(was_training)
@@ -192,11 +228,11 @@ class HFEngine(GenerationEngine):
         )
 
     def _generate_chunk(
-        self, encoded: list[list[int]], sampling: SamplingConfig, device: torch.device
+        self, encoded: list[list[int]], sampling: SamplingConfig, device: torch.device, uniforms: torch.Tensor
     ) -> dict:
         prompt_ids, prompt_mask = _left_pad(encoded, self.pad_token_id)  # [b, P]
         prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        sampler = SampleAndRecord(greedy=sampling.greedy)
+        sampler = SampleAndRecord(greedy=sampling.greedy, uniforms=uniforms.to(device))  # uniforms: [b, T]
         sequences = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
