@@ -135,6 +135,7 @@ from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_i
 from rlxf.rollout.text_stats import repeats_ngram
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
+from rlxf.train.distributed import build_accelerator
 from rlxf.train.loop import Cadence, UpdateConfig
 from rlxf.train.optim import adamw, build_scheduler, param_groups
 from rlxf.train.progress import Progress
@@ -479,8 +480,6 @@ class RLTrainer:
     """Rollout -> reward -> advantages -> clipped updates, ``num_steps`` times (module docstring)."""
 
     def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any) -> None:
-        from accelerate import Accelerator
-
         self.cfg = cfg
         self.run = run
         train_set, eval_set = load_prompt_sets(cfg)
@@ -488,9 +487,10 @@ class RLTrainer:
         seed_everything(cfg.seed)
         device = resolve_device(cfg.model.device)
         self.precision = resolve_precision(cfg.train.precision, device)
-        # This process's place in a torchrun / accelerate launch (rank 0 of 1 alone). Precision stays ours
-        # (autocast), as in the offline loop.
-        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        # This process's place in a torchrun / accelerate launch (rank 0 of 1 alone); accelerate's traps
+        # (a launch that runs fewer processes than asked, its own accumulation or precision) and FSDP /
+        # DeepSpeed, which this trainer cannot use yet, stop here. Precision stays ours (autocast).
+        self.accelerator = build_accelerator(device, command="rl", sharding_ok=False)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         check_world_size(cfg, self.world)
