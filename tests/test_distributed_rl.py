@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 from test_distributed import run
+from test_ppo import PROMPTS
 
 REWARD = """
 def score(prompts, completions):
@@ -26,16 +27,7 @@ def score(prompts, completions):
     return [c.count("e") / max(len(c), 1) for c in completions]
 """
 
-TRAIN = [
-    "The movie was",
-    "Our trip to the coast",
-    "The restaurant served",
-    "This book is",
-    "Customer service answered",
-    "The product broke",
-    "The cast was",
-    "The ending",
-]
+TRAIN = PROMPTS  # the single-process RL tests' prompts
 HELD_OUT = ["The weather today", "My new phone", "The concert"]
 
 CASES = {
