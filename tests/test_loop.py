@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,33 @@ def test_global_batch_must_be_a_multiple_of_micro_batch():
             SFTConfig,
             overrides=["data=x.jsonl", "out=o", "train.global_batch_size=6", "train.micro_batch_size=4"],
         )
+
+
+@pytest.mark.parametrize("sharding, calls", [("none", [[2, 3]]), ("fsdp2", [[2, 3], [0, 1]])])
+def test_held_out_batches_are_dealt_to_the_processes(
+    tiny_tokenizer, examples, tmp_path, monkeypatch, sharding, calls
+):
+    """Process 1 of 2 scores only its batches (the 2nd of three); a sharded model's process also runs the
+    busiest process's number of forwards (its extra one discarded); summarize gets every batch's figures
+    in file order (here the other process's come from a stand-in for the gather)."""
+    import accelerate.utils
+
+    seen = []
+
+    def score(model, batch) -> dict[str, torch.Tensor]:
+        seen.append(batch)
+        return {"x": torch.tensor(batch, dtype=torch.float64)}
+
+    summarized = []
+    held_out = HeldOut(
+        list(range(5)), 2, score, lambda figures: summarized.append(figures["x"]) or {"n": 0.0}
+    )
+    trainer = make_trainer(tiny_tokenizer, examples, tmp_path / "run", micro=8, steps=1, held_out=held_out)
+    trainer.accelerator = types.SimpleNamespace(num_processes=2, process_index=1, device=torch.device("cpu"))
+    trainer.sharding = sharding
+    others = [(0, {"x": torch.tensor([0.0, 1.0], dtype=torch.float64)}), (4, {"x": torch.tensor([4.0])})]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [*others, *mine])
+    assert trainer._evaluate() == {"eval/n": 0.0}
+    trainer.run.close()
+    assert seen == calls
+    assert summarized[0].tolist() == [0, 1, 2, 3, 4]

@@ -304,8 +304,9 @@ def _deepspeed_safe_globals() -> list[Any]:
     """The classes a ZeRO optimizer state dict pickles besides tensors (read back with weights_only=True)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def read_state(path: Path) -> Any:

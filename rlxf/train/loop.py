@@ -303,7 +303,7 @@ class Trainer:
                 self.accelerator, per_process_batch=per_process, max_grad_norm=cfg.max_grad_norm
             )
         # what saving a sharded model builds its unsharded copy from (FSDP2 changes the module's class)
-        self.model_class, self.model_config = type(model), getattr(model, "config", None)
+        self.model_class = type(model)
 
         if world > 1:
             logger.info(f"training on {world} processes: {checkpoint_layout(self.accelerator)}")
@@ -395,8 +395,15 @@ class Trainer:
         # Logged figures are global: sums over every process's micro-batches (each loss and metric is a
         # sum over its units, weighted as its normaliser says), then divided by the step's total units.
         names = sorted(metric_sums)
+        if self.accelerator.num_processes > 1:
+            # A learner may log a metric for some micro-batches only (KTO's rewards/chosen needs a desirable
+            # example): every process reduces the names any of them has, a missing one as 0 (as one process
+            # sums over the micro-batches that have it).
+            from accelerate.utils import gather_object
+
+            names = sorted(set().union(*gather_object([names])))
         local_sums = torch.tensor(
-            [loss_sum, float(tokens), *(metric_sums[n] for n in names)],
+            [loss_sum, float(tokens), *(metric_sums.get(n, 0.0) for n in names)],
             dtype=torch.float64,
             device=self.accelerator.device,
         )
@@ -554,4 +561,4 @@ class Trainer:
         state = full_model_state(self.accelerator, self.wrapped)
         if not self.accelerator.is_main_process:
             return None
-        return plain_model(self.model_class, self.model_config, state, like=self.model)
+        return plain_model(self.model_class, self.model.config, state, like=self.model)
