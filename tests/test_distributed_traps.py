@@ -106,6 +106,14 @@ def test_deepspeed_settings_that_override_rlxfs_are_refused(config, match):
     check_deepspeed_config({"gradient_accumulation_steps": "auto", "bf16": {"enabled": False}})
 
 
+def test_a_deepspeed_json_is_checked_before_the_run(tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}}))
+    env = {**MULTI_2, "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(config)}
+    with pytest.raises(LaunchError, match="remove `optimizer`"):
+        check_launch(env, command="sft")
+
+
 def test_deepspeed_config_gets_the_loops_numbers():
     class Plugin:
         deepspeed_config = {"zero_optimization": {"stage": 3}, "gradient_clipping": "auto"}

@@ -52,6 +52,7 @@ checkpoints are written by the main process only, in one layout per strategy, re
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ def check_launch(env: Mapping[str, str], *, command: str, sharding_ok: bool = Tr
             raise LaunchError(
                 "the accelerate config asks for DeepSpeed, which is not installed: pip install 'rlxf[deepspeed]'"
             ) from exc
+        config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").strip()
+        if config_file.lower() not in ("", "none"):  # a DeepSpeed JSON of the user's: its settings now
+            check_deepspeed_config(json.loads(Path(config_file).read_text(encoding="utf-8")))
         return LaunchPlan(world, "deepspeed")
     return LaunchPlan(world, "none")
 
