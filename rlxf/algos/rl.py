@@ -93,7 +93,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -131,8 +133,11 @@ from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.engine import GenerationEngine, RolloutConfig
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_ids_of
+from rlxf.rollout.ray_engine import RayConfig
 from rlxf.rollout.text_stats import repeats_ngram
+from rlxf.rollout.vllm import VLLMConfig
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
 from rlxf.train.distributed import build_accelerator
@@ -157,6 +162,7 @@ RL_METRICS: tuple[str, ...] = (
     "policy/loss", "policy/clip_frac", "policy/clip_frac_low", "policy/clip_frac_high", "policy/approx_kl",
     "policy/ratio_mean", "value/loss", "value/explained_variance", "value/grad_norm", "grad_norm", "lr",
     "response_len/mean", "response/truncated", "tokens_per_s", "time/generate", "time/score", "time/train",
+    "time/sync",
 )
 # fmt: on
 # On held-out prompts, logged with the prefix eval/ (kl only with a reference).
@@ -257,6 +263,9 @@ class RLConfig:
 
     estimator: Estimator = option("grpo", help="advantage estimator: ppo, grpo, rloo, reinforce++")
     sampling: SamplingConfig = field(default_factory=_default_sampling)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     eval_sampling: SamplingConfig | None = option(None, help="held-out sampling; unset: sampling with n=1")
     prompts_per_step: int = option(
         16, help="prompts per rollout batch (rows = prompts_per_step x sampling.n)"
@@ -324,6 +333,14 @@ class RLConfig:
             raise ValueError("gamma and lam must be in [0, 1]")
         if self.sampling.greedy:
             raise ValueError("RL needs sampled completions: sampling.temperature must be > 0")
+        if (
+            self.rollout.placement == "ray"
+            and self.rollout.engine == "vllm"
+            and self.ray.num_gpus_per_worker <= 0
+        ):
+            raise ValueError(
+                "rollout.engine=vllm on Ray workers needs a GPU per worker: set ray.num_gpus_per_worker=1"
+            )
 
     @property
     def rollout_batch_size(self) -> int:
@@ -548,7 +565,7 @@ class RLTrainer:
                 f"{cfg.prompts_per_step}"
             )
         self.steps_per_epoch = len(self.train_prompts) // cfg.prompts_per_step
-        self.engine = HFEngine(self.policy, self.tokenizer)
+        self.engine = self.build_engine()
         # What the loss's forward passes go through: DDP wrappers on several processes (their backward
         # all-reduces the gradients), the modules themselves on one. Generation, no-grad passes and
         # checkpoints use the modules (the wrappers share their parameters).
@@ -580,6 +597,42 @@ class RLTrainer:
         )
         self.reward_stats = RunningMoments()
         self.samples_dir = run.path / "samples"
+        self.record_sync(0)  # the engine was built holding the starting weights
+
+    def build_engine(self) -> GenerationEngine:
+        """The rollout engine ``cfg.rollout`` asks for, holding the policy's current weights: transformers'
+        generate on the policy itself (``hf``, local), a vLLM engine in this process, or Ray actors."""
+        cfg = self.cfg
+        if cfg.rollout.placement == "ray":
+            from rlxf.rollout.ray_engine import RayEngine, WorkerSpec
+
+            spec = WorkerSpec(
+                model=cfg.model,
+                weight_dtype=weight_dtype(self.precision),
+                precision=self.precision,
+                engine=cfg.rollout.engine,
+                vllm=cfg.vllm,
+                threads=max(1, int(cfg.ray.num_cpus_per_worker)),
+                cwd=os.getcwd(),
+            )
+            return RayEngine(spec, cfg.ray, cfg.rollout.num_workers, self.policy)
+        if cfg.rollout.engine == "vllm":
+            from rlxf.rollout.vllm import VLLMEngine
+
+            return VLLMEngine(self.policy, self.tokenizer, cfg.vllm)
+        return HFEngine(self.policy, self.tokenizer)
+
+    def sync_engine(self, step: int) -> None:
+        """Make the engine sample from the policy's current weights (a copy for vLLM and Ray engines)."""
+        self.engine.sync_weights(self.policy)
+        self.record_sync(step)
+
+    def record_sync(self, step: int) -> None:
+        """Ray engines: one line of ``weight_syncs.jsonl`` (the step whose weights were pushed, the SHA-256
+        sent and each worker's, seconds, bytes), written by the main process."""
+        if self.cfg.rollout.placement == "ray" and self.is_main:
+            with open(self.run.path / "weight_syncs.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **self.engine.last_sync}) + "\n")  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -592,10 +645,11 @@ class RLTrainer:
 
     @property
     def plain_sampling(self) -> bool:
-        """Whether the engine's log-probs are the policy's own (temperature 1 divides nothing away, and no
-        top-k / top-p truncation), so they can stand in for a forward pass."""
+        """Whether the engine's log-probs are the policy's own, so they can stand in for a forward pass:
+        temperature 1 divides nothing away, no top-k / top-p truncation, and the engine is transformers'
+        on the policy's weights in the training precision (vLLM computes with its own kernels)."""
         s = self.cfg.sampling
-        return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0
+        return s.temperature == 1.0 and s.top_k == 0 and s.top_p == 1.0 and self.cfg.rollout.engine == "hf"
 
     @property
     def is_main(self) -> bool:
@@ -994,6 +1048,8 @@ class RLTrainer:
         exp, stats = self.make_experience(batch, rewards)
         update_stats = self.update(exp, step)
         t3 = time.perf_counter()
+        self.sync_engine(step + 1)  # the next rollouts (and held-out samples) come from the new weights
+        t4 = time.perf_counter()
         if "kl" in stats:  # the step's KL, over all processes, and all its rows
             self.kl_ctl.update(stats["kl"], cfg.rollout_batch_size)
         all_rewards = self.gather_rows(rewards)  # [B]
@@ -1004,6 +1060,7 @@ class RLTrainer:
             "time/generate": t1 - t0,
             "time/score": t2 - t1,
             "time/train": t3 - t2,
+            "time/sync": t4 - t3,
         }
         local = self.mean_over_processes(local, list(local))  # times: the processes' mean
         tokens = self.sum_over_processes(float(batch.attention_mask.sum()))
@@ -1015,10 +1072,11 @@ class RLTrainer:
             **update_stats,
             "response_len/mean": local["response_len/mean"],
             "response/truncated": local["response/truncated"],
-            "tokens_per_s": tokens / (t3 - t0),  # every process's tokens over this process's step time
+            "tokens_per_s": tokens / (t4 - t0),  # every process's tokens over this process's step time
             "time/generate": local["time/generate"],
             "time/score": local["time/score"],
             "time/train": local["time/train"],
+            "time/sync": local["time/sync"],
         }
         return metrics
 
@@ -1035,6 +1093,7 @@ class RLTrainer:
             start = ckpt.step
             self.kl_ctl.load_state_dict(ckpt.extra["kl_ctl"])
             self.reward_stats.load_state_dict(ckpt.extra["reward_stats"])
+            self.sync_engine(start)  # the engine was built with the starting weights
         last: dict[str, float] = {}
         if start == 0 and self.eval_prompts:
             first_eval = self.evaluate(0)
@@ -1083,7 +1142,10 @@ class RLTrainer:
 
 def rl(cfg: RLConfig) -> RunResult:
     """Run ``rlxf rl``: train, save ``out/model``, write ``summary.json``, then drop the checkpoints
-    (unless ``train.keep_final_checkpoint``); returns the run folder, final metrics and summary."""
+    (unless ``train.keep_final_checkpoint``); returns the run folder, final metrics and summary.
+
+    With ``rollout.placement=ray`` the trainer runs as a Ray actor and starts the rollout actors
+    (:func:`rl_on_ray`); the run folder is the same."""
     from accelerate import PartialState
 
     # The launch (torchrun / accelerate launch, or one process): cpu= as RunDir and the trainer ask.
@@ -1091,11 +1153,26 @@ def rl(cfg: RLConfig) -> RunResult:
     if state.is_main_process:
         logger.info(render_config(cfg, "rlxf rl"))
     check_world_size(cfg, state.num_processes)  # a batch that does not split stops here
+    if cfg.rollout.placement == "ray" and state.num_processes > 1:
+        raise ValueError(
+            "rollout.placement=ray runs the trainer as one Ray actor: start `rlxf rl` as one process, not "
+            "under torchrun or accelerate launch (for data-parallel training use rollout.placement=local)"
+        )
     load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
     reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
+    if cfg.rollout.placement == "ray":
+        return rl_on_ray(cfg)
+    return _train(cfg, reward_source)
+
+
+def _train(cfg: RLConfig, reward_source: Any) -> RunResult:
+    """The run itself, in this process (after :func:`rl`'s checks)."""
     with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
         trainer = RLTrainer(cfg, run, reward_source)
-        metrics = trainer.fit()
+        try:
+            metrics = trainer.fit()
+        finally:
+            trainer.engine.close()
         if trainer.is_main:
             save_model(trainer.policy, trainer.tokenizer, run.model_dir)
         summary = run.write_summary(metrics)
@@ -1105,6 +1182,48 @@ def rl(cfg: RLConfig) -> RunResult:
         )
     trainer.accelerator.wait_for_everyone()
     return RunResult(Path(run.path), metrics, summary)
+
+
+class RLTrainerActor:
+    """The trainer as a Ray actor (``ray.remote(RLTrainerActor)``): :func:`_train` in the actor's process,
+    which starts the rollout actors itself (:class:`rlxf.rollout.ray_engine.RayEngine`)."""
+
+    def run(self, cfg: RLConfig, cwd: str, log_level: int) -> RunResult:
+        if os.path.isdir(cwd):  # relative paths of the config resolve as they did for the caller
+            os.chdir(cwd)
+        torch.set_num_threads(max(1, int(cfg.ray.trainer_num_cpus)))
+        rlxf_logger = logging.getLogger("rlxf")
+        if not rlxf_logger.handlers:  # the actor's stderr reaches the driver (Ray prefixes each line)
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            rlxf_logger.addHandler(handler)
+        rlxf_logger.setLevel(log_level)
+        return _train(cfg, parse_reward_spec(cfg.reward, cfg.reward_options))
+
+
+def rl_on_ray(cfg: RLConfig) -> RunResult:
+    """``rlxf rl`` with ``rollout.placement=ray``: the trainer as a Ray actor (``ray.trainer_num_cpus``,
+    ``ray.trainer_num_gpus``) and ``rollout.num_workers`` rollout actors, on the cluster at ``ray.address``
+    or on a Ray started here (and shut down at the end); a Ray already initialised in this process is used
+    as it is. The run folder is written by the trainer actor: on a cluster, give ``out`` (and the model,
+    prompts and reward files) as paths every node reads, e.g. on shared storage."""
+    from rlxf.rollout.ray_engine import start_ray
+
+    ray_cfg = cfg.ray
+    cpus = ray_cfg.trainer_num_cpus + cfg.rollout.num_workers * ray_cfg.num_cpus_per_worker
+    gpus = ray_cfg.trainer_num_gpus + cfg.rollout.num_workers * ray_cfg.num_gpus_per_worker
+    ray, started = start_ray(ray_cfg, cpus, gpus)
+    try:
+        actor = ray.remote(num_cpus=ray_cfg.trainer_num_cpus, num_gpus=ray_cfg.trainer_num_gpus)(
+            RLTrainerActor
+        ).remote()
+        log_level = logging.getLogger("rlxf").getEffectiveLevel()
+        result = ray.get(actor.run.remote(cfg, os.getcwd(), log_level))
+        ray.kill(actor)
+        return result
+    finally:
+        if started:
+            ray.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------- small helpers
@@ -1142,4 +1261,5 @@ __all__ = [
     "check_world_size",
     "policy_forward",
     "rl",
+    "rl_on_ray",
 ]

@@ -13,6 +13,7 @@ advantage estimators (GRPO, RLOO) rely on that order.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,29 @@ import torch
 from rlxf.config import option
 
 FinishReason = Literal["eos", "length", "stop"]
+EngineKind = Literal["hf", "vllm"]
+Placement = Literal["local", "ray"]
+
+
+@dataclass
+class RolloutConfig:
+    """Which engine generates a trainer's rollouts, and where it runs (the ``rollout:`` section)."""
+
+    engine: EngineKind = option(
+        "hf", help="hf: transformers generate (CPU or GPU); vllm: a vLLM engine (CUDA; the vllm: section)"
+    )
+    placement: Placement = option(
+        "local",
+        help="local: the engine runs inside each training process; ray: rollout workers are Ray actors "
+        "(the ray: section), the trainer another",
+    )
+    num_workers: int = option(
+        2, help="placement=ray: rollout actors; each generates a contiguous share of a step's prompts"
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"rollout.num_workers must be >= 1, got {self.num_workers}")
 
 
 @dataclass
@@ -94,8 +118,45 @@ class RolloutBatch:
         return RolloutBatch(**moved)
 
 
+def pad_to_width(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    """``[B, T]`` -> ``[B, width]``, filled with ``value`` on the left (prompts) or right (completions)."""
+    missing = width - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    pad = torch.full((tensor.shape[0], missing), value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """The rows of ``batches`` in order, as one batch: prompts left padded and completions right padded to
+    the widest, ``prompt_index`` counted on across the batches (each batch's prompts follow the last's)."""
+    prompt_width = max(b.prompt_ids.shape[1] for b in batches)
+    completion_width = max(b.completion_ids.shape[1] for b in batches)
+
+    def cat(name: str, width: int, value: float, left: bool) -> torch.Tensor:
+        return torch.cat([pad_to_width(getattr(b, name), width, value, left) for b in batches])
+
+    offsets, total = [], 0
+    for b in batches:
+        offsets.append(total)
+        total += int(b.prompt_index.max()) + 1
+    return RolloutBatch(
+        prompt_ids=cat("prompt_ids", prompt_width, pad_token_id, True),
+        prompt_mask=cat("prompt_mask", prompt_width, 0, True),
+        completion_ids=cat("completion_ids", completion_width, pad_token_id, False),
+        completion_mask=cat("completion_mask", completion_width, 0, False),
+        logprobs=cat("logprobs", completion_width, 0.0, False),
+        prompts=[p for b in batches for p in b.prompts],
+        completions=[c for b in batches for c in b.completions],
+        finish_reasons=[r for b in batches for r in b.finish_reasons],
+        prompt_index=torch.cat([b.prompt_index + offset for b, offset in zip(batches, offsets)]),
+    )
+
+
 class GenerationEngine(abc.ABC):
-    """A generation backend. Implementations: :class:`rlxf.rollout.hf.HFEngine` (transformers)."""
+    """A generation backend. Implementations: :class:`rlxf.rollout.hf.HFEngine` (transformers, sharing the
+    training module), :class:`rlxf.rollout.vllm.VLLMEngine` and :class:`rlxf.rollout.ray_engine.RayEngine`
+    (Ray actors running either)."""
 
     @abc.abstractmethod
     def generate(
@@ -119,5 +180,8 @@ class GenerationEngine(abc.ABC):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from ``model``'s current weights (after a training step).
 
-        In-process backends share the module and need nothing; a vLLM backend copies the weights.
+        In-process backends share the module and need nothing; vLLM and Ray engines copy the weights.
         """
+
+    def close(self) -> None:  # noqa: B027 (optional: most engines hold nothing to release)
+        """Release what the engine holds besides memory (Ray actors); nothing by default."""

@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from rlxf.data.tokenize import encode_prompt
-from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, SamplingConfig, pad_to_width
 from rlxf.train.progress import Progress
 
 
@@ -104,14 +104,6 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
     return ids, mask
-
-
-def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
-    missing = width - tensor.shape[1]
-    if missing == 0:
-        return tensor
-    pad = torch.full((tensor.shape[0], missing), value, dtype=tensor.dtype, device=tensor.device)
-    return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
 
 
 class HFEngine(GenerationEngine):
@@ -213,7 +205,7 @@ class HFEngine(GenerationEngine):
         prompt_width = max(c["prompt_ids"].shape[1] for c in chunks)
         completion_width = max(c["completion_ids"].shape[1] for c in chunks)
         cat = lambda name, width, value, left: torch.cat(  # noqa: E731
-            [_pad_to(c[name], width, value, left) for c in chunks], dim=0
+            [pad_to_width(c[name], width, value, left) for c in chunks], dim=0
         )
         return RolloutBatch(
             prompt_ids=cat("prompt_ids", prompt_width, self.pad_token_id, True),

@@ -51,7 +51,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import urllib.error
@@ -68,6 +67,7 @@ from rlxf.config import option
 from rlxf.data.tokenize import encode_prompt
 from rlxf.rollout.engine import FinishReason, GenerationEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.hf import _SEED_MIX, HFEngine, _left_pad
+from rlxf.rollout.weights import policy_weights, tied_names
 
 logger = logging.getLogger(__name__)
 
@@ -315,81 +315,6 @@ class ServerBackend:
         return getattr(torch, self._call("/info")["dtype"])
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The policy's weights, under the names vLLM's loader expects.
-
-
-@dataclass
-class _Weight:
-    name: str  # the Hugging Face name (peft's wrappers removed)
-    stored: torch.Tensor  # the tensor in the policy; the base weight of a LoRA layer
-    lora: Any = None  # the peft LoRA layer whose adapters are added to `stored` when pushed
-
-    def value(self) -> torch.Tensor:
-        return self.stored if self.lora is None else self.stored + _lora_delta(self.lora)
-
-
-_ADAPTER_KEY = re.compile(r"\.lora_[A-Za-z_]+\.|\.original_module\.")  # LoRA factors, ModulesToSave's copy
-_MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.([^.]+)\.")
-
-
-def policy_weights(model: torch.nn.Module) -> list[_Weight]:
-    """Every key of the policy's state dict (a LoRA policy: its base model's, adapters merged on push)."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(model, PeftModel):
-        return [_Weight(name, tensor) for name, tensor in model.state_dict().items()]
-    base = model.get_base_model()
-    layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
-    if not layers:
-        raise ValueError(
-            "the policy is a peft model without LoRA layers; only LoRA adapters are pushed to vLLM"
-        )
-    weights = []
-    for key, tensor in base.state_dict().items():
-        if _ADAPTER_KEY.search(key):
-            continue
-        trainable = _MODULES_TO_SAVE.search(key)
-        if trainable:  # a fully trained module's copy: the active adapter's stands for the module
-            if trainable.group(1) != model.active_adapter:
-                continue
-            key = _MODULES_TO_SAVE.sub(".", key)
-        owner, _, leaf = key.rpartition(".")
-        if owner.endswith(".base_layer"):
-            owner = owner.removesuffix(".base_layer")
-            weights.append(_Weight(f"{owner}.{leaf}", tensor, layers[owner] if leaf == "weight" else None))
-        else:
-            weights.append(_Weight(key, tensor))
-    return weights
-
-
-def _lora_delta(layer: Any) -> torch.Tensor | int:
-    """``sum over active adapters of B @ A * scale``, in the base weight's layout (peft's own delta)."""
-    if layer.merged or layer.disable_adapters:  # merged: already in the base weight; disabled: not in use
-        return 0
-    delta: torch.Tensor | int = 0
-    for adapter in layer.active_adapters:
-        if adapter not in layer.lora_A and adapter not in layer.lora_embedding_A:
-            continue
-        if adapter in layer.lora_variant or layer.lora_bias.get(adapter):
-            raise ValueError(
-                f"adapter {adapter!r} is a LoRA variant (DoRA, ...) or has lora_bias: rlxf pushes only plain "
-                "LoRA to vLLM (base weight + B @ A * scale); train without it or with rollout.engine=hf"
-            )
-        delta = delta + layer.get_delta_weight(adapter)
-    return delta
-
-
-def _tied_names(weights: list[_Weight]) -> dict[str, list[str]]:
-    """Name -> the names sharing its tensor (tied weights), for names that have such partners."""
-    by_storage: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for w in weights:
-        if w.lora is None:  # stored tensors only: a merged LoRA value is a fresh tensor
-            by_storage.setdefault((w.stored.data_ptr(), tuple(w.stored.shape)), []).append(w.name)
-    return {name: group for group in by_storage.values() if len(group) > 1 for name in group}
-
-
 def _combine_workers(workers: list[dict[str, Any]]) -> dict[str, Fingerprint]:
     """One fingerprint per engine parameter over the tensor-parallel workers: a parameter with the same
     fingerprint on every worker is replicated (a norm), any other is sharded and its pieces add up."""
@@ -622,7 +547,7 @@ class VLLMEngine(GenerationEngine):
             raise RuntimeError(f"the engine read {len(pushed)} of the policy's {len(weights)} weights")
         workers = self.backend.fingerprints()
         problems = weight_problems(
-            pushed, _tied_names(weights), _combine_workers(workers), workers[0]["packed"]
+            pushed, tied_names(weights), _combine_workers(workers), workers[0]["packed"]
         )
         if problems:
             shown = "\n  ".join(problems[:20])
