@@ -132,3 +132,23 @@ def test_loading_never_asks_the_hub_without_any_offline_setting(monkeypatch, tin
     model, _ = load_model(tiny_cfg(tiny_model_dir))
     assert calls == [("AutoTokenizer", True), ("AutoModelForCausalLM", True)]
     assert not model.training
+
+
+def test_each_launched_process_loads_onto_its_own_gpu(monkeypatch):
+    """Under torchrun / accelerate launch on GPUs a model loads onto the GPU of the process's LOCAL_RANK
+    (where accelerate puts it later), not every process's copy onto GPU 0 first."""
+    import torch
+
+    from rlxf.models.load import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one visible GPU per process
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")

@@ -80,9 +80,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_device(device: Device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``cpu``, or the GPU this process owns: under ``torchrun`` / ``accelerate launch`` that of its
+    ``LOCAL_RANK`` (the one accelerate later puts it on), so N processes do not all load onto GPU 0 first."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # A launcher that shows each process one GPU (CUDA_VISIBLE_DEVICES per rank) leaves it device 0.
+    return torch.device("cuda", local_rank if local_rank < torch.cuda.device_count() else 0)
 
 
 def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
