@@ -1,5 +1,6 @@
 """Rollout workers as Ray actors (``rollout.placement: ray``, rlxf/rollout/ray_engine.py), on a local Ray.
 
+* ``rlxf rl ... ray.address=auto`` joins a cluster started by ``ray start --head`` in another process;
 * ``rlxf rl`` with a trainer actor and 2 rollout actors runs 3 steps like the single-process run at the
   same seed: the same logged figures (within float rounding: the workers generate shares of the batch at
   other shapes) and the same final weights within 1e-5; after every sync each worker's SHA-256 equals
@@ -16,7 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -46,11 +51,50 @@ def score(prompts, completions):
 """
 
 
+def test_rl_joins_a_running_cluster(tiny_model_dir, tmp_path):
+    """``ray start --head`` in another process (a cluster's head node), then ``rlxf rl ... ray.address=auto``
+    from a folder, with relative paths: the trainer and its workers run on that cluster and the run folder
+    is written where the command was given. (First in the module: no Ray of this process is running.)"""
+    rl_config(tiny_model_dir, tmp_path, "unused")  # writes the prompts and the reward file
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false"]
+        + ["--disable-usage-stats", "--block"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `auto` looks
+        deadline = time.monotonic() + 120
+        while not (current.is_file() and current.read_text().strip().endswith(f":{port}")):
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+        subprocess.run(
+            [sys.executable, "-m", "rlxf", "rl", "--model", str(tiny_model_dir), "--prompts", "train.jsonl"]
+            + ["--reward", "fn:reward.py:score", "--out", "on-cluster", "sampling.n=2"]
+            + ["sampling.max_new_tokens=6", "prompts_per_step=4", "num_steps=2", "micro_batch_size=4"]
+            + ["rollout.placement=ray", "ray.address=auto"],
+            cwd=tmp_path,
+            check=True,
+            timeout=300,
+        )
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+    syncs = [json.loads(line) for line in (tmp_path / "on-cluster" / "weight_syncs.jsonl").open()]
+    assert [s["step"] for s in syncs] == [0, 1, 2]
+    assert all(s["workers"] == [s["sha256"]] * 2 for s in syncs)
+    assert (tmp_path / "on-cluster" / "model" / "model.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module (starting one takes seconds); rl() uses it as it is."""
     ray = import_ray()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -120,7 +120,8 @@ def start_ray(config: RayConfig, cpus_wanted: float, gpus_wanted: float = 0.0) -
         ray.init(address=config.address)
         return ray, True
     cpus = max(os.cpu_count() or 1, int(np.ceil(cpus_wanted)))
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    # "local": a new Ray here, even where `ray start` left a cluster that ray.init() would otherwise join
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
     available = ray.cluster_resources().get("GPU", 0.0)
     if gpus_wanted > available:
         raise RuntimeError(f"the actors ask for {gpus_wanted:g} GPUs; this machine's Ray has {available:g}")
