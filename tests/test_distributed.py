@@ -3,7 +3,7 @@ same weights (within 1e-5), the same logged global metrics (held-out figures wit
 by each process), and only the main process writing the run's files (one ``metrics.jsonl``, one
 TensorBoard file, one summary).
 
-* sft (fp32, bf16-mixed), dpo, reward training and kto under ``torchrun``; sft under ``accelerate launch``
+* sft, dpo and reward training (fp32 and bf16-mixed) and kto under ``torchrun``; sft under ``accelerate launch``
   with ``configs/accelerate/ddp.yaml``; sft and reward training with ``fsdp2.yaml`` (FSDP2 on CPU: the
   saved ``model/`` is a plain HF folder with every key);
 * a run killed (SIGKILL to torchrun and its workers) after a checkpoint and resumed with ``--resume`` ends where
@@ -165,7 +165,9 @@ CASES = [
     ("sft", "fp32", "torchrun", True),
     ("sft", "bf16-mixed", "torchrun", False),
     ("dpo", "fp32", "torchrun", True),
+    ("dpo", "bf16-mixed", "torchrun", False),
     ("reward train", "fp32", "torchrun", False),
+    ("reward train", "bf16-mixed", "torchrun", True),
     ("kto", "fp32", "torchrun", True),
     ("sft", "fp32", "ddp", False),
     ("sft", "fp32", "fsdp2", True),
@@ -221,11 +223,26 @@ def test_killed_two_process_run_resumes_like_an_uninterrupted_one(tiny_model_dir
     killed, whole = tmp_path / "killed", tmp_path / "whole"
 
     args = command("sft", tiny_model_dir, data, killed, "fp32", *extra)
-    with open(tmp_path / "killed.log", "w") as log:
+    resumed_from = kill_after_first_checkpoint(args, killed, tmp_path / "killed.log")
+    assert 2 <= resumed_from < steps
+
+    run([*args, "--resume"], processes=2)
+    run(command("sft", tiny_model_dir, data, whole, "fp32", *extra), processes=2)
+    assert max_weight_diff(whole, killed) < 1e-5
+    assert_same_metrics(whole, killed, steps=steps)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["resumed_from_step"] == resumed_from
+
+
+def kill_after_first_checkpoint(args: list[str], out: Path, log_path: Path) -> int:
+    """Launch ``python -m rlxf ...`` (``args``) on two processes, SIGKILL torchrun and its workers once
+    ``out`` holds a complete checkpoint at step 2, and return the step of the latest complete checkpoint
+    (what ``--resume`` continues from)."""
+    with open(log_path, "w") as log:
         process = subprocess.Popen(launch(args, 2), env=ENV, stdout=log, stderr=log)
         deadline = time.monotonic() + 300
-        while not (killed / "checkpoints" / "step-000002" / "meta.json").is_file():
-            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        while not (out / "checkpoints" / "step-000002" / "meta.json").is_file():
+            assert process.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.005)
         # torchrun starts each worker in a session of its own: kill every process of the launch
@@ -235,16 +252,8 @@ def test_killed_two_process_run_resumes_like_an_uninterrupted_one(tiny_model_dir
             one.send_signal(signal.SIGKILL)
         psutil.wait_procs(every, timeout=30)
         process.wait()
-    assert not (killed / "summary.json").exists()  # interrupted, not finished
-    resumed_from = int(latest_checkpoint(killed / "checkpoints").name.removeprefix("step-"))
-    assert 2 <= resumed_from < steps
-
-    run([*args, "--resume"], processes=2)
-    run(command("sft", tiny_model_dir, data, whole, "fp32", *extra), processes=2)
-    assert max_weight_diff(whole, killed) < 1e-5
-    assert_same_metrics(whole, killed, steps=steps)
-    summary = json.loads((killed / "summary.json").read_text())
-    assert summary["resumed_from_step"] == resumed_from
+    assert not (out / "summary.json").exists()  # interrupted, not finished
+    return int(latest_checkpoint(out / "checkpoints").name.removeprefix("step-"))
 
 
 def stop_and_resume(tiny_model_dir, tmp_path: Path, launcher: str) -> tuple[Path, Path]:

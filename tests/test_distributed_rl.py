@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from test_distributed import run
+from test_distributed import kill_after_first_checkpoint, run
 from test_ppo import PROMPTS
 
 REWARD = """
@@ -118,6 +118,40 @@ def test_rl_on_two_processes_equals_one(tiny_model_dir, tmp_path, case):
     for samples in sorted((one / "samples").glob("*.jsonl")):
         assert (two / "samples" / samples.name).read_text() == samples.read_text()
     assert len(list((two / "tb").glob("events.*"))) == 1
+
+
+def test_killed_two_process_rl_run_resumes_like_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    """SIGKILL to torchrun and both workers once a checkpoint is complete, then ``--resume`` on two
+    processes: PPO (critic, optimizer, running reward statistics, adaptive KL coefficient restored) ends with
+    the weights and every logged figure of an uninterrupted 2-process run."""
+    (tmp_path / "reward.py").write_text(REWARD)
+    for name, prompts in (("train.jsonl", TRAIN), ("held_out.jsonl", HELD_OUT)):
+        (tmp_path / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    case = [
+        *CASES["ppo-separate"],
+        "kl.target=0.5",
+        "num_steps=30",
+        "train.save_every=2",
+        "train.eval_every=10",
+    ]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    args = rl_command(tiny_model_dir, tmp_path, killed, case)
+    resumed_from = kill_after_first_checkpoint(args, killed, tmp_path / "killed.log")
+    assert 2 <= resumed_from < 30
+    run([*args, "--resume"], processes=2)
+    run(rl_command(tiny_model_dir, tmp_path, whole, case), processes=2)
+
+    weights_killed = load_file(killed / "model" / "model.safetensors")
+    weights_whole = load_file(whole / "model" / "model.safetensors")
+    assert max((weights_killed[k] - weights_whole[k]).abs().max().item() for k in weights_whole) < 1e-5
+    records_killed = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    records_whole = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records_killed] == [r["step"] for r in records_whole]
+    for a, b in zip(records_whole, records_killed):
+        for key in a.keys() - {"step", "tokens_per_s"}:
+            if not key.startswith("time/"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a["step"])
+    assert json.loads((killed / "summary.json").read_text())["resumed_from_step"] == resumed_from
 
 
 def test_a_batch_that_does_not_split_stops_before_any_model(tiny_model_dir, tmp_path):
