@@ -83,6 +83,14 @@ than the rollout batch each process shuffles its own rows, so which rows share a
 ``W`` (as in TRL and OpenRLHF). Only the main process writes (metrics, samples, checkpoints, the model).
 FSDP and DeepSpeed are not supported by this trainer yet: generation needs the whole policy on each process.
 
+Rollout engines (``rollout:``). ``engine=hf`` generates with transformers on the policy module itself;
+``engine=vllm`` with a vLLM engine in the process (:mod:`rlxf.rollout.vllm`). ``placement=ray`` runs this
+trainer as a Ray actor (:func:`rl_on_ray`) and generation on ``rollout.num_workers`` rollout actors
+(:mod:`rlxf.rollout.ray_engine`). An engine holding its own copy of the weights gets them after every update
+(``time/sync``), checked; Ray syncs are written to ``weight_syncs.jsonl``. Only the transformers engine's
+log-probs stand in for the policy's (vLLM's kernels round differently): with vLLM a no-grad pass computes
+them.
+
 Left out: process (per-step) rewards, PPO-ptx (a pre-training loss mixed in), value-head pre-training
 warm-up, entropy bonus, asynchronous / off-policy rollouts, and reward-model ensembles' uncertainty penalty
 beyond what the reward source offers.
