@@ -94,6 +94,14 @@ COMMANDS: tuple[Command, ...] = (
         "rlxf.demo:demo",
     ),
     Command(
+        "pretrain",
+        "Pre-train from scratch (GPT-2 / Llama next token, BERT masked LM + NSP, T5 span corruption) or "
+        "continue pre-training a model, on a text corpus.",
+        f"{_ALGOS}.pretrain:PretrainConfig",
+        f"{_ALGOS}.pretrain:pretrain",
+        stage="pretrain",
+    ),
+    Command(
         "sft",
         "Supervised fine-tuning on prompt/completion or messages data (loss on completions only).",
         f"{_ALGOS}.sft:SFTConfig",

@@ -288,6 +288,7 @@ MINIMAL_OPTIONS = {
     "simulate": {"data": "c.jsonl", "reward": "sentiment"},
     "judge": {"data": "c.jsonl"},
     "label": {"data": "c.jsonl", "name": "project"},
+    "pretrain": {"data": "corpus.jsonl", "arch": "gpt2"},
     "sft": {"data": "d.jsonl"},
     "reward": {"data": "d.jsonl"},
     "dpo": {"data": "d.jsonl"},

@@ -10,6 +10,10 @@ specification (docs/design.md "Reward specifications") into one:
 * ``fn:module:function`` or ``fn:path/file.py:function``: a Python callable, called as
   ``fn(prompts=..., completions=...)`` (keyword arguments, as TRL calls its reward functions);
 * ``sentiment``: the built-in VADER scorer (:class:`~rlxf.feedback.sentiment.SentimentScorer`);
+* ``pep8`` and ``offensive``: the built-in scorers of the pretraining-with-human-feedback tasks (Korbak et
+  al. 2023), minus PEP 8 violations per character (:class:`~rlxf.feedback.code_style.Pep8Scorer`) and
+  minus the probability of offensive language (:class:`~rlxf.feedback.offensive.OffensiveScorer`); both
+  need the ``rlxf[phf]`` extra;
 * ``judge:MODEL``: AI feedback from a language model that rates each completion 1-9
   (:class:`JudgeReward`, a thin adapter over :class:`~rlxf.feedback.lm_judge.PointwiseJudge`; the reward
   is the expected rating mapped to [0, 1]);
@@ -18,10 +22,11 @@ specification (docs/design.md "Reward specifications") into one:
 * a weighted sum of these: in YAML a list of ``{source: SPEC, weight: W}`` (or bare specs, weight 1), on
   the command line ``"0.7*sentiment + 0.3*model:runs/rm"`` (:class:`WeightedSum`).
 
-Parsing loads what a source needs (the reward or judge model, the Python module, VADER), so a bad
-specification stops a run before any work. Every call goes through :meth:`RewardSource.__call__`, which
-turns a failure, a wrong count, a non-number, NaN or an infinity into a :class:`RewardError` that names
-the source, the completion and its prompt: a broken reward never silently becomes zero.
+Parsing loads what a source needs (the reward or judge model, the Python module, VADER, pycodestyle, the
+offensive-language classifier), so a bad specification stops a run before any work. Every call goes
+through :meth:`RewardSource.__call__`, which turns a failure, a wrong count, a non-number, NaN or an
+infinity into a :class:`RewardError` that names the source, the completion and its prompt: a broken
+reward never silently becomes zero.
 
 What an RL trainer does to a batch's rewards before computing advantages (length penalty, normalisation,
 clipping) lives beside it, in :mod:`rlxf.algos.reward_shaping`.
@@ -51,16 +56,19 @@ import numpy as np
 import torch
 
 from rlxf.config import option
+from rlxf.feedback.code_style import Pep8Scorer, pep8_scores
 from rlxf.feedback.http import post_json
 from rlxf.feedback.lm_judge import DEFAULT_JUDGE_TEMPLATE, PointwiseJudge, check_judge_template
+from rlxf.feedback.offensive import OffensiveScorer, offensive_probabilities
 from rlxf.feedback.reward_model import RewardModel
 from rlxf.feedback.sentiment import SentimentScorer, sentiment_scores
 from rlxf.models.load import Device, DType, ModelConfig
 
 SPEC_FORMS = (
     "model:PATH (a trained reward model), fn:module:function or fn:path/file.py:function (a Python "
-    "callable), sentiment (the built-in VADER scorer), judge:MODEL (AI feedback), an http:// or https:// "
-    "URL (a remote scorer), or a weighted sum: '0.7*sentiment + 0.3*model:PATH' (in YAML a list of "
+    "callable), sentiment (the built-in VADER scorer), pep8 or offensive (the built-in scorers of code "
+    "style and offensive language), judge:MODEL (AI feedback), an http:// or https:// URL (a remote "
+    "scorer), or a weighted sum: '0.7*sentiment + 0.3*model:PATH' (in YAML a list of "
     "{source: SPEC, weight: W})"
 )
 """The accepted specification forms, as error messages list them."""
@@ -317,6 +325,12 @@ def _parse_one(spec: str, options: RewardOptions) -> RewardSource:
     if spec == "sentiment":
         sentiment_scores([])  # loads VADER now: a missing package stops the run before any work
         return RewardSource(spec, SentimentScorer())
+    if spec == "pep8":
+        pep8_scores([])  # imports pycodestyle now: a missing package stops the run before any work
+        return RewardSource(spec, Pep8Scorer())
+    if spec == "offensive":
+        offensive_probabilities([])  # loads the classifier now: a missing package stops the run here too
+        return RewardSource(spec, OffensiveScorer())
     if spec.startswith("judge:"):
         try:
             model = ModelConfig(
@@ -360,9 +374,10 @@ def parse_reward_spec(
     """The reward source a specification names (see the module docstring for the forms).
 
     ``spec`` is a string (``"sentiment"``, ``"0.7*sentiment + 0.3*model:runs/rm"``) or, from YAML, a list
-    of specs and ``{source: SPEC, weight: W}`` items. Models, modules and VADER are loaded here, so a bad
-    specification raises ``ValueError`` (naming it) before any training. The source's ``name`` is the
-    specification; a weighted sum's is written ``W*SPEC + ...``.
+    of specs and ``{source: SPEC, weight: W}`` items. Models, modules and the built-in scorers' packages
+    (VADER, pycodestyle, the offensive-language classifier) are loaded here, so a bad specification raises
+    ``ValueError`` (naming it) and a missing package ``ImportError`` (naming the pip command) before any
+    training. The source's ``name`` is the specification; a weighted sum's is written ``W*SPEC + ...``.
     """
     options = options or RewardOptions()
     if isinstance(spec, str):

@@ -1,0 +1,215 @@
+"""``rlxf pretrain`` (rlxf/algos/pretrain.py) on a small corpus written by the test.
+
+* each objective from scratch (clm on GPT-2 and Llama, mlm with and without NSP on BERT, span on T5) trains:
+  finite losses, changed weights, the held-out figures it documents; ``model/`` reloads with the matching
+  ``AutoModelFor...`` and its tokenizer and gives the trained model's logits;
+* the losses by hand: clm on a 1 x 3 block, masked positions only for mlm / span;
+* continued pre-training of a causal LM with LoRA, whose result ``rlxf sft`` takes;
+* a resumed run equals an uninterrupted one; the tokenised corpus is cached and reused;
+* a corpus record without its text field stops the run (file, line, field) before the run folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlxf.algos.pretrain import PretrainConfig, clm_loss, masked_loss, pretrain
+from rlxf.config import ConfigError, load_config
+from rlxf.data import DataError
+from rlxf.train.metrics import read_metrics
+
+SENTENCES = [
+    "The cat sat on the mat. It was warm there.",
+    "A dog ran in the park. The park was green and wide.",
+    "Rain fell on the roof all night. In the morning the sun came out.",
+    "She wrote a letter to her friend. He answered the next day.",
+    "The train left at noon. It reached the coast by evening.",
+    "Bread is made from flour and water. Salt gives it taste.",
+    "The river runs to the sea. Fish swim in it.",
+    "We planted trees in spring. By summer they had leaves.",
+]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RLXF_HOME", str(tmp_path / "home"))  # the token cache of this test alone
+    path = tmp_path / "corpus.jsonl"
+    documents = [f"{SENTENCES[i % 8]} {SENTENCES[(i * 3 + 1) % 8]} Number {i}." for i in range(160)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    return path
+
+
+def config(corpus: Path, out: Path, **overrides) -> PretrainConfig:
+    base = {
+        "data": str(corpus),
+        "out": str(out),
+        "arch": "gpt2",
+        "vocab_size": 300,
+        "block_size": 32,
+        "eval_split": 0.1,
+        "max_eval_blocks": 8,
+        "train": {
+            "max_steps": 4,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "learning_rate": 2e-3,
+            "precision": "fp32",
+            "eval_every": 2,
+        },
+    }
+    for key, value in overrides.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return load_config(PretrainConfig, overrides=base)
+
+
+def test_clm_loss_by_hand():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
+    ids = torch.tensor(
+        [[0, 0, 1]]
+    )  # position 0 predicts x_1 = 0 (p 0.5), position 1 predicts x_2 = 1 (p 0.8)
+    loss, hits = clm_loss(logits, ids)
+    assert loss.item() == pytest.approx(-math.log(0.5) - math.log(0.8), rel=1e-6)
+    assert hits.tolist() == [[True, True]]
+
+
+def test_masked_loss_counts_only_labelled_positions():
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
+    labels = torch.tensor([[-100, 1, 1]])
+    loss, mask, hits = masked_loss(logits, labels)
+    assert loss.item() == pytest.approx(-math.log(0.1) - math.log(0.8), rel=1e-6)
+    assert mask.tolist() == [[False, True, True]] and hits.tolist() == [[False, False, True]]
+
+
+def reloads_identically(folder: Path, auto_name: str, inputs: dict[str, torch.Tensor]) -> None:
+    import transformers
+
+    auto = getattr(transformers, auto_name)
+    first = auto.from_pretrained(folder).eval()
+    second = auto.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.equal(first(**inputs).logits, second(**inputs).logits)
+    transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_clm_from_scratch_learns_and_saves_a_causal_lm(corpus, tmp_path, arch):
+    result = pretrain(config(corpus, tmp_path / "run", arch=arch))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    first, last = records[0], records[-1]
+    assert first["step"] == 0 and {"eval/perplexity", "eval/unigram_perplexity"} <= first.keys()
+    assert last["eval/loss"] < first["eval/loss"]  # it learned
+    assert last["eval/perplexity_ratio"] == pytest.approx(
+        last["eval/perplexity"] / last["eval/unigram_perplexity"], rel=1e-6
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    ids = tokenizer("The cat sat", return_tensors="pt").input_ids
+    reloads_identically(result.model_dir, "AutoModelForCausalLM", {"input_ids": ids})
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
+
+
+def test_mlm_with_nsp_and_span_from_scratch(corpus, tmp_path):
+    mlm = pretrain(config(corpus, tmp_path / "mlm", arch="bert", objective="mlm", nsp=True))
+    record = read_metrics(tmp_path / "mlm" / "metrics.jsonl")[-1]
+    assert {
+        "eval/masked_accuracy",
+        "eval/baseline_accuracy",
+        "eval/nsp_accuracy",
+        "eval/loss",
+    } <= record.keys()
+    assert "nsp_loss" in record and math.isfinite(record["loss"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(mlm.model_dir)
+    pair = tokenizer("The cat sat.", "It was warm.", return_tensors="pt")
+    assert pair.token_type_ids.max() == 1
+    reloads_identically(mlm.model_dir, "AutoModelForMaskedLM", dict(pair))
+
+    span = pretrain(config(corpus, tmp_path / "span", arch="t5", objective="span"))
+    record = read_metrics(tmp_path / "span" / "metrics.jsonl")[-1]
+    assert {"eval/span_accuracy", "eval/baseline_accuracy", "eval/loss"} <= record.keys()
+    tokenizer = AutoTokenizer.from_pretrained(span.model_dir)
+    ids = tokenizer("The cat <extra_id_0> the mat.", return_tensors="pt").input_ids
+    reloads_identically(
+        span.model_dir, "AutoModelForSeq2SeqLM", {"input_ids": ids, "decoder_input_ids": ids[:, :3]}
+    )
+
+
+def test_mlm_without_nsp(corpus, tmp_path):
+    pretrain(config(corpus, tmp_path / "mlm", arch="bert", objective="mlm"))
+    record = read_metrics(tmp_path / "mlm" / "metrics.jsonl")[-1]
+    assert "eval/nsp_accuracy" not in record and record["eval/masked_accuracy"] >= 0
+
+
+def test_resume_equals_an_uninterrupted_run_and_the_corpus_is_cached(corpus, tmp_path, caplog):
+    # a constant learning rate: the 2-step run's schedule is then the first half of the 4-step run's
+    constant = {"lr_schedule": "constant", "warmup_ratio": 0.0}
+    whole = pretrain(config(corpus, tmp_path / "whole", train=constant))
+    first = config(
+        corpus, tmp_path / "cut", train={**constant, "max_steps": 2, "keep_final_checkpoint": True}
+    )
+    pretrain(first)
+    caplog.set_level("INFO", logger="rlxf")
+    resumed = pretrain(config(corpus, tmp_path / "cut", resume=True, train=constant))
+    assert "reusing the tokenised corpus" in caplog.text
+    from safetensors.torch import load_file
+
+    a = load_file(whole.model_dir / "model.safetensors")
+    b = load_file(resumed.model_dir / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    losses = lambda run: [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]  # noqa: E731
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+
+
+def test_continued_pretraining_with_lora_feeds_sft(corpus, tmp_path, tiny_model_dir):
+    cfg = config(
+        corpus, tmp_path / "cpt", arch=None, model={"name_or_path": str(tiny_model_dir), "lora": {"r": 4}}
+    )
+    result = pretrain(cfg)
+    from rlxf.algos.sft import SFTConfig, sft
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": s[:12], "completion": s[12:]}) + "\n" for s in SENTENCES * 2)
+    )
+    tuned = sft(
+        load_config(
+            SFTConfig,
+            overrides={
+                "model": {"name_or_path": str(result.model_dir)},
+                "data": str(data),
+                "out": str(tmp_path / "sft"),
+                "eval_split": 0,
+                "train": {"max_steps": 1, "global_batch_size": 4, "micro_batch_size": 4, "precision": "fp32"},
+            },
+        )
+    )
+    assert math.isfinite(tuned["loss"])
+
+
+def test_a_document_without_text_stops_before_the_run_folder(corpus, tmp_path):
+    with corpus.open("a") as f:
+        f.write(json.dumps({"body": "no text field"}) + "\n")
+    with pytest.raises(DataError) as error:
+        pretrain(config(corpus, tmp_path / "run"))
+    assert "corpus.jsonl" in str(error.value) and "161" in str(error.value) and "text" in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_are_checked_when_the_config_is_built(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="bert"):
+        config(corpus, tmp_path / "x", arch="gpt2", objective="mlm")
+    with pytest.raises(ConfigError, match="nsp goes with objective=mlm"):
+        config(corpus, tmp_path / "x", nsp=True)
+    with pytest.raises(ConfigError, match="continued pre-training"):
+        config(corpus, tmp_path / "x", arch=None, objective="span")
