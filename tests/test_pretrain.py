@@ -213,3 +213,81 @@ def test_settings_are_checked_when_the_config_is_built(corpus, tmp_path):
         config(corpus, tmp_path / "x", nsp=True)
     with pytest.raises(ConfigError, match="continued pre-training"):
         config(corpus, tmp_path / "x", arch=None, objective="span")
+
+
+# ---------------------------------------------------------------------------------------------- preferences
+
+
+@pytest.fixture
+def code_corpus(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Python lines from the standard library, 30% with a PEP8 violation injected; held out: clean lines."""
+    from rlxf.data.stdlib_corpus import pep8_corpus, stdlib_code_lines
+
+    monkeypatch.setenv("RLXF_HOME", str(tmp_path / "home"))
+    train = tmp_path / "code.jsonl"
+    train.write_text(
+        "".join(json.dumps({"text": line}) + "\n" for line, _ in pep8_corpus(0.3, max_lines=600))
+    )
+    clean = tmp_path / "clean.jsonl"
+    lines = [line for _, line in zip(range(700), stdlib_code_lines())][600:]
+    clean.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    return train, clean
+
+
+def phf_config(code_corpus, out: Path, preference: str, **overrides) -> PretrainConfig:
+    train, clean = code_corpus
+    return config(
+        train,
+        out,
+        eval_data=str(clean),
+        preference=preference,
+        score="pep8",
+        segment="document",
+        misalignment_samples=8,
+        sample_max_new_tokens=8,
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("preference", ["none", "filter", "conditional", "unlikelihood", "rwr", "awr"])
+def test_each_preference_objective_trains_and_reports_misalignment(code_corpus, tmp_path, preference):
+    result = pretrain(phf_config(code_corpus, tmp_path / preference, preference))
+    records = read_metrics(tmp_path / preference / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    summary = json.loads((tmp_path / preference / "summary.json").read_text())
+    final = summary["metrics"]
+    assert -1 <= -final["eval/misalignment"] <= 0  # minus the mean pep8 reward of the samples
+    assert math.isfinite(final["eval/loss"])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)  # awr: the LM alone, no value head
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    if preference == "conditional":
+        assert {"<|good|>", "<|bad|>"} <= set(tokenizer.all_special_tokens)
+        assert "eval/misalignment_bad_token" in final
+    if preference in ("unlikelihood",):
+        assert 0 < steps[-1]["bad_token_share"] < 1
+    if preference in ("rwr", "awr"):
+        assert steps[-1]["weight_mean"] > 0
+    if preference == "awr":
+        assert "value_loss" in steps[-1]
+
+
+def test_filter_drops_documents_below_the_threshold(code_corpus, tmp_path, caplog):
+    caplog.set_level("INFO", logger="rlxf")
+    pretrain(phf_config(code_corpus, tmp_path / "f", "filter", threshold=0.0))
+    # a clean line scores 0 (no violation), an injected one below: the injected 30% go
+    assert "filter: " in caplog.text
+    kept = int(caplog.text.split("filter: ")[1].split(" of ")[0])
+    assert 0.6 * 600 < kept < 0.8 * 600
+
+
+def test_preference_settings_are_checked(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="needs the feedback"):
+        config(corpus, tmp_path / "x", preference="rwr")
+    with pytest.raises(ConfigError, match="objective=clm"):
+        config(corpus, tmp_path / "x", arch="bert", objective="mlm", preference="filter", score="pep8")
+    assert config(corpus, tmp_path / "x", preference="awr", score="pep8").beta == 1.0
+    assert config(corpus, tmp_path / "x", preference="rwr", score="pep8").beta == 10.0

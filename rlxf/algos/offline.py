@@ -260,6 +260,7 @@ def fit_and_save(
     judge_by: str = "loss",
     unit: str = "examples",
     before_save: Callable[[Trainer, dict[str, float]], None] | None = None,
+    saved_part: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> RunResult:
     """Train in the run folder ``cfg.out``, save ``model/`` and ``summary.json``, tidy the checkpoints.
 
@@ -267,7 +268,8 @@ def fit_and_save(
     :class:`~rlxf.train.loop.HeldOut`, in batches of ``eval_batch_size``, default ``train.micro_batch_size``)
     runs only when there are ``eval_examples``; ``judge_by`` names the held-out metric the run is judged by
     (:func:`held_out_warning`), ``unit`` what an example is (``pairs``). ``before_save`` may change the
-    trained model (a reward model's centring and head description) before it is saved. ``command`` names
+    trained model (a reward model's centring and head description) before it is saved; ``saved_part`` picks
+    what of the trained module ``model/`` holds (a language model without a value head). ``command`` names
     the rlxf command in messages. Everything a learner can check is checked before this is called (the
     launch too: :func:`~rlxf.train.distributed.check_launch`), so bad input writes nothing.
     """
@@ -299,7 +301,7 @@ def fit_and_save(
         summary: dict[str, Any] = {}
         to_save = trainer.model_to_save()  # every process: a sharded model is gathered
         if trainer.accelerator.is_main_process:
-            save_model(to_save, tokenizer, run.model_dir)
+            save_model(saved_part(to_save) if saved_part is not None else to_save, tokenizer, run.model_dir)
             summary = run.write_summary(
                 final, num_tokens=int(final.get("train_tokens", 0)), extra={"held_out": held_out}
             )

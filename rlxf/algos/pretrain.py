@@ -68,7 +68,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,24 @@ import torch
 import torch.nn.functional as F
 
 from rlxf.algos.offline import fit_and_save, load_trainable_model, model_device, to_device, training_precision
+from rlxf.algos.phf import PHF_DEFAULTS, Segment
+from rlxf.algos.pretrain_phf import (
+    BAD,
+    GOOD,
+    TOKEN_LEVEL,
+    Preference,
+    RewardBlocks,
+    ValueHeadLM,
+    corpus_threshold,
+    held_out_text,
+    language_model,
+    misalignment,
+    phf_token_loss,
+    save_scores_summary,
+    score_segments,
+    training_texts,
+    write_token_rewards,
+)
 from rlxf.config import option
 from rlxf.data import DataError
 from rlxf.data.corpus import (
@@ -88,6 +106,7 @@ from rlxf.data.corpus import (
     validate_corpus,
     write_token_file,
 )
+from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models.load import load_tokenizer, resolve_device
 from rlxf.models.precision import weight_dtype
 from rlxf.models.registry import resolve_model, rlxf_home
@@ -97,6 +116,7 @@ from rlxf.models.scratch import (
     Objective,
     Size,
     TokenizerKind,
+    add_control_tokens,
     build_config,
     check_arch,
     config_from_file,
@@ -158,6 +178,37 @@ class PretrainConfig(RunConfig):
     nsp: bool = option(False, help="mlm: add next-sentence prediction (BERT's sentence pairs)")
     noise_density: float = option(0.15, help="span: share of tokens corrupted")
     mean_noise_span_length: float = option(3.0, help="span: mean length of a corrupted span")
+    # Pre-training with human feedback (Korbak et al. 2023; rlxf/algos/phf.py, rlxf/algos/pretrain_phf.py)
+    preference: Preference = option(
+        "none", help="clm: none (MLE), filter, conditional, unlikelihood, rwr or awr (Korbak et al. 2023)"
+    )
+    score: Any = option(
+        "",
+        help="reward spec scoring segments (pep8, offensive, sentiment, fn:..., model:...): the preference "
+        "objectives' feedback, and eval/misalignment of samples at the end",
+    )
+    segment: Segment = option("sentence", help="what a score covers: sentence, line or document")
+    threshold: float | None = option(None, help="reward threshold (good: >= it); unset: threshold_quantile")
+    threshold_quantile: float = option(
+        PHF_DEFAULTS.threshold_quantile,
+        help="the threshold as this quantile of the training segments' scores",
+    )
+    alpha: float = option(
+        PHF_DEFAULTS.unlikelihood_alpha, help="unlikelihood: weight of the unlikelihood term"
+    )
+    beta: float | None = option(
+        None,
+        help=f"rwr / awr temperature; unset: {PHF_DEFAULTS.rwr_beta:g} (rwr), {PHF_DEFAULTS.awr_beta:g} (awr)",
+    )
+    value_coef: float = option(PHF_DEFAULTS.awr_value_coef, help="awr: weight of the value head's loss")
+    max_weight: float = option(PHF_DEFAULTS.max_weight, help="rwr / awr: cap on a token's weight")
+    control_drop_share: float = option(
+        PHF_DEFAULTS.control_drop_share, help="conditional: share of segments left without a control token"
+    )
+    misalignment_samples: int = option(
+        256, help="with score: samples drawn at the end; eval/misalignment is minus their mean score; 0: none"
+    )
+    sample_max_new_tokens: int = option(64, help="length of those samples in tokens")
 
     def __post_init__(self) -> None:
         if self.eval_split == "auto":
@@ -190,8 +241,19 @@ class PretrainConfig(RunConfig):
             raise ValueError("noise_density must be in (0, 1) and mean_noise_span_length >= 1")
         if self.max_eval_blocks < 1:
             raise ValueError(f"max_eval_blocks must be >= 1, got {self.max_eval_blocks}")
-        if self.eval_data is not None:
-            raise ValueError("pre-training holds out documents of its corpus: use eval_split, not eval_data")
+        if self.preference != "none":
+            if self.objective != "clm":
+                raise ValueError(f"preference={self.preference} trains causal LMs: objective=clm")
+            if self.score in ("", None, []):
+                raise ValueError(f"preference={self.preference} needs the feedback: --score SPEC (e.g. pep8)")
+        if self.beta is None:
+            self.beta = PHF_DEFAULTS.awr_beta if self.preference == "awr" else PHF_DEFAULTS.rwr_beta
+        if self.beta <= 0 or self.max_weight <= 0 or self.alpha < 0 or self.value_coef < 0:
+            raise ValueError("beta and max_weight must be > 0, alpha and value_coef >= 0")
+        if not 0 <= self.threshold_quantile <= 1 or not 0 <= self.control_drop_share < 1:
+            raise ValueError("threshold_quantile must be in [0, 1] and control_drop_share in [0, 1)")
+        if self.misalignment_samples < 0 or self.sample_max_new_tokens < 1:
+            raise ValueError("misalignment_samples must be >= 0 and sample_max_new_tokens >= 1")
 
     @property
     def from_scratch(self) -> bool:
@@ -240,6 +302,8 @@ class CorpusFiles:
     eval_path: Path
     train_documents: int
     eval_documents: int
+    threshold: float | None = None  # the preference objectives' reward threshold
+    rewards_path: Path | None = None  # unlikelihood / rwr / awr: each training token's segment reward
 
 
 def _corpus_fingerprint(spec: str) -> list[Any]:
@@ -256,19 +320,27 @@ def _corpus_fingerprint(spec: str) -> list[Any]:
 
 
 def _texts(cfg: PretrainConfig, held_out: bool) -> Iterator[str]:
-    """The training (or held-out) documents' texts, streamed."""
+    """The training (or held-out) documents' texts, streamed: ``eval_data``'s documents are held out when
+    it is given (and ``data``'s all train), else ``eval_split`` of ``data``'s by a hash of their index."""
+    if cfg.eval_data is not None:
+        for document in iter_documents(cfg.eval_data if held_out else cfg.data, cfg.text_field):
+            yield document.text
+        return
     share = float(cfg.eval_split)
     for index, document in enumerate(iter_documents(cfg.data, cfg.text_field)):
         if is_held_out(index, cfg.seed, share) == held_out:
             yield document.text
 
 
-def _scratch_tokenizer(cfg: PretrainConfig, family: str) -> Any:
+def _scratch_tokenizer(cfg: PretrainConfig, family: str, texts: Iterable[str]) -> Any:
+    control = [GOOD, BAD] if cfg.preference == "conditional" else []
     if cfg.tokenizer_path is not None:
-        return load_tokenizer(cfg.tokenizer_path)
+        tokenizer = load_tokenizer(cfg.tokenizer_path)
+        tokenizer.add_special_tokens({"additional_special_tokens": control})
+        return tokenizer
     kind = cfg.tokenizer or {"causal": "bpe", "bert": "wordpiece", "t5": "unigram"}[family]
     logger.info(f"training a {kind} tokenizer ({cfg.vocab_size} tokens) on the training documents")
-    return train_tokenizer(_texts(cfg, held_out=False), kind, cfg.vocab_size, family)  # type: ignore[arg-type]
+    return train_tokenizer(texts, kind, cfg.vocab_size, family, extra_special=control)  # type: ignore[arg-type]
 
 
 def _separator_id(tokenizer: Any, family: str) -> int | None:
@@ -276,11 +348,28 @@ def _separator_id(tokenizer: Any, family: str) -> int | None:
     return tokenizer.sep_token_id if family == "bert" else tokenizer.eos_token_id
 
 
-def prepare_corpus(cfg: PretrainConfig, family: str, model_tokenizer: Any | None) -> CorpusFiles:
+def prepare_corpus(
+    cfg: PretrainConfig, family: str, model_tokenizer: Any | None, reward: Any = None
+) -> CorpusFiles:
     """Tokenise the corpus once (or find it in the cache): the tokenizer (trained here from scratch, else
-    ``model_tokenizer``) and the token files of the training and held-out documents."""
+    ``model_tokenizer``) and the token files of the training and held-out documents; with a ``preference``
+    the training documents are scored by ``reward`` first and shaped as the objective wants
+    (:mod:`rlxf.algos.pretrain_phf`)."""
     key_parts = {
         "corpus": _corpus_fingerprint(cfg.data),
+        "eval_corpus": _corpus_fingerprint(cfg.eval_data) if cfg.eval_data is not None else None,
+        "preference": (
+            [
+                cfg.preference,
+                cfg.score,
+                cfg.segment,
+                cfg.threshold,
+                cfg.threshold_quantile,
+                cfg.control_drop_share,
+            ]
+            if cfg.preference != "none"
+            else None
+        ),
         "text_field": cfg.text_field,
         "eval_split": cfg.eval_split,
         "seed": cfg.seed,
@@ -298,16 +387,40 @@ def prepare_corpus(cfg: PretrainConfig, family: str, model_tokenizer: Any | None
         folder.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         try:
-            tokenizer = model_tokenizer if model_tokenizer is not None else _scratch_tokenizer(cfg, family)
+            threshold = None
+            if cfg.preference == "none":
+                train_texts: Any = lambda: _texts(cfg, held_out=False)  # noqa: E731 (streamed, twice)
+            else:
+                documents = list(_texts(cfg, held_out=False))
+                logger.info(f"scoring the segments of {len(documents)} training documents with {cfg.score}")
+                scores = score_segments(documents, cfg.segment, reward)
+                threshold = corpus_threshold(cfg, scores)
+                save_scores_summary(building, threshold, scores)
+                shaped = training_texts(cfg, documents, scores, threshold)
+                train_texts = lambda: iter(shaped)  # noqa: E731
+            tokenizer = (
+                model_tokenizer
+                if model_tokenizer is not None
+                else _scratch_tokenizer(cfg, family, train_texts())
+            )
             tokenizer.save_pretrained(building / "tokenizer")
             separator = _separator_id(tokenizer, family)
-            counts = {}
-            for part, held_out in (("train", False), ("eval", True)):
-                tokens = write_token_file(
-                    _texts(cfg, held_out), tokenizer, building / f"{part}.bin", separator
+            counts = {
+                "train": write_token_file(train_texts(), tokenizer, building / "train.bin", separator),
+                "eval": write_token_file(
+                    (held_out_text(cfg, t) for t in _texts(cfg, held_out=True)),
+                    tokenizer,
+                    building / "eval.bin",
+                    separator,
+                ),
+            }
+            if cfg.preference in TOKEN_LEVEL:
+                write_token_rewards(
+                    shaped, scores, cfg.segment, tokenizer, separator, building / "train.rewards.bin"
                 )
-                counts[part] = tokens
-            (building / "done.json").write_text(json.dumps({"key": key_parts, "tokens": counts}, default=str))
+            (building / "done.json").write_text(
+                json.dumps({"key": key_parts, "tokens": counts, "threshold": threshold}, default=str)
+            )
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(building, folder)
@@ -318,6 +431,9 @@ def prepare_corpus(cfg: PretrainConfig, family: str, model_tokenizer: Any | None
         logger.info(f"reusing the tokenised corpus in {folder}")
     tokenizer = model_tokenizer if model_tokenizer is not None else load_tokenizer(folder / "tokenizer")
     meta = {part: json.loads((folder / f"{part}.json").read_text()) for part in ("train", "eval")}
+    done = json.loads((folder / "done.json").read_text())
+    if done["threshold"] is not None:
+        logger.info(f"reward threshold {done['threshold']:.4g} ({cfg.preference})")
     return CorpusFiles(
         folder,
         tokenizer,
@@ -325,6 +441,8 @@ def prepare_corpus(cfg: PretrainConfig, family: str, model_tokenizer: Any | None
         folder / "eval.bin",
         meta["train"].get("documents", 0),
         meta["eval"].get("documents", 0),
+        threshold=done["threshold"],
+        rewards_path=folder / "train.rewards.bin" if cfg.preference in TOKEN_LEVEL else None,
     )
 
 
@@ -332,8 +450,11 @@ class IndexedBlocks(Sequence):
     """Blocks of a token file as the loop's examples: ``{"ids": [T], "index": i}`` (the index seeds the
     example's masks), at most ``limit`` of them."""
 
-    def __init__(self, blocks: TokenBlocks, limit: int | None = None) -> None:
+    def __init__(
+        self, blocks: TokenBlocks, limit: int | None = None, rewards: RewardBlocks | None = None
+    ) -> None:
         self.blocks = blocks
+        self.rewards = rewards  # each token's reward (unlikelihood / rwr / awr), as "rewards"
         self.length = len(blocks) if limit is None else min(limit, len(blocks))
 
     def __len__(self) -> int:
@@ -344,7 +465,13 @@ class IndexedBlocks(Sequence):
             return [self[j] for j in range(*i.indices(self.length))]
         if not 0 <= i < self.length:
             raise IndexError(i)
+        if self.rewards is not None:
+            return {"ids": self.blocks[i], "index": i, "rewards": self.rewards[i]}
         return {"ids": self.blocks[i], "index": i}
+
+
+def _tokens(path: Path) -> int:
+    return int(json.loads(path.with_suffix(".json").read_text())["tokens"])
 
 
 def token_counts(path: Path, vocab_size: int) -> np.ndarray:
@@ -406,34 +533,53 @@ class ObjectiveParts:
 
 
 def clm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
-    train = IndexedBlocks(TokenBlocks(corpus.train_path, cfg.block_size))
-    held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, cfg.block_size), cfg.max_eval_blocks)
+    """Next-token prediction on packed blocks; with ``preference`` unlikelihood / rwr / awr each block
+    carries its tokens' rewards and the token loss is :func:`~rlxf.algos.pretrain_phf.phf_token_loss`."""
+    blocks = TokenBlocks(corpus.train_path, cfg.block_size)
+    rewards = None
+    if corpus.rewards_path is not None:
+        rewards = RewardBlocks(corpus.rewards_path, cfg.block_size, _tokens(corpus.train_path))
+    train = IndexedBlocks(blocks, rewards=rewards)
+    held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, cfg.block_size), limit=cfg.max_eval_blocks)
     vocab = len(corpus.tokenizer)
     # Unigram baseline: add-one smoothed token frequencies of the training corpus.
     counts = token_counts(corpus.train_path, vocab).astype(np.float64) + 1.0
     unigram_nll = torch.tensor(-np.log(counts / counts.sum()), dtype=torch.float64)  # [vocab]
+    # Conditional models are evaluated after <|good|>; the control tokens themselves are not scored.
+    control = (
+        torch.tensor(corpus.tokenizer.convert_tokens_to_ids([GOOD, BAD]))
+        if cfg.preference == "conditional"
+        else torch.tensor([], dtype=torch.long)
+    )
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.stack([e["ids"] for e in examples])}  # [batch, T]
+        batch = {"input_ids": torch.stack([e["ids"] for e in examples])}  # [batch, T]
+        if "rewards" in examples[0]:
+            batch["rewards"] = torch.stack([e["rewards"] for e in examples])  # [batch, T]
+        return batch
 
     def units(batch: dict[str, torch.Tensor]) -> int:
         ids = batch["input_ids"]
         return ids.shape[0] * (ids.shape[1] - 1)  # every position but the last predicts a token
 
     def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        if cfg.preference in TOKEN_LEVEL:
+            loss, metrics = phf_token_loss(cfg, model, batch["input_ids"], batch["rewards"], corpus.threshold)
+            return LossOutput(loss=loss, metrics=metrics)
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits  # [batch, T, vocab]
         loss, hits = clm_loss(logits, batch["input_ids"])
         return LossOutput(loss=loss, metrics={"token_accuracy": hits.float().mean().item()})
 
     def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = to_device(collate(examples), model_device(model))
-        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        logits = language_model(model)(input_ids=batch["input_ids"], use_cache=False).logits
         targets = batch["input_ids"][:, 1:]
+        scored = ~torch.isin(targets, control.to(targets.device))  # [b, T-1]
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")  # [b, T-1]
         return {
-            "nll": nll.double().sum(-1),
-            "tokens": torch.full((len(examples),), targets.shape[1], dtype=torch.float64),
-            "unigram_nll": unigram_nll.to(targets.device)[targets].sum(-1),
+            "nll": (nll.double() * scored).sum(-1),
+            "tokens": scored.double().sum(-1),
+            "unigram_nll": (unigram_nll.to(targets.device)[targets] * scored).sum(-1),
         }
 
     def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -538,7 +684,7 @@ def span_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
         cfg.block_size, cfg.noise_density, cfg.mean_noise_span_length
     )
     train = IndexedBlocks(TokenBlocks(corpus.train_path, raw_length))
-    held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, raw_length), cfg.max_eval_blocks)
+    held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, raw_length), limit=cfg.max_eval_blocks)
     sentinels = sentinel_ids(tokenizer)
     not_noise = torch.tensor(sorted({*sentinels, tokenizer.eos_token_id}))  # target tokens that are markers
     most_frequent = int(token_counts(corpus.train_path, len(tokenizer)).argmax())
@@ -601,15 +747,22 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     print_config(cfg, "rlxf pretrain")
     stats = validate_corpus(cfg.data, cfg.text_field)  # the first bad document stops here
     logger.info(f"corpus {cfg.data}: {stats.documents} documents, {stats.characters} characters")
+    if cfg.eval_data is not None:
+        validate_corpus(cfg.eval_data, cfg.text_field)
+    reward = parse_reward_spec(cfg.score, RewardOptions()) if cfg.score not in ("", None, []) else None
     family = _family(cfg)
     model = None
     model_tokenizer = None
     if not cfg.from_scratch:
         model, _ = load_trainable_model(cfg)
         model_tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path))
-    corpus = prepare_corpus(cfg, family, model_tokenizer)
+        if cfg.preference == "conditional":  # new embedding rows: the mean of the others
+            add_control_tokens(model, model_tokenizer, [GOOD, BAD])
+    corpus = prepare_corpus(cfg, family, model_tokenizer, reward)
     if model is None:
         model = build_model(cfg, corpus.tokenizer)
+    if cfg.preference == "awr":
+        model = ValueHeadLM(model)
     objective = OBJECTIVES[cfg.objective](cfg, corpus)
     if len(objective.train_examples) < cfg.train.global_batch_size:
         raise DataError(
@@ -621,6 +774,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         f"{len(objective.train_examples)} training and {len(objective.eval_examples)} held-out examples "
         f"({corpus.train_documents} and {corpus.eval_documents} documents)"
     )
+
+    def before_save(trainer: Any, final: dict[str, float]) -> None:
+        """The misalignment of samples of the trained model, into the final metrics and summary."""
+        if reward is not None and cfg.misalignment_samples and cfg.objective == "clm":
+            final.update(misalignment(cfg, trainer.model, corpus.tokenizer, reward))
+
     return fit_and_save(
         cfg,
         model=model,
@@ -632,10 +791,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         compute_loss=objective.compute_loss,
         score=objective.score,
         summarize=objective.summarize,
-        desc=f"pretrain ({cfg.objective})",
+        desc=f"pretrain ({cfg.objective}{'' if cfg.preference == 'none' else ', ' + cfg.preference})",
         command="pretrain",
         judge_by=objective.judge_by,
         unit="blocks",
+        before_save=before_save,
+        saved_part=language_model,
     )
 
 
