@@ -102,6 +102,7 @@ def test_clm_from_scratch_learns_and_saves_a_causal_lm(corpus, tmp_path, arch):
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    assert all(r["tokens_per_s"] > 0 for r in steps)
     first, last = records[0], records[-1]
     assert first["step"] == 0 and {"eval/perplexity", "eval/unigram_perplexity"} <= first.keys()
     assert last["eval/loss"] < first["eval/loss"]  # it learned

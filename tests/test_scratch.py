@@ -219,6 +219,13 @@ def test_configs_carry_the_tokenizer(arch):
     ]
     with pytest.raises(ValueError, match="next-sentence prediction is a BERT objective"):
         build_config("gpt2", "tiny", tokenizer_for("causal"), MAX_LENGTH, nsp=True)
+    # dropout given: every dropout of the model takes it (attention dropout included)
+    config = build_config(arch, "tiny", tokenizer, MAX_LENGTH, dropout=0.1)
+    dropouts = {k: v for k, v in config.to_dict().items() if "drop" in k and isinstance(v, float)}
+    wanted = {"llama": {"attention_dropout"}, "t5": {"dropout_rate"}}.get(arch)
+    assert all(v == 0.1 for k, v in dropouts.items() if wanted is None or k in wanted), dropouts
+    with pytest.raises(ValueError, match="dropout must be in"):
+        build_config(arch, "tiny", tokenizer, MAX_LENGTH, dropout=1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

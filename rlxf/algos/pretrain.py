@@ -160,6 +160,9 @@ class PretrainConfig(RunConfig):
         None, help="from scratch: gpt2 or llama (clm), bert (mlm), t5 (span); unset: continue `model`"
     )
     size: Size = option("tiny", help="from scratch: tiny (CPU, minutes), small, base (GPU)")
+    dropout: float | None = option(
+        None, help="from scratch: every dropout of the model; unset: 0 for tiny, the architecture's otherwise"
+    )
     model_config: str | None = option(
         None, help="from scratch: a transformers config.json (or its folder) instead of arch + size"
     )
@@ -495,7 +498,7 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Module:
     if cfg.model_config is not None:
         config = fit_config_to_tokenizer(config_from_file(cfg.model_config), tokenizer)
     else:
-        config = build_config(cfg.arch, cfg.size, tokenizer, cfg.block_size, nsp=cfg.nsp)  # type: ignore[arg-type]
+        config = build_config(cfg.arch, cfg.size, tokenizer, cfg.block_size, nsp=cfg.nsp, dropout=cfg.dropout)  # type: ignore[arg-type]
     seed_everything(cfg.seed)
     model = model_for(config, cfg.objective, nsp=cfg.nsp)
     dtype = torch.bfloat16 if weight_dtype(training_precision(cfg)) == "bfloat16" else torch.float32
@@ -553,7 +556,9 @@ def clm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
     )
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": torch.stack([e["ids"] for e in examples])}  # [batch, T]
+        input_ids = torch.stack([e["ids"] for e in examples])  # [batch, T]
+        # packed blocks have no padding; the mask is what the loop counts tokens (tokens_per_s) by
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if "rewards" in examples[0]:
             batch["rewards"] = torch.stack([e["rewards"] for e in examples])  # [batch, T]
         return batch

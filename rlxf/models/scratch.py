@@ -421,7 +421,13 @@ def sentinel_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
 
 
 def build_config(
-    arch: Arch, size: Size, tokenizer: PreTrainedTokenizerFast, max_length: int, *, nsp: bool = False
+    arch: Arch,
+    size: Size,
+    tokenizer: PreTrainedTokenizerFast,
+    max_length: int,
+    *,
+    nsp: bool = False,
+    dropout: float | None = None,
 ) -> PretrainedConfig:
     """The ``transformers`` configuration of ``arch`` at ``size`` for ``tokenizer`` and sequences of up to
     ``max_length`` tokens.
@@ -430,9 +436,10 @@ def build_config(
     pad; BERT: pad; T5: pad, eos, and pad as the decoder's start token). GPT-2's and BERT's learned
     positions and Llama's RoPE range cover ``max_length``; T5's relative position buckets need no length.
 
-    Dropout is 0 for ``tiny``: a CPU run of a few minutes sees each block a few times at most and is far
-    from overfitting, where dropout only slows the descent (and adds noise to a short loss curve);
-    ``small`` and ``base`` keep the architectures' published dropout (0.1; Llama has none). GPT-2 and
+    Dropout (``dropout`` unset) is 0 for ``tiny``: a CPU run of a few minutes sees each block a few times
+    and dropout only slows the descent; ``small`` and ``base`` keep the architectures' published dropout
+    (0.1; Llama has none). A value sets every dropout of the model (longer runs on a small corpus overfit
+    without it). GPT-2 and
     Llama tie their input and output embeddings (GPT-2's own choice, Llama's smallest models' too), so do
     BERT and T5 (their defaults). ``nsp`` asks for BERT's next-sentence-prediction head.
     """
@@ -448,11 +455,14 @@ def build_config(
         )
     shape = SIZES[size]
     tiny = size == "tiny"
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    p = dropout if dropout is not None else (0.0 if tiny else None)  # None: the architecture's default
     vocab_size = len(tokenizer)
     if arch == "gpt2":
         # (summary_first_dropout: only GPT2DoubleHeadsModel's head uses it; 0 too, for one rule)
         names = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
-        dropout = dict.fromkeys(names, 0.0) if tiny else {}
+        rates = dict.fromkeys(names, p) if p is not None else {}
         return GPT2Config(
             vocab_size=vocab_size,
             n_positions=max_length,
@@ -465,7 +475,7 @@ def build_config(
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
             architectures=["GPT2LMHeadModel"],
-            **dropout,
+            **rates,
         )
     if arch == "llama":
         return LlamaConfig(
@@ -481,9 +491,10 @@ def build_config(
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
             architectures=["LlamaForCausalLM"],
+            attention_dropout=p or 0.0,
         )
     if arch == "bert":
-        dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if tiny else {}
+        rates = {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p} if p is not None else {}
         return BertConfig(
             vocab_size=vocab_size,
             hidden_size=shape.hidden,
@@ -495,7 +506,7 @@ def build_config(
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
             architectures=["BertForPreTraining" if nsp else "BertForMaskedLM"],
-            **dropout,
+            **rates,
         )
     return T5Config(
         vocab_size=vocab_size,
@@ -505,7 +516,7 @@ def build_config(
         num_layers=shape.layers,
         num_decoder_layers=shape.layers,
         num_heads=shape.heads,
-        dropout_rate=0.0 if tiny else 0.1,
+        dropout_rate=p if p is not None else 0.1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,  # T5's _shift_right starts the labels with it
