@@ -60,17 +60,10 @@ storage. The preference-aware objectives (Korbak et al. 2023) are in :mod:`rlxf.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +72,14 @@ import torch.nn.functional as F
 
 from rlxf.algos.offline import fit_and_save, load_trainable_model, model_device, to_device, training_precision
 from rlxf.algos.phf import PHF_DEFAULTS, Segment
+from rlxf.algos.pretrain_corpus import (
+    CorpusFiles,
+    IndexedBlocks,
+    corpus_texts,
+    prepare_corpus,
+    token_count,
+    token_counts,
+)
 from rlxf.algos.pretrain_phf import (
     BAD,
     GOOD,
@@ -86,30 +87,20 @@ from rlxf.algos.pretrain_phf import (
     Preference,
     RewardBlocks,
     ValueHeadLM,
-    corpus_threshold,
-    held_out_text,
     language_model,
     misalignment,
     phf_token_loss,
-    save_scores_summary,
-    score_segments,
-    training_texts,
-    write_token_rewards,
 )
 from rlxf.config import option
 from rlxf.data import DataError
 from rlxf.data.corpus import (
     TokenBlocks,
-    corpus_sources,
-    is_held_out,
-    iter_documents,
     validate_corpus,
-    write_token_file,
 )
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
 from rlxf.models.load import load_tokenizer, resolve_device
 from rlxf.models.precision import weight_dtype
-from rlxf.models.registry import resolve_model, rlxf_home
+from rlxf.models.registry import resolve_model
 from rlxf.models.scratch import (
     ARCH_OBJECTIVE,
     Arch,
@@ -124,7 +115,6 @@ from rlxf.models.scratch import (
     fit_config_to_tokenizer,
     model_for,
     sentinel_ids,
-    train_tokenizer,
 )
 from rlxf.train.loop import LossOutput, RunConfig, TrainingConfig
 from rlxf.train.run import RunResult, print_config
@@ -292,203 +282,6 @@ def masked_loss(
     return loss, mask, hits
 
 
-# ---------------------------------------------------------------------------------------------- corpus
-
-
-@dataclass
-class CorpusFiles:
-    """The tokenised corpus: token files of the training and held-out documents, and the tokenizer."""
-
-    folder: Path
-    tokenizer: Any
-    train_path: Path
-    eval_path: Path
-    train_documents: int
-    eval_documents: int
-    threshold: float | None = None  # the preference objectives' reward threshold
-    rewards_path: Path | None = None  # unlikelihood / rwr / awr: each training token's segment reward
-
-
-def _corpus_fingerprint(spec: str) -> list[Any]:
-    """What identifies the corpus's content without reading it: the paths, sizes and times of the files it
-    reads (every file of a saved ``datasets`` folder), or for ``stdlib:`` the Python that ships the text."""
-    fingerprint: list[Any] = []
-    for source in corpus_sources(spec):
-        if isinstance(source, str):
-            fingerprint.append([source, sys.version])
-            continue
-        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
-        fingerprint.extend([str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files)
-    return fingerprint
-
-
-def _texts(cfg: PretrainConfig, held_out: bool) -> Iterator[str]:
-    """The training (or held-out) documents' texts, streamed: ``eval_data``'s documents are held out when
-    it is given (and ``data``'s all train), else ``eval_split`` of ``data``'s by a hash of their index."""
-    if cfg.eval_data is not None:
-        for document in iter_documents(cfg.eval_data if held_out else cfg.data, cfg.text_field):
-            yield document.text
-        return
-    share = float(cfg.eval_split)
-    for index, document in enumerate(iter_documents(cfg.data, cfg.text_field)):
-        if is_held_out(index, cfg.seed, share) == held_out:
-            yield document.text
-
-
-def _scratch_tokenizer(cfg: PretrainConfig, family: str, texts: Iterable[str]) -> Any:
-    control = [GOOD, BAD] if cfg.preference == "conditional" else []
-    if cfg.tokenizer_path is not None:
-        tokenizer = load_tokenizer(cfg.tokenizer_path)
-        tokenizer.add_special_tokens({"additional_special_tokens": control})
-        return tokenizer
-    kind = cfg.tokenizer or {"causal": "bpe", "bert": "wordpiece", "t5": "unigram"}[family]
-    logger.info(f"training a {kind} tokenizer ({cfg.vocab_size} tokens) on the training documents")
-    return train_tokenizer(texts, kind, cfg.vocab_size, family, extra_special=control)  # type: ignore[arg-type]
-
-
-def _separator_id(tokenizer: Any, family: str) -> int | None:
-    """The id written between documents: EOS (causal, T5) or ``[SEP]`` (BERT)."""
-    return tokenizer.sep_token_id if family == "bert" else tokenizer.eos_token_id
-
-
-def prepare_corpus(
-    cfg: PretrainConfig, family: str, model_tokenizer: Any | None, reward: Any = None
-) -> CorpusFiles:
-    """Tokenise the corpus once (or find it in the cache): the tokenizer (trained here from scratch, else
-    ``model_tokenizer``) and the token files of the training and held-out documents; with a ``preference``
-    the training documents are scored by ``reward`` first and shaped as the objective wants
-    (:mod:`rlxf.algos.pretrain_phf`)."""
-    key_parts = {
-        "corpus": _corpus_fingerprint(cfg.data),
-        "eval_corpus": _corpus_fingerprint(cfg.eval_data) if cfg.eval_data is not None else None,
-        "preference": (
-            [
-                cfg.preference,
-                cfg.score,
-                cfg.segment,
-                cfg.threshold,
-                cfg.threshold_quantile,
-                cfg.control_drop_share,
-            ]
-            if cfg.preference != "none"
-            else None
-        ),
-        "text_field": cfg.text_field,
-        "eval_split": cfg.eval_split,
-        "seed": cfg.seed,
-        "family": family,
-        "tokenizer": (
-            [cfg.tokenizer, cfg.vocab_size, cfg.tokenizer_path]
-            if model_tokenizer is None
-            else ["model", str(resolve_model(cfg.model.name_or_path))]
-        ),
-        "version": 1,
-    }
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    folder = rlxf_home() / "pretrain" / key
-    if not (folder / "done.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-        try:
-            threshold = None
-            if cfg.preference == "none":
-                train_texts: Any = lambda: _texts(cfg, held_out=False)  # noqa: E731 (streamed, twice)
-            else:
-                documents = list(_texts(cfg, held_out=False))
-                logger.info(f"scoring the segments of {len(documents)} training documents with {cfg.score}")
-                scores = score_segments(documents, cfg.segment, reward)
-                threshold = corpus_threshold(cfg, scores)
-                save_scores_summary(building, threshold, scores)
-                shaped = training_texts(cfg, documents, scores, threshold)
-                train_texts = lambda: iter(shaped)  # noqa: E731
-            tokenizer = (
-                model_tokenizer
-                if model_tokenizer is not None
-                else _scratch_tokenizer(cfg, family, train_texts())
-            )
-            tokenizer.save_pretrained(building / "tokenizer")
-            separator = _separator_id(tokenizer, family)
-            counts = {
-                "train": write_token_file(train_texts(), tokenizer, building / "train.bin", separator),
-                "eval": write_token_file(
-                    (held_out_text(cfg, t) for t in _texts(cfg, held_out=True)),
-                    tokenizer,
-                    building / "eval.bin",
-                    separator,
-                ),
-            }
-            if cfg.preference in TOKEN_LEVEL:
-                write_token_rewards(
-                    shaped, scores, cfg.segment, tokenizer, separator, building / "train.rewards.bin"
-                )
-            (building / "done.json").write_text(
-                json.dumps({"key": key_parts, "tokens": counts, "threshold": threshold}, default=str)
-            )
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(building, folder)
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-        logger.info(f"tokenised the corpus into {folder} ({counts['train']} training tokens)")
-    else:
-        logger.info(f"reusing the tokenised corpus in {folder}")
-    tokenizer = model_tokenizer if model_tokenizer is not None else load_tokenizer(folder / "tokenizer")
-    meta = {part: json.loads((folder / f"{part}.json").read_text()) for part in ("train", "eval")}
-    done = json.loads((folder / "done.json").read_text())
-    if done["threshold"] is not None:
-        logger.info(f"reward threshold {done['threshold']:.4g} ({cfg.preference})")
-    return CorpusFiles(
-        folder,
-        tokenizer,
-        folder / "train.bin",
-        folder / "eval.bin",
-        meta["train"].get("documents", 0),
-        meta["eval"].get("documents", 0),
-        threshold=done["threshold"],
-        rewards_path=folder / "train.rewards.bin" if cfg.preference in TOKEN_LEVEL else None,
-    )
-
-
-class IndexedBlocks(Sequence):
-    """Blocks of a token file as the loop's examples: ``{"ids": [T], "index": i}`` (the index seeds the
-    example's masks), at most ``limit`` of them."""
-
-    def __init__(
-        self, blocks: TokenBlocks, limit: int | None = None, rewards: RewardBlocks | None = None
-    ) -> None:
-        self.blocks = blocks
-        self.rewards = rewards  # each token's reward (unlikelihood / rwr / awr), as "rewards"
-        self.length = len(blocks) if limit is None else min(limit, len(blocks))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.length))]
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        if self.rewards is not None:
-            return {"ids": self.blocks[i], "index": i, "rewards": self.rewards[i]}
-        return {"ids": self.blocks[i], "index": i}
-
-
-def _tokens(path: Path) -> int:
-    return int(json.loads(path.with_suffix(".json").read_text())["tokens"])
-
-
-def token_counts(path: Path, vocab_size: int) -> np.ndarray:
-    """How often each id occurs in a token file (read in chunks: the file may exceed memory)."""
-    meta = json.loads(path.with_suffix(".json").read_text())
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    if not meta["tokens"]:
-        return counts
-    tokens = np.memmap(path, dtype=meta["dtype"], mode="r")
-    for start in range(0, len(tokens), 1 << 24):
-        counts += np.bincount(tokens[start : start + (1 << 24)], minlength=vocab_size)[:vocab_size]
-    return counts
-
-
 # ---------------------------------------------------------------------------------------------- model
 
 
@@ -541,7 +334,7 @@ def clm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
     blocks = TokenBlocks(corpus.train_path, cfg.block_size)
     rewards = None
     if corpus.rewards_path is not None:
-        rewards = RewardBlocks(corpus.rewards_path, cfg.block_size, _tokens(corpus.train_path))
+        rewards = RewardBlocks(corpus.rewards_path, cfg.block_size, token_count(corpus.train_path))
     train = IndexedBlocks(blocks, rewards=rewards)
     held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, cfg.block_size), limit=cfg.max_eval_blocks)
     vocab = len(corpus.tokenizer)
@@ -609,7 +402,7 @@ def mlm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
     if cfg.nsp:
         # sentence pairs need the documents' sentences: read into memory
         def pairs(held_out: bool) -> list[dict[str, Any]]:
-            documents = [split_sentences(text) for text in _texts(cfg, held_out)]
+            documents = [split_sentences(text) for text in corpus_texts(cfg, held_out)]
             return make_nsp_examples(documents, tokenizer, cfg.block_size, seed=cfg.seed + int(held_out))
 
         train: Sequence[Any] = pairs(False)
