@@ -51,6 +51,7 @@ import numpy as np
 
 from rlxf.data.errors import DataError, Unit, show
 from rlxf.data.formats import type_name
+from rlxf.data.readers import load_saved_dataset, read_json
 
 __all__ = [
     "FILE_SUFFIXES",
@@ -253,8 +254,6 @@ def _read_jsonl(path: Path, field: str) -> Iterator[tuple[str, int]]:
 def _read_json(path: Path, field: str) -> Iterator[tuple[str, int]]:
     # A JSON list cannot be streamed with the standard library: read_json parses the file (JSON lines or a
     # list of objects) in memory, with each record's line.
-    from rlxf.data.readers import read_json
-
     raw = read_json(path)
     for record, number in zip(raw.records, raw.lines):
         yield _text_value(record, field, path, number), number
@@ -319,26 +318,7 @@ def _read_parquet(path: Path, field: str) -> Iterator[tuple[str, int]]:
 
 
 def _read_saved_dataset(path: Path, field: str) -> Iterator[tuple[str, int]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises several types for broken folders
-        raise DataError(f"could not load the saved dataset: {exc}", path=path) from exc
-    split = None
-    if isinstance(loaded, datasets.DatasetDict):
-        names = list(loaded)
-        if "train" in loaded:
-            split = "train"
-        elif len(names) == 1:
-            split = names[0]
-        else:
-            raise DataError(
-                f"holds several splits ({', '.join(names)}) and none is called 'train'; save the split to use "
-                "on its own",
-                path=path,
-            )
-        loaded = loaded[split]
+    loaded, split = load_saved_dataset(path)
     if field not in loaded.column_names:
         raise DataError(
             f"the dataset has no column {field!r} (columns: {', '.join(loaded.column_names)}); name the text "

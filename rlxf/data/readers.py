@@ -293,16 +293,10 @@ def read_parquet(path: str | Path) -> RawRecords:
     return RawRecords(records, list(range(1, len(records) + 1)), unit="row")
 
 
-def read_saved_dataset(path: str | Path) -> RawRecords:
-    """A folder from ``datasets``' ``save_to_disk``: a ``Dataset``, or a ``DatasetDict`` whose ``train``
-    split (or only split) is read. Rows are numbered from 1."""
+def load_saved_dataset(path: str | Path) -> tuple[Any, str | None]:
+    """The ``datasets.Dataset`` of a folder from ``save_to_disk`` and the split it is (``None`` for a plain
+    ``Dataset``; a ``DatasetDict``'s ``train`` split, or its only split). Nothing is read into memory."""
     path = Path(path)
-    if not any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-        raise DataError(
-            "is a folder but not one written by datasets' save_to_disk (no dataset_info.json or "
-            f"dataset_dict.json in it); {SUPPORTED}",
-            path=path,
-        )
     import datasets
 
     try:
@@ -323,5 +317,19 @@ def read_saved_dataset(path: str | Path) -> RawRecords:
                 path=path,
             )
         loaded = loaded[split]
+    return loaded, split
+
+
+def read_saved_dataset(path: str | Path) -> RawRecords:
+    """A folder from ``datasets``' ``save_to_disk``: a ``Dataset``, or a ``DatasetDict`` whose ``train``
+    split (or only split) is read. Rows are numbered from 1."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        raise DataError(
+            "is a folder but not one written by datasets' save_to_disk (no dataset_info.json or "
+            f"dataset_dict.json in it); {SUPPORTED}",
+            path=path,
+        )
+    loaded, split = load_saved_dataset(path)
     records = loaded.to_list()
     return RawRecords(records, list(range(1, len(records) + 1)), unit="row", split=split)
