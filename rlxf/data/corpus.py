@@ -51,7 +51,7 @@ import numpy as np
 
 from rlxf.data.errors import DataError, Unit, show
 from rlxf.data.formats import type_name
-from rlxf.data.readers import load_saved_dataset, read_json
+from rlxf.data.readers import load_saved_dataset, parse_json_line, read_json
 
 __all__ = [
     "FILE_SUFFIXES",
@@ -240,15 +240,7 @@ def _read_jsonl(path: Path, field: str) -> Iterator[tuple[str, int]]:
                 raise _decode_error(path, raw, exc, line=number) from exc
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"not valid JSON: {exc.msg} (column {exc.colno}); expected one JSON object per line",
-                    path=path,
-                    line=number,
-                ) from exc
-            yield _text_value(record, field, path, number), number
+            yield _text_value(parse_json_line(line, path, number), field, path, number), number
 
 
 def _read_json(path: Path, field: str) -> Iterator[tuple[str, int]]:

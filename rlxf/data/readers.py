@@ -99,6 +99,18 @@ def read_jsonl(path: str | Path) -> RawRecords:
     return _parse_json_lines(text, path)
 
 
+def parse_json_line(line: str, path: Path, number: int) -> Any:
+    """The JSON value on line ``number`` of a JSON-lines file, or a :class:`DataError` naming the line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"not valid JSON: {exc.msg} (column {exc.colno}); expected one JSON object per line",
+            path=path,
+            line=number,
+        ) from exc
+
+
 def _parse_json_lines(text: str, path: Path) -> RawRecords:
     records: list[Any] = []
     lines: list[int] = []
@@ -106,15 +118,7 @@ def _parse_json_lines(text: str, path: Path) -> RawRecords:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"not valid JSON: {exc.msg} (column {exc.colno}); expected one JSON object per line",
-                path=path,
-                line=number,
-            ) from exc
-        records.append(_object_or_error(value, path, number))
+        records.append(_object_or_error(parse_json_line(line, path, number), path, number))
         lines.append(number)
     return RawRecords(records, lines)
 
