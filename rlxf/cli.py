@@ -352,10 +352,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(log_level(args.verbose, args.quiet))
     try:
-        return _run(entry, args, options, overrides)
+        status = _run(entry, args, options, overrides)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
+    if _left_process_group():
+        # A launched process ends here, with its status, without running the interpreter's teardown. There
+        # the collective backend's worker threads, still held from C++ by objects torch keeps alive (gloo
+        # keeps a group's threads running after destroy_process_group), are destroyed in no set order, and
+        # about one launch in ten aborted (SIGABRT, "terminate called without an active exception") after
+        # the run had finished and saved everything: the launcher then reports the run failed. Everything
+        # rlxf writes is closed by now (run folder, metrics, checkpoints); the streams are flushed here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _left_process_group() -> bool:
+    """Leave a launched run's process group (every process at the same point); ``False`` when none."""
+    if "torch.distributed" not in sys.modules:  # never imported: no group
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 def _run(entry: Command, args: argparse.Namespace, options: list[Option], overrides: list[str]) -> int:
