@@ -292,3 +292,43 @@ def test_preference_settings_are_checked(corpus, tmp_path):
         config(corpus, tmp_path / "x", arch="bert", objective="mlm", preference="filter", score="pep8")
     assert config(corpus, tmp_path / "x", preference="awr", score="pep8").beta == 1.0
     assert config(corpus, tmp_path / "x", preference="rwr", score="pep8").beta == 10.0
+
+
+def test_eval_compares_two_pretrained_models_on_reward_and_held_out_loss(code_corpus, tmp_path):
+    """`rlxf eval --held-out-data`: each model's loss on a held-out corpus (the same figure as the pre-training
+    run's own eval/loss on the same blocks) and its mean reward, drawn on the paper's two axes in the report."""
+    from rlxf.eval.evaluate import EvalConfig, evaluate
+
+    train, clean = code_corpus
+    runs = {}
+    for preference in ("none", "filter"):  # block_size 128: the blocks rlxf eval scores
+        cfg = phf_config(code_corpus, tmp_path / preference, preference, block_size=128, max_eval_blocks=3)
+        runs[preference] = pretrain(cfg).model_dir
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["import ", "x = ", "def f("]))
+    overrides = {
+        "model": {"name_or_path": str(runs["filter"])},
+        "baseline": str(runs["none"]),
+        "prompts": str(prompts),
+        "reward": "pep8",
+        "held_out_data": str(clean),
+        "held_out_tokens": 3 * 128,
+        "sampling": {"n": 2, "max_new_tokens": 8},
+        "precision": "fp32",
+        "out": str(tmp_path / "eval"),
+    }
+    summary = evaluate(load_config(EvalConfig, overrides=overrides)).summary
+    held_out = summary["held_out"]
+    for name, preference in (("policy", "filter"), ("baseline", "none")):
+        run_loss = json.loads((tmp_path / preference / "summary.json").read_text())["metrics"]["eval/loss"]
+        assert held_out[name]["loss"] == pytest.approx(run_loss, rel=1e-5)
+        assert held_out[name]["tokens"] == 3 * 127
+    assert held_out["policy"]["loss"] != held_out["baseline"]["loss"]
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "Reward against held-out loss on" in report and "held-out loss (nats / token)" in report
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "x"}\n')
+    bad_overrides = {**overrides, "held_out_data": str(bad), "out": str(tmp_path / "e2")}
+    with pytest.raises(DataError, match="bad.jsonl"):  # stops before any model loads or file is written
+        evaluate(load_config(EvalConfig, overrides=bad_overrides))
+    assert not (tmp_path / "e2").exists()

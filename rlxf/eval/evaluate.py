@@ -18,6 +18,10 @@ Both models sample ``n`` completions for every prompt with the same settings and
   standard error.
 * **fluency**: perplexity under B (at temperature 1) of A's completions, next to that of B's own: a policy
   that drifted into text its starting model finds unlikely shows here first.
+* **held-out loss** (``--held-out-data CORPUS``, optional): each model's loss on a text corpus, nats per
+  token (:func:`held_out_loss`), and in the report each model's mean reward against it: the two axes of
+  Korbak et al. 2023 ("Pretraining Language Models with Human Preferences", figure 2), misalignment
+  against capability, for comparing two pre-trained models (``rlxf pretrain`` results).
 * **diversity**: distinct-1 / distinct-2 (Li et al. 2016) over all completions, and the share that repeat
   one word 3-gram 3+ times (:mod:`rlxf.rollout.text_stats`); **length**: mean completion tokens, share truncated.
 
@@ -44,6 +48,7 @@ import yaml
 
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, read_prompts, render_prompt
+from rlxf.data.corpus import iter_documents, validate_corpus
 from rlxf.eval.report import render_report
 from rlxf.feedback.lm_judge import DEFAULT_PAIRWISE_TEMPLATE, LocalPairJudge, judge_pairs
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
@@ -60,6 +65,7 @@ from rlxf.train.run import render_config
 logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("config.yaml", "samples.jsonl", "report.html", "summary.json")
+HELD_OUT_BLOCK = 128  # tokens per block of the held-out loss: rlxf pretrain's default block_size
 
 
 def _default_sampling() -> SamplingConfig:
@@ -108,6 +114,12 @@ class EvalConfig:
         None,
         help="training run folder whose metrics.jsonl the report plots; unset: the run of --model, if any",
     )
+    held_out_data: str | None = option(
+        None,
+        help="a text corpus (as rlxf pretrain's --data): each model's held-out loss on it, in nats per token, "
+        "against its mean reward (misalignment vs capability)",
+    )
+    held_out_tokens: int = option(32768, help="held_out_data: score the first N tokens (blocks of 128)")
     num_examples: int = option(12, help="prompts shown side by side in the report")
     seed: int = option(0, help="sampling seed (the same for A and B)")
     out: str = option("", help="output folder: summary.json, report.html, samples.jsonl, config.yaml")
@@ -122,6 +134,8 @@ class EvalConfig:
             raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
         if self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.held_out_tokens < HELD_OUT_BLOCK:
+            raise ValueError(f"held_out_tokens must be >= {HELD_OUT_BLOCK}, got {self.held_out_tokens}")
         if self.num_examples < 0:
             raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
         if self.precision == "bf16":
@@ -254,6 +268,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     if cfg.win_judge is not None:
         resolve_model(cfg.win_judge)
     resolve_model(policy_ref)
+    if cfg.held_out_data is not None:
+        validate_corpus(cfg.held_out_data)  # a bad record stops here, with its file, line and field
 
     models = _Models(cfg, policy_ref, baseline_ref)
     prompts = [render_prompt(r, models.tokenizer, cfg.chat_template) for r in records.records]
@@ -360,6 +376,17 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     else:
         summary["text"] = {"policy": policy_stats}
     summary["reward"] = reward
+    if cfg.held_out_data is not None:
+        summary["held_out"] = {"data": cfg.held_out_data, "block_size": HELD_OUT_BLOCK}
+        pairs = [("policy", models.policy, models.tokenizer)]
+        if models.baseline is not None:
+            pairs.append(("baseline", models.baseline, models.baseline_tokenizer))
+        for name, model, tokenizer in pairs:
+            logger.info("held-out loss of the %s on %s", name, cfg.held_out_data)
+            with models.autocast():
+                summary["held_out"][name] = held_out_loss(
+                    model, tokenizer, cfg.held_out_data, cfg.held_out_tokens, cfg.micro_batch_size
+                )
     summary["run"] = str(run) if run is not None else None
     summary["train_reward_spec"] = training_reward(run) if run is not None else None
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
@@ -371,6 +398,43 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     write_output_folder(out, cfg, summary, {"samples.jsonl": samples, "report.html": html})
     logger.info("%s\nreport: %s", describe_summary(summary), out / "report.html")
     return EvalResult(summary=summary, samples=samples, out=out)
+
+
+def held_out_loss(
+    model: torch.nn.Module, tokenizer: Any, corpus: str, max_tokens: int, micro_batch_size: int
+) -> dict[str, float]:
+    """A causal model's loss on the start of a held-out corpus: nats per predicted token, and tokens.
+
+    The corpus is read as ``rlxf pretrain`` reads it: documents in order, each followed by EOS, packed into
+    blocks of :data:`HELD_OUT_BLOCK` tokens, of which the first ``max_tokens // HELD_OUT_BLOCK`` are scored.
+    Each block predicts its tokens 2..128 from the ones before (127 predictions; no context crosses a
+    block), so a pre-trained run's ``eval/loss`` and this figure agree for the same blocks. Each model reads
+    the corpus with its own tokenizer: across tokenizers the loss per token is not the same unit (the
+    report says so).
+    """
+    num_blocks = max_tokens // HELD_OUT_BLOCK
+    ids: list[int] = []
+    for document in iter_documents(corpus):
+        ids += tokenizer(document.text, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if len(ids) >= num_blocks * HELD_OUT_BLOCK:
+            break
+    num_blocks = min(num_blocks, len(ids) // HELD_OUT_BLOCK)
+    if num_blocks == 0:
+        raise ValueError(f"held_out_data {corpus}: fewer than {HELD_OUT_BLOCK} tokens")
+    blocks = torch.tensor(ids[: num_blocks * HELD_OUT_BLOCK]).view(num_blocks, HELD_OUT_BLOCK)  # [N, 128]
+    device = next(model.parameters()).device
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, num_blocks, micro_batch_size):
+            chunk = blocks[start : start + micro_batch_size].to(device)  # [b, 128]
+            logits = model(input_ids=chunk).logits[:, :-1].float()  # [b, 127, vocab]: predicts tokens 2..128
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
+            ).item()
+    predicted = num_blocks * (HELD_OUT_BLOCK - 1)
+    return {"loss": total / predicted, "tokens": float(predicted)}  # per predicted token, over all blocks
 
 
 def pairwise_wins(
@@ -414,6 +478,13 @@ def describe_summary(summary: dict[str, Any]) -> str:
         lines.append(f"win rate over the baseline: {w['value']:.3f} +- {w['se']:.3f} (judge {w['judge']})")
     if summary.get("kl"):
         lines.append(f"KL(policy || baseline): {summary['kl']['mean']:.3f} +- {summary['kl']['se']:.3f} nats")
+    if summary.get("held_out"):
+        h = summary["held_out"]
+        lines.append(
+            f"held-out loss on {h['data']}: policy {h['policy']['loss']:.4f}"
+            + (f", baseline {h['baseline']['loss']:.4f}" if "baseline" in h else "")
+            + " nats per token"
+        )
     if summary.get("perplexity_under_baseline"):
         p = summary["perplexity_under_baseline"]
         lines.append(f"perplexity under the baseline: policy {p['policy']:.2f}, baseline {p['baseline']:.2f}")
@@ -425,4 +496,12 @@ def describe_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "EvalResult", "describe_summary", "evaluate", "mean_se", "run_folder_of"]
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "describe_summary",
+    "evaluate",
+    "held_out_loss",
+    "mean_se",
+    "run_folder_of",
+]

@@ -4,6 +4,8 @@ What it holds, top to bottom: the headline figures (reward before and after with
 rate, KL, perplexity under the baseline, diversity, length), the training curves when the policy comes
 from an rlxf run (reward and KL per step from its ``metrics.jsonl``, held-out points where it evaluated),
 reward against KL (the trade-off RLHF makes: how much reward each nat of drift from the reference buys),
+reward against held-out loss when the evaluation was given a held-out corpus (misalignment against
+capability, for pre-trained models),
 histograms of completion length and reward before and after, and a table of samples side by side.
 
 Self-contained: the plots are PNGs drawn by matplotlib (Agg backend, no display) embedded as ``data:``
@@ -146,6 +148,32 @@ def reward_vs_kl(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
     return _png(fig)
 
 
+def reward_vs_held_out(summary: dict[str, Any]) -> str | None:
+    """Each model's mean reward (with its standard error) against its held-out loss: misalignment against
+    capability, the two axes on which Korbak et al. 2023 compare pre-training objectives (figure 2)."""
+    import matplotlib.pyplot as plt
+
+    held_out = summary.get("held_out")
+    if not held_out:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for name, marker, colour in (("baseline", "s", "#555"), ("policy", "D", "#d9822b")):
+        if name in held_out and name in summary["reward"]:
+            r = summary["reward"][name]
+            ax.errorbar(
+                [held_out[name]["loss"]], [r["mean"]], yerr=[r["se"]], fmt=marker, color=colour, label=name
+            )
+    ax.set(
+        xlabel="held-out loss (nats / token; lower: more capable)",
+        ylabel=f"reward ({_short(summary['reward_spec'])})",
+        title="reward vs held-out loss",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def histograms(values: dict[str, list[float]], xlabel: str, title: str) -> str | None:
     """Overlaid histograms of ``{label: values}`` (policy vs baseline) on shared bins."""
     import matplotlib.pyplot as plt
@@ -206,6 +234,15 @@ def _cards(summary: dict[str, Any]) -> str:
         k = summary["kl"]
         cards.append(
             _card("KL(policy ‖ baseline)", f"{k['mean']:.2f} nats", f"± {k['se']:.2f} per completion")
+        )
+    if summary.get("held_out"):
+        h = summary["held_out"]
+        cards.append(
+            _card(
+                "held-out loss (nats / token)",
+                f"{h['policy']['loss']:.3f}",
+                f"baseline {h['baseline']['loss']:.3f}" if "baseline" in h else "",
+            )
         )
     if summary.get("perplexity_under_baseline"):
         p = summary["perplexity_under_baseline"]
@@ -284,6 +321,12 @@ def render_report(
         figures.append(
             (frontier, "Reward against KL: each nat of drift from the reference, and what it bought.", "")
         )
+    capability = reward_vs_held_out(summary)
+    if capability:
+        caption = f"Reward against held-out loss on {summary['held_out']['data']}: up and left is better."
+        if summary.get("note"):  # tokenizers differ: a token is not the same unit on both sides
+            caption += " The tokenizers differ, so the losses are in different units."
+        figures.append((capability, caption, ""))
     length_plot = histograms(lengths, "completion length (tokens)", "length")
     if length_plot:
         figures.append((length_plot, "Completion lengths, before (baseline) and after (policy).", ""))
