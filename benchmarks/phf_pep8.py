@@ -20,7 +20,7 @@ It prints the held-out loss on clean lines (``eval/loss``) and the misalignment 
 samples drawn after ``<|bad|>``. ``--out DIR`` keeps the runs and writes ``phf_pep8.json`` and
 ``phf_pep8.png``, a plot of misalignment against held-out loss (the paper's two-axis view).
 
-Run on an otherwise idle machine (each model is a few minutes on 2 CPU cores)::
+Run on an otherwise idle machine (each model takes about 4 minutes on 2 CPU cores)::
 
     .venv/bin/python benchmarks/phf_pep8.py --out runs/phf-pep8
     .venv/bin/python benchmarks/phf_pep8.py --steps 20 --lines 2000 --samples 32 --out /tmp/phf-smoke   # a check
@@ -90,6 +90,9 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
         f"sample_max_new_tokens={args.sample_tokens}",
         f"seed={args.seed}",
         "train.eval_every=0",
+        *([f"alpha={args.unlikelihood_alpha}"] if objective == "unlikelihood" else []),
+        *([f"beta={args.rwr_beta}"] if objective == "rwr" else []),
+        *([f"beta={args.awr_beta}"] if objective == "awr" else []),
     ]
     started = time.perf_counter()
     log = out.with_suffix(".log")
@@ -99,7 +102,13 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
     if code != 0:
         raise RuntimeError(f"{objective}: exit status {code}\n{log.read_text()[-3000:]}")
     final = json.loads((out / "summary.json").read_text())["metrics"]
+    # the standard error of the misalignment, from the samples it was measured on (not <|bad|>'s)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    scores = [-s["score"] for s in samples if s["prefix"] != "<|bad|>"]
+    mean = sum(scores) / len(scores)
+    se = (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1) / len(scores)) ** 0.5
     return {
+        "misalignment_se": se,
         "objective": objective,
         "seconds": time.perf_counter() - started,
         "held_out_loss": final["eval/loss"],
@@ -132,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per model (16 x 128 tokens)")
+    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per model (16 x 128 tokens)")
     parser.add_argument("--lines", type=int, default=40000, help="training lines")
     parser.add_argument("--held-out", type=int, default=2000, help="clean held-out lines")
     parser.add_argument(
@@ -140,7 +149,14 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=256, help="samples per model for the misalignment")
     parser.add_argument("--sample-tokens", type=int, default=64, help="tokens per sample")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--vocab-size", type=int, default=2000, help="BPE tokens (0.5 M training tokens)")
+    # The temperatures are set for this reward's scale. A line with one violation scores about -0.025 (one
+    # violation in ~40 characters) and a clean one 0, so the authors' betas (RWR 10, AWR 1 for PEP8) give
+    # weights exp(r / beta) of 0.998 and 0.975: MLE in practice. beta 0.01 gives a bad line exp(-2.5) = 0.08
+    # of a clean line's weight (RWR), and AWR's advantages of -0.02..+0.01 weights of 0.14..2.7.
+    parser.add_argument("--rwr-beta", type=float, default=0.01, help="RWR temperature (rlxf's default: 10)")
+    parser.add_argument("--awr-beta", type=float, default=0.01, help="AWR temperature (rlxf's default: 1)")
+    parser.add_argument("--unlikelihood-alpha", type=float, default=1.0, help="unlikelihood weight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--out", type=Path, help="keep the runs here, with phf_pep8.json and phf_pep8.png")
@@ -156,13 +172,15 @@ def main() -> None:
             results.append(run(objective, train, clean, work / objective, args))
         mle = next((r for r in results if r["objective"] == "none"), None)
         print(
-            f"\n{'objective':>14}{'held-out loss':>15}{'misalignment':>15}{'vs MLE':>9}{'after <|bad|>':>15}{'s':>7}"
+            f"\n{'objective':>14}{'held-out loss':>15}{'misalignment':>15}{'+- SE':>9}{'vs MLE':>9}"
+            f"{'after <|bad|>':>15}{'s':>7}"
         )
         for r in results:
             ratio = f"{r['misalignment'] / mle['misalignment']:.2f}x" if mle and mle["misalignment"] else "-"
             bad = f"{r['misalignment_bad_token']:.5f}" if r["misalignment_bad_token"] is not None else "-"
             print(
-                f"{r['objective']:>14}{r['held_out_loss']:>15.4f}{r['misalignment']:>15.5f}{ratio:>9}{bad:>15}"
+                f"{r['objective']:>14}{r['held_out_loss']:>15.4f}{r['misalignment']:>15.5f}"
+                f"{r['misalignment_se']:>9.5f}{ratio:>9}{bad:>15}"
                 f"{r['seconds']:>7.0f}"
             )
         print("(misalignment: PEP8 violations per character of the samples, lower is better)")

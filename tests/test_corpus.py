@@ -31,6 +31,7 @@ from rlxf.data.stdlib_corpus import (
     pep8_corpus,
     pep8_violations,
     stdlib_code_lines,
+    stdlib_comments,
     stdlib_docstrings,
     stdlib_root,
     stdlib_sources,
@@ -155,6 +156,13 @@ def test_stdlib_specs():
         ("stdlib:docstrings", 3),
     ]
     assert docs[0].text == next(stdlib_docstrings())
+    # prose: the docstrings, then the comment blocks (whole-line comments only, without their "#")
+    docstrings = sum(1 for _ in stdlib_docstrings())
+    prose = list(iter_documents("stdlib:prose"))
+    assert [d.text for d in prose[:3]] == [d.text for d in docs]
+    comments = [d.text for d in prose[docstrings:]]
+    assert comments == list(stdlib_comments()) and len(comments) > 1000
+    assert all(len(c) >= 80 and not c.startswith("#") and "\n" not in c for c in comments)
     code = next(iter_documents("stdlib:code"))
     assert (code.source, code.line, code.text) == ("stdlib:code", 1, next(stdlib_code_lines()))
 
@@ -239,14 +247,16 @@ def test_specs_that_name_nothing(tmp_path):
         str(tmp_path / "missing.jsonl"): "no such file or folder",
         str(tmp_path / "empty"): "no .txt, .jsonl, .json, .csv or .parquet file below this folder",
         str(tmp_path / "notes.md"): "unknown file type '.md'",
-        "stdlib:poems": "unknown built-in corpus; the built-ins are stdlib:docstrings, stdlib:code",
+        "stdlib:poems": "unknown built-in corpus; the built-ins are stdlib:docstrings, stdlib:prose, stdlib:code",
     }
     for spec, expected in cases.items():
         with pytest.raises(DataError) as excinfo:
             iter_documents(spec)  # raised at the call, before any reading
         assert message(excinfo).startswith(f"{spec}: {expected}")
         if not spec.startswith("stdlib:"):
-            assert "expected a corpus: stdlib:docstrings, stdlib:code, a .txt file" in message(excinfo)
+            assert "expected a corpus: stdlib:docstrings, stdlib:prose, stdlib:code, a .txt file" in message(
+                excinfo
+            )
 
 
 def test_validate_corpus_counts_stops_early_and_raises_the_first_error(tmp_path):

@@ -111,8 +111,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def run(args: list[str], processes: int, launcher: str = "torchrun") -> str:
     """Run to the end; exit status 0 asserted. Returns stderr."""
+    return run_env(args, processes, {}, launcher)
+
+
+def run_env(args: list[str], processes: int, env: dict[str, str], launcher: str = "torchrun") -> str:
+    """:func:`run` with ``env`` added to the environment."""
     result = subprocess.run(
-        launch(args, processes, launcher), env=ENV, capture_output=True, text=True, timeout=600
+        launch(args, processes, launcher), env={**ENV, **env}, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
@@ -312,3 +317,32 @@ def test_deepspeed_zero_trains_and_resumes_like_one_process(tiny_model_dir, tmp_
     resume(tiny_model_dir, tmp_path, two, launcher)
     assert max_weight_diff(one, two) < 1e-5
     assert_same_metrics(one, two, steps=4)
+
+
+def test_pretraining_from_scratch_on_two_processes_trains_like_one(tmp_path):
+    """rlxf pretrain from nothing: the tokenizer is trained and the corpus tokenised once, by the first
+    process (the second waits for the cache and reads it); the two processes then train like one."""
+    corpus = tmp_path / "corpus.jsonl"
+    words = "the a cat dog sat ran on in mat park warm green river sea".split()
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": " ".join(words[(i * k) % len(words)] for k in range(1, 12)) + "."}) + "\n"
+            for i in range(200)
+        )
+    )
+
+    def pretrain_args(out: Path) -> list[str]:
+        return [
+            "-m", "rlxf", "pretrain", "--arch", "gpt2", "--size", "tiny", "--data", str(corpus),
+            "--out", str(out), "vocab_size=300", "block_size=32", "max_eval_blocks=4",
+            "train.global_batch_size=8", "train.micro_batch_size=2", "train.max_steps=3",
+            "train.precision=fp32", "train.eval_every=3",
+        ]  # fmt: skip
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_env(pretrain_args(one), 1, {"RLXF_HOME": str(tmp_path / "home-one")})  # a fresh token cache each
+    stderr = run_env(pretrain_args(two), 2, {"RLXF_HOME": str(tmp_path / "home-two")})
+    assert stderr.count("training a bpe tokenizer") == 1
+    assert "waiting for the first process on this machine" in stderr
+    assert max_weight_diff(one, two) < 1e-5
+    assert_same_metrics(one, two, steps=3)

@@ -265,6 +265,12 @@ def test_each_preference_objective_trains_and_reports_misalignment(code_corpus, 
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)  # awr: the LM alone, no value head
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    samples = [
+        json.loads(line) for line in (tmp_path / preference / "samples.jsonl").read_text().splitlines()
+    ]
+    assert len(samples) == 8 * (2 if preference == "conditional" else 1)  # misalignment_samples each
+    good = [s["score"] for s in samples if s["prefix"] != "<|bad|>"]
+    assert final["eval/misalignment"] == pytest.approx(-sum(good) / len(good))  # what was measured, kept
     if preference == "conditional":
         assert {"<|good|>", "<|bad|>"} <= set(tokenizer.all_special_tokens)
         assert "eval/misalignment_bad_token" in final

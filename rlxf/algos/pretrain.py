@@ -60,10 +60,12 @@ storage. The preference-aware objectives (Korbak et al. 2023) are in :mod:`rlxf.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -576,7 +578,11 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     def before_save(trainer: Any, final: dict[str, float]) -> None:
         """The misalignment of samples of the trained model, into the final metrics and summary."""
         if reward is not None and cfg.misalignment_samples and cfg.objective == "clm":
-            final.update(misalignment(cfg, trainer.model, corpus.tokenizer, reward))
+            metrics, samples = misalignment(cfg, trainer.model, corpus.tokenizer, reward)
+            final.update(metrics)
+            if trainer.accelerator.is_main_process:  # the samples and their scores, to read what was measured
+                with open(Path(cfg.out) / "samples.jsonl", "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(sample) + "\n" for sample in samples)
 
     return fit_and_save(
         cfg,

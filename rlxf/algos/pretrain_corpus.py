@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +128,17 @@ def prepare_corpus(cfg: Any, family: str, model_tokenizer: Any | None, reward: A
             if model_tokenizer is None
             else ["model", str(resolve_model(cfg.model.name_or_path))]
         ),
-        "version": 1,
+        "version": 2,  # raised when a tokenizer trained from the same options changes (2: unigram whitespace)
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
     folder = rlxf_home() / "pretrain" / key
+    if not (folder / "done.json").is_file() and os.environ.get("LOCAL_RANK", "0") != "0":
+        # A launched run (torchrun, accelerate): the machine's first process trains the tokenizer and writes
+        # the cache; the others wait for it and read it (the same files, built once). Should the first
+        # process fail, the launcher stops these too.
+        logger.info(f"waiting for the first process on this machine to tokenise the corpus into {folder}")
+        while not (folder / "done.json").is_file():
+            time.sleep(0.5)
     if not (folder / "done.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))

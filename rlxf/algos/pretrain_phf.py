@@ -281,24 +281,30 @@ def sample_texts(
     return texts
 
 
-def misalignment(cfg: Any, model: torch.nn.Module, tokenizer: Any, reward: Reward) -> dict[str, float]:
+def misalignment(
+    cfg: Any, model: torch.nn.Module, tokenizer: Any, reward: Reward
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``eval/misalignment``: minus the mean reward of ``cfg.misalignment_samples`` samples (conditional:
-    after ``<|good|>``, and ``eval/misalignment_bad_token`` after ``<|bad|>``); their text is scored whole."""
+    after ``<|good|>``, and ``eval/misalignment_bad_token`` after ``<|bad|>``); their text is scored whole.
+    Also the samples themselves, each ``{"prefix", "text", "score"}``, for the run folder's ``samples.jsonl``."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     n, length = cfg.misalignment_samples, cfg.sample_max_new_tokens
+    samples: list[dict[str, Any]] = []
 
-    def of(prefix: list[int], banned: list[int]) -> float:
+    def of(prefix: list[int], banned: list[int], name: str) -> float:
         texts = sample_texts(model, tokenizer, prefix, banned, n, length, cfg.seed)
         rewards = reward([""] * len(texts), texts)
+        samples.extend({"prefix": name, "text": t, "score": float(r)} for t, r in zip(texts, rewards))
         return -float(np.mean(rewards))
 
     if cfg.preference == "conditional":
         good, bad = tokenizer.convert_tokens_to_ids([GOOD, BAD])
-        return {
-            "eval/misalignment": of([start, good], [good, bad]),
-            "eval/misalignment_bad_token": of([start, bad], [good, bad]),
+        metrics = {
+            "eval/misalignment": of([start, good], [good, bad], GOOD),
+            "eval/misalignment_bad_token": of([start, bad], [good, bad], BAD),
         }
-    return {"eval/misalignment": of([start], [])}
+        return metrics, samples
+    return {"eval/misalignment": of([start], [], "")}, samples
 
 
 def save_scores_summary(folder: Path, threshold: float, scores: list[list[float]]) -> None:

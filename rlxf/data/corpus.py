@@ -4,7 +4,8 @@
   yields :class:`Document` s one at a time, never the whole corpus in memory:
 
   ==========================================  =============================================================
-  ``stdlib:docstrings``, ``stdlib:code``      text that ships with Python (:mod:`rlxf.data.stdlib_corpus`)
+  ``stdlib:docstrings``, ``stdlib:prose``,    text that ships with Python (:mod:`rlxf.data.stdlib_corpus`);
+  ``stdlib:code``                             prose: the docstrings, then the comment blocks
   ``notes.txt``                               the whole file is one document
   ``a.jsonl`` / ``a.json`` / ``a.csv``        one document per record: its ``text_field``, a non-empty
   ``a.parquet``                               string (JSONL streamed by line, Parquet by batches)
@@ -68,9 +69,9 @@ __all__ = [
 ]
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-STDLIB_CORPORA = ("stdlib:docstrings", "stdlib:code")
+STDLIB_CORPORA = ("stdlib:docstrings", "stdlib:prose", "stdlib:code")
 SUPPORTED = (
-    "expected a corpus: stdlib:docstrings, stdlib:code, a .txt file (one document), a .jsonl, .json, .csv "
+    "expected a corpus: stdlib:docstrings, stdlib:prose, stdlib:code, a .txt file (one document), a .jsonl, .json, .csv "
     "or .parquet file (one document per record), a folder written by datasets' save_to_disk, a folder of "
     "such files, or a glob pattern matching them"
 )
@@ -337,11 +338,11 @@ def _source_documents(source: str | Path, text_field: str) -> Iterator[Document]
     if isinstance(source, str):
         from rlxf.data import stdlib_corpus
 
-        texts = (
-            stdlib_corpus.stdlib_docstrings()
-            if source == "stdlib:docstrings"
-            else stdlib_corpus.stdlib_code_lines()
-        )
+        texts = {
+            "stdlib:docstrings": stdlib_corpus.stdlib_docstrings,
+            "stdlib:prose": stdlib_corpus.stdlib_prose,
+            "stdlib:code": stdlib_corpus.stdlib_code_lines,
+        }[source]()
         for index, text in enumerate(texts):
             yield Document(text, source, index + 1)
         return
