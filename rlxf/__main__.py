@@ -1,4 +1,4 @@
-from rlxf.cli import main
+from rlxf.cli import entry_point
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry_point())

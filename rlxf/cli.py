@@ -352,17 +352,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(log_level(args.verbose, args.quiet))
     try:
-        status = _run(entry, args, options, overrides)
+        return _run(entry, args, options, overrides)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
+
+
+def entry_point() -> int:
+    """The program ``rlxf`` (and ``python -m rlxf``): :func:`main` on the command line, then the exit status.
+
+    A launched process (torchrun, accelerate) ends here, without the interpreter's teardown: there the
+    collective backend's worker threads, still held from C++ by objects torch keeps alive (gloo keeps a
+    group's threads running after ``destroy_process_group``), are destroyed in no set order, and about one
+    launch in ten aborted (SIGABRT, "terminate called without an active exception") after the run had
+    finished and saved everything, so the launcher reported the run failed. Everything rlxf writes is
+    closed by then (run folder, metrics, checkpoints); the streams are flushed here. :func:`main` itself
+    leaves a caller's process group and process alone.
+    """
+    status = main()
     if _left_process_group():
-        # A launched process ends here, with its status, without running the interpreter's teardown. There
-        # the collective backend's worker threads, still held from C++ by objects torch keeps alive (gloo
-        # keeps a group's threads running after destroy_process_group), are destroyed in no set order, and
-        # about one launch in ten aborted (SIGABRT, "terminate called without an active exception") after
-        # the run had finished and saved everything: the launcher then reports the run failed. Everything
-        # rlxf writes is closed by now (run folder, metrics, checkpoints); the streams are flushed here.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
