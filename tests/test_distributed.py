@@ -342,7 +342,10 @@ def test_pretraining_from_scratch_on_two_processes_trains_like_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_env(pretrain_args(one), 1, {"RLXF_HOME": str(tmp_path / "home-one")})  # a fresh token cache each
     stderr = run_env(pretrain_args(two), 2, {"RLXF_HOME": str(tmp_path / "home-two")})
+    # Built once, by the first process; the second reads it, whether it had to wait for it or (when the
+    # first was quick) found it finished: which of the two happens is timing, not behaviour.
     assert stderr.count("training a bpe tokenizer") == 1
-    assert "waiting for the first process on this machine" in stderr
+    assert stderr.count("tokenised the corpus into") == 1
+    assert stderr.count("reusing the tokenised corpus in") == 1
     assert max_weight_diff(one, two) < 1e-5
     assert_same_metrics(one, two, steps=3)
