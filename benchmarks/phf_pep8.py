@@ -68,7 +68,7 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
         "--arch",
         "gpt2",
         "--size",
-        "tiny",
+        args.size,
         "--data",
         str(train),
         "--eval-data",
@@ -140,6 +140,9 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", default="tiny", choices=("tiny", "small"), help="model size (rlxf pretrain --size)"
     )
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per model (16 x 128 tokens)")
     parser.add_argument("--lines", type=int, default=40000, help="training lines")

@@ -146,7 +146,7 @@ COMMANDS: tuple[Command, ...] = (
         "Online RL from feedback: PPO with a critic, GRPO, RLOO or REINFORCE++ against a reward source.",
         f"{_ALGOS}.rl:RLConfig",
         f"{_ALGOS}.rl:rl",
-        aliases={"--steps": "num_steps"},
+        aliases={"--steps": "num_steps", "--env": "env.name"},
         stage="rl",
     ),
     Command(

@@ -32,7 +32,13 @@ Batches are right-padded: ``completion_mask`` ``[B, T]`` (float or bool, 1 = rea
 Tensor conventions: ``[B]`` one value per completion, ``[B, T]`` one per completion token. Samples of a
 prompt are contiguous: rows ``k*G .. k*G+G-1`` belong to prompt ``k``.
 
-Left out: left-padded or holed masks (multi-turn tool outputs in the middle of a completion); process
+* **Multi-turn episodes** (:func:`pack_actions`, :func:`unpack_actions`): in an environment episode the
+  completion interleaves the policy's actions with observation tokens, so its action mask has holes. The
+  token-level estimators (GAE, REINFORCE++'s returns) run on the actions packed to the left of each row:
+  the state after a turn's last action is the one before the next turn's first action (the observation
+  is part of the transition), and the discount counts actions, not observation tokens.
+
+Left out: left-padded masks; process
 (per-step) rewards for GRPO; value bootstrapping of truncated completions (a completion cut at the length
 limit is treated as terminal, as in TRL and OpenRLHF); GAE with separate ``lam`` for actor and critic;
 REINFORCE++'s baseline variant (group mean subtracted before whitening).
@@ -110,6 +116,25 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask != 0, whitened, 0)
+
+
+def pack_actions(x: torch.Tensor, action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's action positions moved to the left, in order: ``([B, A] values, [B, A] mask)``, where
+    ``A`` is the most actions of any row; padding 0. :func:`unpack_actions` puts them back."""
+    order = torch.sort((action_mask == 0).to(torch.int8), dim=1, stable=True).indices  # actions first
+    width = int((action_mask != 0).sum(-1).max()) if action_mask.numel() else 0
+    order = order[:, :width]  # [B, A]
+    packed_mask = action_mask.gather(1, order)  # [B, A]
+    return torch.where(packed_mask != 0, x.gather(1, order), 0), packed_mask
+
+
+def unpack_actions(packed: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_actions`: ``[B, A]`` values back at the action positions of ``[B, T]``,
+    0 elsewhere."""
+    order = torch.sort((action_mask == 0).to(torch.int8), dim=1, stable=True).indices[:, : packed.shape[1]]
+    packed_mask = action_mask.gather(1, order)  # [B, A]
+    out = torch.zeros(action_mask.shape, dtype=packed.dtype, device=packed.device)  # [B, T]
+    return out.scatter(1, order, torch.where(packed_mask != 0, packed, 0))
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -117,9 +117,11 @@ from rlxf.algos.advantages import (
     group_advantages,
     masked_mean,
     masked_whiten,
+    pack_actions,
     reinforce_pp_advantages,
     rloo_advantages,
     token_level_rewards,
+    unpack_actions,
 )
 from rlxf.algos.kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_estimate, kl_k1
 from rlxf.algos.offline import auto_eval_size
@@ -142,6 +144,7 @@ from rlxf.models.reference import reference_model
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.engine import GenerationEngine, RolloutConfig
+from rlxf.rollout.episodes import EnvConfig, run_episodes
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward, position_ids_of
 from rlxf.rollout.ray_engine import RayConfig
 from rlxf.rollout.text_stats import repeats_ngram
@@ -170,11 +173,20 @@ RL_METRICS: tuple[str, ...] = (
     "policy/loss", "policy/clip_frac", "policy/clip_frac_low", "policy/clip_frac_high", "policy/approx_kl",
     "policy/ratio_mean", "value/loss", "value/explained_variance", "value/grad_norm", "grad_norm", "lr",
     "response_len/mean", "response/truncated", "tokens_per_s", "time/generate", "time/score", "time/train",
-    "time/sync",
+    "time/sync", "env/success_rate", "env/turns",
 )
 # fmt: on
 # On held-out prompts, logged with the prefix eval/ (kl only with a reference).
-RL_EVAL_METRICS: tuple[str, ...] = ("reward/mean", "reward/std", "response_len/mean", "repetition", "kl")
+# env/* and success_rate / turns only with an environment (--env).
+RL_EVAL_METRICS: tuple[str, ...] = (
+    "reward/mean",
+    "reward/std",
+    "response_len/mean",
+    "repetition",
+    "kl",
+    "success_rate",
+    "turns",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -263,6 +275,7 @@ class RLConfig:
         "", help="reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL, or a weighted list"
     )
     reward_options: RewardOptions = field(default_factory=RewardOptions)
+    env: EnvConfig = field(default_factory=EnvConfig)
     shaping: RewardShapingConfig = field(default_factory=RewardShapingConfig)
     out: str = option("", help="output folder")
     seed: int = option(0, help="random seed (prompt order, sampling, initialisation)")
@@ -310,11 +323,22 @@ class RLConfig:
     }
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ValueError("give the prompts: --prompts FILE")
+        if self.env.name:
+            if self.prompts or self.reward not in ("", None, []):
+                raise ValueError(
+                    "with an environment (--env) the episodes come from it and so do the rewards: "
+                    "leave --prompts and --reward unset"
+                )
+            if self.rollout.engine != "hf" or self.rollout.placement != "local":
+                raise ValueError(
+                    "environment episodes run on the transformers engine in the training process: "
+                    "rollout.engine=hf, rollout.placement=local"
+                )
+        elif not self.prompts:
+            raise ValueError("give the prompts (--prompts FILE) or an environment (--env NAME)")
         if not self.out:
             raise ValueError("give the output folder: --out DIR")
-        if self.reward in ("", None, []):
+        if not self.env.name and self.reward in ("", None, []):
             raise ValueError("give the reward: --reward SPEC (e.g. sentiment, model:runs/rm)")
         if self.model.dtype != "auto":
             raise ValueError("for training, set the precision with train.precision, not model.dtype")
@@ -507,8 +531,7 @@ class RLTrainer:
     def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any) -> None:
         self.cfg = cfg
         self.run = run
-        train_set, eval_set = load_prompt_sets(cfg)
-        self.reward_source = reward_source
+        self.reward_source = reward_source  # None with an environment (it gives the rewards)
         seed_everything(cfg.seed)
         device = resolve_device(cfg.model.device)
         self.precision = resolve_precision(cfg.train.precision, device)
@@ -552,27 +575,12 @@ class RLTrainer:
                 disable_dropout(self.critic)
                 self.critic.train()
 
-        self.train_prompts = [render_prompt(r, self.tokenizer, cfg.chat_template) for r in train_set.records]
-        self.eval_prompts = (
-            [render_prompt(r, self.tokenizer, cfg.chat_template) for r in eval_set.records]
-            if eval_set
-            else []
-        )
-        context = getattr(self.policy.config, "max_position_embeddings", None)
-        if context is not None:
-            limit = context - cfg.sampling.max_new_tokens
-            why = (
-                f"the model's context of {context} tokens minus max_new_tokens {cfg.sampling.max_new_tokens}"
-            )
-            check_prompt_lengths(train_set, self.tokenizer, limit, cfg.chat_template, why=why)
-            if eval_set is not None:
-                check_prompt_lengths(eval_set, self.tokenizer, limit, cfg.chat_template, why=why)
-        if len(self.train_prompts) < cfg.prompts_per_step:
-            raise ValueError(
-                f"{len(self.train_prompts)} training prompts make no batch of prompts_per_step "
-                f"{cfg.prompts_per_step}"
-            )
-        self.steps_per_epoch = len(self.train_prompts) // cfg.prompts_per_step
+        self.train_prompts: list[str] = []
+        self.eval_prompts: list[str] = []
+        if cfg.env.name:
+            self.steps_per_epoch = 1  # episodes come from the environment's seeds, not a prompt set
+        else:
+            self.load_prompts()
         self.engine = self.build_engine()
         # What the loss's forward passes go through: DDP wrappers on several processes (their backward
         # all-reduces the gradients), the modules themselves on one. Generation, no-grad passes and
@@ -606,6 +614,32 @@ class RLTrainer:
         self.reward_stats = RunningMoments()
         self.samples_dir = run.path / "samples"
         self.record_sync(0)  # the engine was built holding the starting weights
+
+    def load_prompts(self) -> None:
+        """The rendered training and held-out prompts, their lengths checked against the context."""
+        cfg = self.cfg
+        train_set, eval_set = load_prompt_sets(cfg)
+        self.train_prompts = [render_prompt(r, self.tokenizer, cfg.chat_template) for r in train_set.records]
+        self.eval_prompts = (
+            [render_prompt(r, self.tokenizer, cfg.chat_template) for r in eval_set.records]
+            if eval_set
+            else []
+        )
+        context = getattr(self.policy.config, "max_position_embeddings", None)
+        if context is not None:
+            limit = context - cfg.sampling.max_new_tokens
+            why = (
+                f"the model's context of {context} tokens minus max_new_tokens {cfg.sampling.max_new_tokens}"
+            )
+            check_prompt_lengths(train_set, self.tokenizer, limit, cfg.chat_template, why=why)
+            if eval_set is not None:
+                check_prompt_lengths(eval_set, self.tokenizer, limit, cfg.chat_template, why=why)
+        if len(self.train_prompts) < cfg.prompts_per_step:
+            raise ValueError(
+                f"{len(self.train_prompts)} training prompts make no batch of prompts_per_step "
+                f"{cfg.prompts_per_step}"
+            )
+        self.steps_per_epoch = len(self.train_prompts) // cfg.prompts_per_step
 
     def build_engine(self) -> GenerationEngine:
         """The rollout engine ``cfg.rollout`` asks for, holding the policy's current weights: transformers'
@@ -643,6 +677,11 @@ class RLTrainer:
                 f.write(json.dumps({"step": step, **self.engine.last_sync}) + "\n")  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def has_eval(self) -> bool:
+        """Whether there is a held-out set: prompts, or an environment's test episodes."""
+        return bool(self.eval_prompts) or bool(self.cfg.env.name and self.cfg.env.eval_episodes)
 
     @property
     def needs_reference(self) -> bool:
@@ -737,9 +776,38 @@ class RLTrainer:
             completion_ids=pad_across_processes(batch.completion_ids, dim=1, pad_index=pad),
             completion_mask=pad_across_processes(batch.completion_mask, dim=1, pad_index=0),
             logprobs=pad_across_processes(batch.logprobs, dim=1, pad_index=0),
+            action_mask=None
+            if batch.action_mask is None
+            else pad_across_processes(batch.action_mask, dim=1, pad_index=0),
+            turn_rewards=None
+            if batch.turn_rewards is None
+            else pad_across_processes(batch.turn_rewards, dim=1, pad_index=0),
         )
 
+    def sample_episodes(
+        self, step: int, sampling: SamplingConfig, groups: Sequence[int], split: str, first_row: int
+    ) -> RolloutBatch:
+        """Environment episodes: ``sampling.n`` of each environment seed in ``groups`` (rows grouped by
+        seed, as prompts' samples are), from the ``split``'s environments."""
+        seeds = [g for g in groups for _ in range(sampling.n)]
+        self.policy.eval()
+        with torch.no_grad(), self.autocast():
+            batch = run_episodes(
+                self.engine,
+                lambda: self.cfg.env.make(split),
+                seeds,
+                sampling,
+                max_episode_tokens=self.cfg.env.max_episode_tokens,
+                seed=step,
+                rows=range(first_row, first_row + len(seeds)),
+            )
+        self.policy.train()
+        index = torch.arange(len(groups)).repeat_interleave(sampling.n)
+        return dataclasses.replace(batch, prompt_index=index.to(self.device)).to(self.device)
+
     def score(self, batch: RolloutBatch) -> torch.Tensor:
+        if batch.turn_rewards is not None:  # an episode's reward: the sum of its turns' rewards
+            return batch.turn_rewards.sum(-1).float()  # [B]
         # batch.prompts holds each row's own prompt text (prompts x samples rows), aligned with completions.
         rewards = self.reward_source(list(batch.prompts), list(batch.completions))
         return torch.tensor(rewards, dtype=torch.float32, device=self.device)  # [B]
@@ -780,7 +848,7 @@ class RLTrainer:
     ) -> tuple[Experience, dict[str, float]]:
         """Log-probs, KL, values and advantages of a scored rollout batch."""
         cfg = self.cfg
-        mask = batch.completion_mask.float()  # [B, C]
+        mask = batch.policy_mask.float()  # [B, C]: the policy's tokens (an episode's actions only)
         on_policy = cfg.updates_per_step == 1
         old_logprobs = None
         if not on_policy:
@@ -815,19 +883,35 @@ class RLTrainer:
         in_reward = kl_tokens is not None and cfg.kl.placement == "reward"
         n = cfg.sampling.n
         returns = old_values = None
-        if cfg.estimator == "ppo":
-            old_values = self.no_grad_values(batch) * mask  # [B, C]
+        if cfg.estimator in ("ppo", "reinforce++"):
             token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
-            advantages, returns = gae_advantages(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                # normaliser per batch: all real tokens of the step, on every process
-                advantages = self.over_global_batch(masked_whiten, advantages, mask) * mask
-        elif cfg.estimator == "reinforce++":
-            token_rewards = token_level_rewards(shaped, kl_tokens if in_reward else None, beta, mask)
-            # whitened over the whole step's tokens, on every process
-            advantages = self.over_global_batch(
-                lambda r, m: reinforce_pp_advantages(r, m, cfg.gamma), token_rewards, mask
-            )
+            if batch.turn_rewards is not None:
+                # Episodes: each turn's reward at its last action; at the episode's last action, what
+                # shaping changed of its total (shaped - raw) instead of the whole shaped total.
+                raw = batch.turn_rewards.sum(-1)  # [B]
+                token_rewards = (
+                    token_rewards - token_level_rewards(raw, None, 0.0, mask) + batch.turn_rewards * mask
+                )
+            if cfg.estimator == "ppo":
+                old_values = self.no_grad_values(batch) * mask  # [B, C]
+                # GAE over the policy's tokens only (packed to the left: an observation is part of the
+                # transition between two turns, not a step of its own)
+                packed_rewards, packed_mask = pack_actions(token_rewards, mask)  # [B, A]
+                packed_values, _ = pack_actions(old_values, mask)
+                packed_adv, packed_ret = gae_advantages(
+                    packed_rewards, packed_values, packed_mask, cfg.gamma, cfg.lam
+                )
+                advantages, returns = unpack_actions(packed_adv, mask), unpack_actions(packed_ret, mask)
+                if cfg.whiten_advantages:
+                    # normaliser per batch: all real tokens of the step, on every process
+                    advantages = self.over_global_batch(masked_whiten, advantages, mask) * mask
+            else:
+                # whitened over the whole step's tokens, on every process; returns over the actions
+                advantages = self.over_global_batch(
+                    lambda r, m: unpack_actions(reinforce_pp_advantages(*pack_actions(r, m), cfg.gamma), m),
+                    token_rewards,
+                    mask,
+                )
         else:
             # Outcome-level estimators: one scalar per completion, the KL penalty folded into it.
             sequence_rewards = shaped - beta * kl_tokens.sum(-1) if in_reward else shaped  # [B]
@@ -989,25 +1073,33 @@ class RLTrainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out reward, KL per completion, length and repetition on fresh samples (fixed seed), as
-        ``eval/...`` metrics (:data:`RL_EVAL_METRICS`); the samples go to ``samples/step-NNNNNN.jsonl``."""
-        if not self.eval_prompts:
+        ``eval/...`` metrics (:data:`RL_EVAL_METRICS`); the samples go to ``samples/step-NNNNNN.jsonl``.
+
+        With an environment: ``env.eval_episodes`` episodes of its test split (seeds ``0..N-1``), with
+        their success rate and turns, each sample holding the episode's transcript."""
+        if not self.has_eval:
             return {}
         sampling = self.cfg.eval_sampling or dataclasses.replace(self.cfg.sampling, n=1)
         # Each process samples and scores a contiguous share of the held-out prompts (with their rows'
         # numbers in the whole set, so the samples are one process's); the rows are then gathered and
         # every figure is computed over all of them.
-        count = len(self.eval_prompts)
+        count = self.cfg.env.eval_episodes if self.cfg.env.name else len(self.eval_prompts)
         first, last = self.rank * count // self.world, (self.rank + 1) * count // self.world
         rows: list[dict[str, Any]] = []
         if last > first:
-            batch = self.sample(
-                self.eval_prompts[first:last],
-                sampling,
-                seed=self.cfg.seed + 10**9,
-                row_offset=first * sampling.n,
-            )
+            if self.cfg.env.name:
+                batch = self.sample_episodes(
+                    self.cfg.seed + 10**9, sampling, range(first, last), "test", first * sampling.n
+                )
+            else:
+                batch = self.sample(
+                    self.eval_prompts[first:last],
+                    sampling,
+                    seed=self.cfg.seed + 10**9,
+                    row_offset=first * sampling.n,
+                )
             rewards = self.score(batch)
-            mask = batch.completion_mask.float()  # [b, C]
+            mask = batch.policy_mask.float()  # [b, C]
             kl = None
             if self.needs_reference:
                 logprobs = self.no_grad_logprobs(self.policy, batch)
@@ -1021,6 +1113,7 @@ class RLTrainer:
                         "finish_reason": batch.finish_reasons[i],
                         "length": mask[i].sum().item(),
                         **({"kl": kl[i]} if kl is not None else {}),
+                        **(batch.episodes[i] if batch.episodes is not None else {}),
                     }
                 )
         if self.world > 1:
@@ -1036,6 +1129,9 @@ class RLTrainer:
         }
         if self.needs_reference:
             metrics["kl"] = sum(r.pop("kl") for r in rows) / len(rows)
+        if self.cfg.env.name:
+            metrics["success_rate"] = sum(r["success"] for r in rows) / len(rows)
+            metrics["turns"] = sum(r["turns"] for r in rows) / len(rows)
         if self.is_main:
             self.samples_dir.mkdir(exist_ok=True)
             write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
@@ -1046,9 +1142,17 @@ class RLTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        prompts = self.step_prompts(step)[self.local_rows(cfg.prompts_per_step)]  # whole groups per process
-        first_row = self.local_rows(cfg.prompts_per_step).start * cfg.sampling.n
-        batch = self.sample(prompts, cfg.sampling, seed=cfg.seed * 1_000_003 + step, row_offset=first_row)
+        local_groups = self.local_rows(cfg.prompts_per_step)  # whole groups per process
+        first_row = local_groups.start * cfg.sampling.n
+        sample_seed = cfg.seed * 1_000_003 + step
+        if cfg.env.name:  # the step's environments: seeds of its own, one group of n episodes each
+            seeds = [
+                sample_seed * cfg.prompts_per_step + g for g in range(local_groups.start, local_groups.stop)
+            ]
+            batch = self.sample_episodes(sample_seed, cfg.sampling, seeds, "train", first_row)
+        else:
+            prompts = self.step_prompts(step)[local_groups]
+            batch = self.sample(prompts, cfg.sampling, seed=sample_seed, row_offset=first_row)
         batch = self.pad_to_global_widths(batch)
         t1 = time.perf_counter()
         rewards = self.score(batch)  # [b]: this process's rows
@@ -1061,7 +1165,7 @@ class RLTrainer:
         if "kl" in stats:  # the step's KL, over all processes, and all its rows
             self.kl_ctl.update(stats["kl"], cfg.rollout_batch_size)
         all_rewards = self.gather_rows(rewards)  # [B]
-        mask = batch.completion_mask
+        mask = batch.policy_mask  # [b, C]: response length counts the policy's tokens
         local = {
             "response_len/mean": mask.sum(-1).float().mean().item(),
             "response/truncated": sum(f == "length" for f in batch.finish_reasons) / len(batch),
@@ -1070,6 +1174,9 @@ class RLTrainer:
             "time/train": t3 - t2,
             "time/sync": t4 - t3,
         }
+        if batch.episodes is not None:
+            local["env/success_rate"] = sum(e["success"] for e in batch.episodes) / len(batch)
+            local["env/turns"] = sum(e["turns"] for e in batch.episodes) / len(batch)
         local = self.mean_over_processes(local, list(local))  # times: the processes' mean
         tokens = self.sum_over_processes(float(batch.attention_mask.sum()))
         metrics = {
@@ -1085,6 +1192,7 @@ class RLTrainer:
             "time/score": local["time/score"],
             "time/train": local["time/train"],
             "time/sync": local["time/sync"],
+            **{k: v for k, v in local.items() if k.startswith("env/")},
         }
         return metrics
 
@@ -1103,7 +1211,7 @@ class RLTrainer:
             self.reward_stats.load_state_dict(ckpt.extra["reward_stats"])
             self.sync_engine(start)  # the engine was built with the starting weights
         last: dict[str, float] = {}
-        if start == 0 and self.eval_prompts:
+        if start == 0 and self.has_eval:
             first_eval = self.evaluate(0)
             self.run.log(0, first_eval)
             if self.is_main:
@@ -1114,7 +1222,7 @@ class RLTrainer:
         for step in range(start, cfg.num_steps):
             metrics = self.train_step(step)
             done = step + 1
-            if self.eval_prompts and cadence.evaluate(done):
+            if self.has_eval and cadence.evaluate(done):
                 metrics.update(self.evaluate(done))
             if cadence.log(done):
                 self.run.log(done, metrics)
@@ -1123,7 +1231,7 @@ class RLTrainer:
             progress.update(1, {"reward": metrics["reward/mean"], "kl": metrics.get("kl", 0.0)})
             last = metrics
         progress.close()
-        if self.eval_prompts:
+        if self.has_eval:
             final = self.evaluate(cfg.num_steps)
             self.run.log(cfg.num_steps, final)
             last.update(final)
@@ -1166,8 +1274,12 @@ def rl(cfg: RLConfig) -> RunResult:
             "rollout.placement=ray runs the trainer as one Ray actor: start `rlxf rl` as one process, not "
             "under torchrun or accelerate launch (for data-parallel training use rollout.placement=local)"
         )
-    load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
-    reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
+    if cfg.env.name:
+        cfg.env.make("train").close()  # a bad environment (name, arguments) stops here, before any model
+        reward_source = None
+    else:
+        load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
+        reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
     if cfg.rollout.placement == "ray":
         return rl_on_ray(cfg)
     return _train(cfg, reward_source)

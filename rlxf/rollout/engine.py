@@ -96,6 +96,12 @@ class RolloutBatch:
     completions: list[str]  # [B] completion text (special tokens removed, cut before a stop string)
     finish_reasons: list[FinishReason]  # [B]
     prompt_index: torch.Tensor  # [B] long, index of the row's prompt in the input list
+    # Environment episodes (rlxf.rollout.episodes) only: the completion holds the policy's actions and the
+    # environment's observations in turn; completion_mask covers both (attention), action_mask only the
+    # policy's tokens (the loss, KL and advantages), turn_rewards each turn's reward at its last action token.
+    action_mask: torch.Tensor | None = None  # [B, C] long, 1 on tokens the policy sampled
+    turn_rewards: torch.Tensor | None = None  # [B, C] float32, reward of a turn at its last action token
+    episodes: list[dict] | None = None  # [B] per episode: turns, success, reward, truncated, transcript
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -109,6 +115,12 @@ class RolloutBatch:
     def attention_mask(self) -> torch.Tensor:
         """``[B, P + C]``: 1 on real prompt tokens and on kept completion tokens."""
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def policy_mask(self) -> torch.Tensor:
+        """``[B, C]``: the tokens the policy chose, which the loss, the KL and the advantages cover (the
+        completion's real tokens, or only the actions of an environment episode)."""
+        return self.completion_mask if self.action_mask is None else self.action_mask
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {

@@ -22,6 +22,8 @@ logits is held. With ``temperature: 0`` no warper runs and the recorded log-prob
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,7 +61,7 @@ def inverse_cdf_sample(logprobs: torch.Tensor, uniforms: torch.Tensor | None = N
 _SEED_MIX = 0x9E3779B97F4A7C15
 
 
-def row_uniforms(seed: int, rows: range, steps: int) -> torch.Tensor:
+def row_uniforms(seed: int, rows: Sequence[int], steps: int) -> torch.Tensor:
     """``[len(rows), steps]`` uniforms in ``[0, 1)``: row ``r``'s come from a generator seeded by
     ``(seed, r)`` alone, so they do not depend on which other rows are generated beside it."""
     out = torch.empty(len(rows), steps)
@@ -180,7 +182,36 @@ class HFEngine(GenerationEngine):
                         f"prompt {int(prompt_index[i])} has {len(ids)} tokens; with max_new_tokens="
                         f"{sampling.max_new_tokens} it exceeds the model's context of {self.max_context}"
                     )
+        batch = self.generate_ids(
+            encoded,
+            dataclasses.replace(sampling, n=1),
+            seed=seed,
+            rows=range(row_offset, row_offset + len(rows)),
+            progress=progress,
+        )
+        return dataclasses.replace(
+            batch, prompts=rows, prompt_index=prompt_index.to(batch.prompt_index.device)
+        )
 
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        contexts: Sequence[list[int]],
+        sampling: SamplingConfig,
+        seed: int | None = None,
+        rows: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> RolloutBatch:
+        """One completion of each token-id context (``sampling.n`` is not applied): what multi-turn rollouts
+        need, whose contexts hold the policy's own earlier tokens (never re-tokenised).
+
+        ``rows`` numbers each context's random stream (default ``0..len-1``): a row samples the same
+        tokens whatever else is generated beside it. ``prompts`` of the result is each context decoded."""
+        if not contexts:
+            raise ValueError("no contexts to generate from")
+        rows = list(range(len(contexts))) if rows is None else list(rows)
+        if len(rows) != len(contexts):
+            raise ValueError(f"{len(contexts)} contexts but {len(rows)} row numbers")
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
@@ -190,13 +221,13 @@ class HFEngine(GenerationEngine):
             if seed is None:  # a fresh base seed from the global generator (torch.manual_seed fixes it);
                 seed = int(torch.randint(0, 2**62, ()))  # drawn outside fork_rng, so calls differ
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                bar = Progress(len(rows), "generate", unit="sequence", mode="auto" if progress else "off")
-                for start in range(0, len(rows), sampling.batch_size):
-                    stop = min(start + sampling.batch_size, len(rows))
-                    uniforms = row_uniforms(
-                        seed, range(row_offset + start, row_offset + stop), sampling.max_new_tokens
+                bar = Progress(len(contexts), "generate", unit="sequence", mode="auto" if progress else "off")
+                for start in range(0, len(contexts), sampling.batch_size):
+                    stop = min(start + sampling.batch_size, len(contexts))
+                    uniforms = row_uniforms(seed, rows[start:stop], sampling.max_new_tokens)
+                    chunks.append(
+                        self._generate_chunk(list(contexts[start:stop]), sampling, device, uniforms)
                     )
-                    chunks.append(self._generate_chunk(encoded[start:stop], sampling, device, uniforms))
                     bar.update(stop - start)
                 bar.close()
         finally:
@@ -213,10 +244,10 @@ class HFEngine(GenerationEngine):
             completion_ids=cat("completion_ids", completion_width, self.pad_token_id, False),
             completion_mask=cat("completion_mask", completion_width, 0, False),
             logprobs=cat("logprobs", completion_width, 0.0, False),
-            prompts=rows,
+            prompts=[self.tokenizer.decode(ids) for ids in contexts],
             completions=[text for c in chunks for text in c["completions"]],
             finish_reasons=[reason for c in chunks for reason in c["finish_reasons"]],
-            prompt_index=prompt_index.to(device),
+            prompt_index=torch.arange(len(contexts), device=device),
         )
 
     def _generate_chunk(

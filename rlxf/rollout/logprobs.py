@@ -79,7 +79,7 @@ def batch_logprobs(
                 model, input_ids[rows], attention_mask[rows], width, temperature
             )
             parts.append(logprobs)
-    return torch.cat(parts) * batch.completion_mask  # [B, C]
+    return torch.cat(parts) * batch.policy_mask  # [B, C]: 0 on padding (and on observation tokens)
 
 
 __all__ = ["batch_logprobs", "completion_forward", "position_ids_of"]
