@@ -165,10 +165,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "eval",
-        "Compare a policy with its baseline on held-out prompts: reward, KL, win rate, fluency, "
-        "diversity; writes summary.json and report.html.",
+        "Compare a policy with its baseline on held-out prompts (or an environment's test episodes): "
+        "reward, success, KL, win rate, fluency, diversity; writes summary.json and report.html.",
         "rlxf.eval.evaluate:EvalConfig",
         "rlxf.eval.evaluate:evaluate",
+        aliases={"--env": "env.name"},
         stage="eval",
     ),
     Command(

@@ -209,3 +209,58 @@ def test_env_and_prompts_do_not_mix(tmp_path, tiny_model_dir):
         trainer_config(tmp_path, tiny_model_dir, "grpo", reward="sentiment")
     with pytest.raises(ValueError, match="rollout.engine=hf"):
         trainer_config(tmp_path, tiny_model_dir, "grpo", rollout={"engine": "vllm"})
+
+
+def test_resume_of_an_environment_run_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
+    cfg_a = trainer_config(tmp_path, tiny_model_dir, "ppo", num_steps=3, out=str(tmp_path / "a"))
+    rl(cfg_a)
+    cfg_b = dataclasses.replace(
+        cfg_a, out=str(tmp_path / "b"), train=dataclasses.replace(cfg_a.train, save_every=2)
+    )
+    original = RLTrainer.train_step
+
+    def interrupted(self, step):
+        if step == 2:  # after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(RLTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rl(cfg_b)
+    monkeypatch.setattr(RLTrainer, "train_step", original)
+    rl(dataclasses.replace(cfg_b, resume=True))
+    records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in records_b] == [r["step"] for r in records_a]
+    for record, reference in zip(records_b, records_a):
+        for name in ("reward/mean", "env/success_rate", "policy/loss", "value/loss", "eval/reward/mean"):
+            if name in reference:
+                assert record[name] == pytest.approx(reference[name], abs=1e-5), (record["step"], name)
+    weights = lambda run: load_model(ModelConfig(name_or_path=str(run / "model")), trainable=False)[0]  # noqa: E731
+    for (name, a), b in zip(
+        weights(tmp_path / "a").state_dict().items(), weights(tmp_path / "b").state_dict().values()
+    ):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_eval_of_an_environment_run_compares_success_and_plots_it(tmp_path, tiny_model_dir):
+    from rlxf.cli import main
+
+    result = rl(
+        trainer_config(tmp_path, tiny_model_dir, "grpo", train={"learning_rate": 5e-2, "precision": "fp32"})
+    )
+    out = tmp_path / "eval"
+    # the environment comes from the run's config.yaml; the baseline is the run's starting model
+    code = main(["eval", "--model", str(result.out), "--out", str(out), "--max-new-tokens", "6", "--precision", "fp32", "-n", "1", "env.eval_episodes=3", "env.max_episode_tokens=96"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env"]["name"] == ENV and summary["reward_spec"] == f"env:{ENV}"
+    assert summary["num_prompts"] == 3 and summary["baseline"] == str(tiny_model_dir)
+    for side in ("policy", "baseline"):
+        assert 0.0 <= summary["success_rate"][side]["mean"] <= 1.0
+    # k1 over the policy's own tokens of its episodes (3 episodes: noisy, of either sign, not 0)
+    assert math.isfinite(summary["kl"]["mean"]) and summary["kl"]["mean"] != 0.0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").open()]
+    assert len(samples) == 3 and all(len(s["policy_transcript"]) == 3 for s in samples)
+    page = (out / "report.html").read_text()
+    assert "success rate" in page and page.count("data:image/png;base64") >= 2

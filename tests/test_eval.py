@@ -187,8 +187,9 @@ def render_in_chromium(page_path: Path, screenshot: Path) -> None:
 def test_bad_input_stops_before_any_file(files, tmp_path, tiny_model_dir):
     prompts, reward = files
     out = tmp_path / "never"
-    with pytest.raises(ValueError, match="prompts"):
-        eval_config(str(tiny_model_dir), Path(""), reward, out)
+    with pytest.raises(ValueError, match="prompts"):  # no prompts, and no environment from a run
+        evaluate(eval_config(str(tiny_model_dir), Path(""), reward, out))
+    assert not out.exists()
     cfg = eval_config(str(tiny_model_dir), prompts, reward, out, baseline=str(tmp_path / "no-such-model"))
     with pytest.raises(Exception, match="no-such-model"):
         evaluate(cfg)

@@ -30,6 +30,11 @@ rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.repor
 run's reward and KL per step when the policy comes from an rlxf run folder, reward against KL, length
 histograms, sample table). The folder is claimed and written as every non-training command's is
 (:mod:`rlxf.train.outdir`); progress and the closing figures are logged (``logging``, under ``rlxf``).
+With an environment (``--env NAME``, or the environment of the run ``--model`` comes from) the held-out
+set is ``env.eval_episodes`` episodes of its test split, played by each model with the same seeds
+(:func:`rlxf.rollout.episodes.run_episodes`): the reward is the episode's, the report adds each model's
+success rate, and KL, perplexity and lengths count the models' own tokens (observations left out); the
+training curves then show the success rate per step as well.
 Leaves out: several baselines at once, an HTTP pairwise judge for the win rate, and bootstrap intervals.
 """
 
@@ -56,6 +61,7 @@ from rlxf.models import ModelConfig, load_model
 from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.episodes import EnvConfig, run_episodes
 from rlxf.rollout.logprobs import batch_logprobs
 from rlxf.rollout.text_stats import distinct_n, repeats_ngram
 from rlxf.train.metrics import read_metrics
@@ -85,6 +91,7 @@ class EvalConfig:
         "(its config.yaml), else the model itself is only described",
     )
     prompts: str = option("", help="held-out prompts file (JSONL, CSV, Parquet or a datasets folder)")
+    env: EnvConfig = field(default_factory=EnvConfig)  # or an environment's test episodes (docs/envs.md)
     prompts_split: str | None = option(None, help="use only prompt records whose `split` equals this")
     max_prompts: int | None = option(None, help="evaluate the first N prompts only")
     chat_template: ChatTemplateMode = option(
@@ -126,8 +133,8 @@ class EvalConfig:
     overwrite: bool = option(False, help="replace an evaluation already in --out")
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ValueError("give the held-out prompts: --prompts FILE")
+        if self.prompts and self.env.name:
+            raise ValueError("give held-out prompts (--prompts) or an environment (--env), not both")
         if not self.out:
             raise ValueError("give an output folder: --out DIR")
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -176,6 +183,40 @@ def training_reward(run: Path) -> str | None:
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
     reward = config.get("reward")
     return None if reward is None else str(reward)
+
+
+def training_env(run: Path) -> EnvConfig:
+    """The environment a training run's ``config.yaml`` names (unset ``name`` when it has none); ``rlxf
+    eval`` takes its name, arguments and ``max_turns``, and keeps its own episode budget and count."""
+    path = run / "config.yaml"
+    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    env = values.get("env") or {}
+    if not env.get("name"):
+        return EnvConfig()
+    return EnvConfig(
+        name=env["name"],
+        args=env.get("args") or {},
+        max_turns=env.get("max_turns", 0),
+        max_episode_tokens=env.get("max_episode_tokens", 256),
+        eval_episodes=env.get("eval_episodes", 64),
+    )
+
+
+class _EnvReward:
+    """An environment's episode reward (the sum of its turns'), in the place of a reward spec."""
+
+    def __init__(self, env_name: str) -> None:
+        self.name = f"env:{env_name}"
+
+    @staticmethod
+    def of(batch: RolloutBatch) -> list[float]:
+        return batch.turn_rewards.sum(-1).tolist()  # [B]
+
+
+def _success(batch: RolloutBatch, n: int) -> dict[str, float]:
+    """Success rate of a batch of episodes: mean and standard error over the tasks (n episodes each)."""
+    mean, se = mean_se(per_prompt([float(e["success"]) for e in batch.episodes], n))
+    return {"mean": mean, "se": se}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -241,8 +282,20 @@ class _Models:
         )
 
     def sample(self, model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> RolloutBatch:
+        """``n`` completions of each prompt; with an environment, ``n`` episodes of each test seed."""
+        env = self.cfg.env
         with torch.no_grad(), self.autocast():
-            return HFEngine(model, tokenizer).generate(prompts, self.cfg.sampling, seed=self.cfg.seed)
+            if not env.name:
+                return HFEngine(model, tokenizer).generate(prompts, self.cfg.sampling, seed=self.cfg.seed)
+            seeds = [i for i in range(env.eval_episodes) for _ in range(self.cfg.sampling.n)]
+            return run_episodes(
+                HFEngine(model, tokenizer),
+                lambda: env.make("test"),
+                seeds,
+                self.cfg.sampling,
+                max_episode_tokens=env.max_episode_tokens,
+                seed=self.cfg.seed,
+            )
 
     def logprobs(self, model: torch.nn.Module, batch: RolloutBatch, temperature: float) -> torch.Tensor:
         return batch_logprobs(model, batch, temperature, self.cfg.micro_batch_size, self.autocast())
@@ -253,11 +306,24 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     started = time.monotonic()
     logger.info("%s", render_config(cfg, "rlxf eval"))
     # Everything that can be wrong with the input is checked before a model loads or a file is written.
-    out = claim_output_folder(cfg.out, OUTPUT_FILES, overwrite=cfg.overwrite, command="rlxf eval")
-    records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before any model loads
-    gold = parse_reward_spec(cfg.reward, cfg.reward_options)
-    judge = parse_reward_spec(cfg.win_reward, cfg.reward_options) if cfg.win_reward else gold
     run = Path(cfg.run) if cfg.run else run_folder_of(cfg.model.name_or_path)
+    if not cfg.prompts and not cfg.env.name:
+        trained = training_env(run) if run is not None else EnvConfig()
+        # the run's environment (name, arguments, turns); this command's budget and number of episodes
+        env = dataclasses.replace(cfg.env, name=trained.name, args=trained.args, max_turns=trained.max_turns)
+        cfg = dataclasses.replace(cfg, env=env)
+        if not cfg.env.name:
+            raise ValueError("give the held-out prompts (--prompts FILE) or an environment (--env NAME)")
+        logger.info("the environment of the run %s: %s", run, cfg.env.name)
+    out = claim_output_folder(cfg.out, OUTPUT_FILES, overwrite=cfg.overwrite, command="rlxf eval")
+    if cfg.env.name:
+        cfg.env.make("test").close()  # a bad environment stops here, before any model loads
+        records = None
+        gold = judge = _EnvReward(cfg.env.name)
+    else:
+        records = read_prompts(cfg.prompts, cfg.prompts_split, cfg.max_prompts)  # checked before models load
+        gold = parse_reward_spec(cfg.reward, cfg.reward_options)
+        judge = parse_reward_spec(cfg.win_reward, cfg.reward_options) if cfg.win_reward else gold
     if cfg.run and not (run / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"--run {run}: no metrics.jsonl there")
     policy_ref = _model_ref(cfg.model.name_or_path)
@@ -272,15 +338,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         validate_corpus(cfg.held_out_data)  # a bad record stops here, with its file, line and field
 
     models = _Models(cfg, policy_ref, baseline_ref)
-    prompts = [render_prompt(r, models.tokenizer, cfg.chat_template) for r in records.records]
-    raw_prompts = [r.get("messages", r.get("prompt")) for r in records.records]
+    if records is not None:
+        prompts = [render_prompt(r, models.tokenizer, cfg.chat_template) for r in records.records]
+        raw_prompts = [r.get("messages", r.get("prompt")) for r in records.records]
+    else:  # the episodes' first observations, as the policy's tokenizer renders them
+        prompts = [f"{cfg.env.name} test episode {i}" for i in range(cfg.env.eval_episodes)]
+        raw_prompts = list(prompts)
     n = cfg.sampling.n
     temperature = cfg.sampling.temperature if not cfg.sampling.greedy else 1.0
     plain = cfg.sampling.top_k == 0 and cfg.sampling.top_p == 1.0 and not cfg.sampling.greedy
 
     logger.info("sampling %d prompts x %d from the policy %s", len(prompts), n, policy_ref)
     batch_a = models.sample(models.policy, models.tokenizer, prompts)
-    rewards_a = gold(list(batch_a.prompts), list(batch_a.completions))
+    rewards_a = gold.of(batch_a) if cfg.env.name else gold(list(batch_a.prompts), list(batch_a.completions))
     summary: dict[str, Any] = {
         "policy": policy_ref,
         "baseline": baseline_ref,
@@ -290,6 +360,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "reward_spec": gold.name,
         "precision": models.precision,
     }
+    if cfg.env.name:
+        summary["env"] = dataclasses.asdict(cfg.env)
     policy_stats = text_stats(batch_a)
     reward_a_mean, reward_a_se = mean_se(per_prompt(rewards_a, n))
     reward: dict[str, Any] = {
@@ -304,12 +376,25 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         }
         for i in range(len(batch_a))
     ]
-    lengths: dict[str, list[float]] = {"policy": batch_a.completion_mask.sum(-1).tolist()}
+    if batch_a.episodes is not None:
+        for i, row in enumerate(samples):
+            row["prompt"] = batch_a.prompts[i]
+            row["policy_success"] = batch_a.episodes[i]["success"]
+            row["policy_transcript"] = batch_a.episodes[i]["transcript"]
+        summary["success_rate"] = {"policy": _success(batch_a, n)}
+    lengths: dict[str, list[float]] = {"policy": batch_a.policy_mask.sum(-1).tolist()}
 
     if models.baseline is not None:
         logger.info("sampling %d prompts x %d from the baseline %s", len(prompts), n, baseline_ref)
         batch_b = models.sample(models.baseline, models.baseline_tokenizer, prompts)
-        rewards_b = gold(list(batch_b.prompts), list(batch_b.completions))
+        rewards_b = (
+            gold.of(batch_b) if cfg.env.name else gold(list(batch_b.prompts), list(batch_b.completions))
+        )
+        if batch_b.episodes is not None:
+            summary["success_rate"]["baseline"] = _success(batch_b, n)
+            for i, row in enumerate(samples):
+                row["baseline_success"] = batch_b.episodes[i]["success"]
+                row["baseline_transcript"] = batch_b.episodes[i]["transcript"]
         base_prompt_means = per_prompt(rewards_b, n)
         reward_b_mean, reward_b_se = mean_se(base_prompt_means)
         reward["baseline"] = {"mean": reward_b_mean, "se": reward_b_se, "std": _std(rewards_b)}
@@ -334,14 +419,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "ties": sum(w == 0.5 for w in wins) / len(wins),
             **judge_detail,
         }
-        lengths["baseline"] = batch_b.completion_mask.sum(-1).tolist()
+        lengths["baseline"] = batch_b.policy_mask.sum(-1).tolist()
         for i, row in enumerate(samples):
             row["baseline"] = batch_b.completions[i]
             row["baseline_reward"] = rewards_b[i]
 
         if models.same_tokenizer:
             logger.info("log-probs of the policy's samples under the baseline (KL, perplexity)")
-            mask_a = batch_a.completion_mask.float()
+            mask_a = batch_a.policy_mask.float()
             logp_a = (
                 batch_a.logprobs.float() if plain else models.logprobs(models.policy, batch_a, temperature)
             )
@@ -359,7 +444,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             logp_b_on_a_t1 = (
                 logp_b_on_a if temperature == 1.0 else models.logprobs(models.baseline, batch_a, 1.0)
             )
-            mask_b = batch_b.completion_mask.float()
+            mask_b = batch_b.policy_mask.float()
             logp_b_on_b = (
                 batch_b.logprobs.float()
                 if plain and temperature == 1.0

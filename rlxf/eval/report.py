@@ -59,13 +59,25 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 
 def training_curves(records: Sequence[dict[str, Any]], train_spec: str | None = None) -> str | None:
-    """Reward (train batches and held-out evaluations) and KL per step; ``None`` without such records."""
+    """Reward (train batches and held-out evaluations) and KL per step, and the success rate of an
+    environment run; ``None`` without such records."""
     import matplotlib.pyplot as plt
 
     steps, reward = _series(records, "reward/mean")
     if not steps:
         return None
-    fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 3.0))
+    success_steps, success = _series(records, "env/success_rate")
+    if success_steps:  # an environment run: its success rate per step beside reward and KL
+        fig, (ax_r, ax_k, ax_s) = plt.subplots(1, 3, figsize=(14, 3.0))
+        ax_s.plot(success_steps, success, color="#2a9d5b", lw=1.4, label="training episodes")
+        eval_steps, eval_success = _series(records, "eval/success_rate")
+        if eval_steps:
+            ax_s.plot(eval_steps, eval_success, "o-", color="#d9822b", label="held-out")
+        ax_s.set(xlabel="step", ylabel="success rate", title="success rate", ylim=(-0.02, 1.02))
+        ax_s.legend(frameon=False, fontsize=8)
+        ax_s.grid(alpha=0.3)
+    else:
+        fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 3.0))
     ax_r.plot(steps, reward, color="#3566c8", lw=1.4, label="training batches")
     eval_steps, eval_reward = _series(records, "eval/reward/mean")
     if eval_steps:
@@ -230,6 +242,27 @@ def _cards(summary: dict[str, Any]) -> str:
         )
     else:
         cards.append(_card(f"reward ({summary['reward_spec']})", policy))
+    if summary.get("success_rate"):
+        sr = summary["success_rate"]
+        base_sr = sr.get("baseline")
+        cards.append(
+            _card(
+                f"success rate ({summary['env']['name']})",
+                f"{base_sr['mean']:.1%} → {sr['policy']['mean']:.1%}"
+                if base_sr
+                else f"{sr['policy']['mean']:.1%}",
+                f"± {sr['policy']['se']:.1%} on {summary['env']['eval_episodes']} held-out tasks",
+                (
+                    "good"
+                    if sr["policy"]["mean"] > base_sr["mean"]
+                    else "bad"
+                    if sr["policy"]["mean"] < base_sr["mean"]
+                    else ""
+                )
+                if base_sr
+                else "",
+            )
+        )
     if summary.get("kl"):
         k = summary["kl"]
         cards.append(
