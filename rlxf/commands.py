@@ -150,6 +150,14 @@ COMMANDS: tuple[Command, ...] = (
         stage="rl",
     ),
     Command(
+        "selfplay",
+        "Two-agent RL: a prompter writes inputs, a responder answers, both learn (red-teaming, tug-of-war, "
+        "taboo; alternating or simultaneous schedules).",
+        f"{_ALGOS}.selfplay:SelfPlayConfig",
+        f"{_ALGOS}.selfplay:selfplay",
+        stage="selfplay",
+    ),
+    Command(
         "sample",
         "Sample n responses per prompt and group them (pairs by default) into candidates records for feedback.",
         "rlxf.rollout.candidates:SampleConfig",

@@ -33,3 +33,38 @@ class LetterCountEnv:
 
     def close(self) -> None:
         pass
+
+
+def letter_game():
+    """A two-agent game for the self-play tests whose scores vary on a tiny random model's text: R is
+    paid the share of "e" in its answer, P the share of "a" in R's answer (adversarial-ish, deterministic)."""
+    from rlxf.algos.selfplay_games import Game, GameScores, Task
+
+    def share(text: str, letter: str) -> float:
+        return text.count(letter) / max(len(text), 1)
+
+    class LetterGame(Game):
+        name = "letters"
+
+        def tasks(self, split, seed, count):
+            rng = random.Random(seed)
+            return [
+                Task([{"role": "user", "content": f"Ask about {rng.choice('abcdef')}"}], {"i": i})
+                for i in range(count)
+            ]
+
+        def responder_messages(self, task, prompt):
+            return [{"role": "user", "content": prompt}]
+
+        def score(self, tasks, prompts, responses):
+            return GameScores(
+                prompter=[share(r, "a") + share(p, "o") for p, r in zip(prompts, responses)],
+                responder=[share(r, "e") for r in responses],
+                attack_success=[share(r, "a") > 0.05 for r in responses],
+                details={},
+            )
+
+        def benign_prompts(self, split):
+            return ["Tell me about the sea", "Write a review"]
+
+    return LetterGame

@@ -7,13 +7,18 @@ count as one word; the statistics do not depend on any model's tokenizer.
   Models"): distinct n-grams / all n-grams over a set of texts.
 * :func:`repeats_ngram`: whether one n-gram occurs ``times`` or more in a text, the signature of a policy
   that found a reward hack by looping ("great great great ...").
+* :func:`self_bleu` (Zhu et al. 2018, "Texygen"): how much each text's wording is shared by the others
+  (higher = less diverse).
+* :func:`novelty`: how unlike every text of a history each text is, by word n-gram overlap (the novelty
+  bonus of Hong et al. 2024, "Curiosity-driven Red-teaming", in n-gram form).
 """
 
 from __future__ import annotations
 
+import math
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _PUNCTUATION = string.punctuation + "“”‘’…"
 
@@ -53,3 +58,87 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+def _clipped_precision(candidate: list[tuple[str, ...]], references: list[Counter[tuple[str, ...]]]) -> int:
+    """Matches of ``candidate``'s n-grams, each n-gram's count clipped by its largest count in one reference."""
+    matches = 0
+    for gram, count in Counter(candidate).items():
+        best = max((ref[gram] for ref in references), default=0)
+        matches += min(count, best)
+    return matches
+
+
+def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
+    """Self-BLEU (Zhu et al. 2018, "Texygen"): the mean over texts of BLEU of each text against all others.
+
+    For text ``i`` (the candidate) and the other texts as references, with ``c_n(g)`` the count of n-gram
+    ``g`` in the candidate and ``r_n(g)`` its largest count in any *one* reference::
+
+        m_n = sum_g min(c_n(g), r_n(g))              (clipped matches)
+        t_n = sum_g c_n(g)                           (candidate n-grams)
+        p_1 = m_1 / t_1                              (unsmoothed)
+        p_n = (m_n + 1) / (t_n + 1)       for n > 1  (add-one smoothing)
+        BLEU_i = exp((1 / max_n) * sum_{n=1}^{max_n} log p_n)
+
+    and ``self_bleu = mean_i BLEU_i``. The smoothing keeps a short text (fewer than ``n`` words, so
+    ``t_n = 0`` and ``p_n = 1``) or one missing a single bigram from scoring 0 overall. There is no
+    brevity penalty: the references are the other samples of the same policy, not translations of one
+    source, so a text shorter than its neighbours is not thereby less similar to them (and a penalty would
+    make the score depend on length differences rather than on shared wording). A text with no words scores
+    0 (``p_1`` is undefined). Fewer than 2 texts give 0.0. Higher = the texts share more wording = less
+    diverse.
+    """
+    if max_n < 1:
+        raise ValueError(f"max_n must be >= 1, got {max_n}")
+    texts = list(texts)
+    if len(texts) < 2:
+        return 0.0
+    # n-gram counts of every text per order, computed once and reused as candidate and as reference.
+    counts = [[Counter(ngrams(text, n)) for n in range(1, max_n + 1)] for text in texts]
+    grams = [[ngrams(text, n) for n in range(1, max_n + 1)] for text in texts]
+    total = 0.0
+    for i in range(len(texts)):
+        if not grams[i][0]:
+            continue  # no words: BLEU 0
+        log_sum = 0.0
+        for k in range(max_n):
+            references = [counts[j][k] for j in range(len(texts)) if j != i]
+            matches = _clipped_precision(grams[i][k], references)
+            if k == 0:
+                if matches == 0:
+                    log_sum = -math.inf
+                    break
+                log_sum += math.log(matches / len(grams[i][k]))
+            else:
+                log_sum += math.log((matches + 1) / (len(grams[i][k]) + 1))
+        total += math.exp(log_sum / max_n) if log_sum != -math.inf else 0.0
+    return total / len(texts)
+
+
+def novelty(texts: Sequence[str], history: Sequence[str], n: int = 2) -> list[float]:
+    """Per text, 1 minus its largest word n-gram overlap with any text of ``history``, in [0, 1].
+
+    With ``G(x)`` the *set* of word n-grams of ``x``::
+
+        novelty(x) = 1 - max_{h in history} |G(x) ∩ G(h)| / |G(x)|
+
+    1.0 when ``history`` is empty or ``x`` has no n-grams (fewer than ``n`` words). This is the novelty
+    bonus of Curiosity-driven Red-Teaming (Hong et al., ICLR 2024, "Curiosity-driven Red-teaming for Large
+    Language Models") in an n-gram form: the red-team policy is paid for test cases unlike those it has
+    already produced. (The paper's own terms are a negative SelfBLEU against the history and a cosine
+    distance of sentence embeddings; this is the lexical, model-free analogue, cheap enough for every
+    rollout.)
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    history_sets = [set(ngrams(h, n)) for h in history]
+    out = []
+    for text in texts:
+        grams = set(ngrams(text, n))
+        if not grams or not history_sets:
+            out.append(1.0)
+            continue
+        overlap = max(len(grams & h) for h in history_sets) / len(grams)
+        out.append(1.0 - overlap)
+    return out

@@ -1,0 +1,590 @@
+"""Two-agent reinforcement alignment (``rlxf selfplay``): a prompter writes the input, a responder answers,
+and both learn from the outcome.
+
+Each step, for ``tasks_per_step`` tasks of the game (:mod:`rlxf.algos.selfplay_games`; e.g. "get a review
+of a film"):
+
+1. the prompter ``P`` samples ``prompter.n`` inputs ``x ~ P(. | c)`` from the task's messages ``c``;
+2. the responder ``R`` samples ``responder.n`` answers ``y ~ R(. | x)`` to each input;
+3. the game scores every round ``(c, x, y)``: ``g_P(c, x, y)`` and ``g_R(c, x, y)`` (adversarial: P gains
+   when R's answer scores badly; cooperative: both gain from R's score), and whether P "won" (attack
+   success);
+4. the rewards::
+
+       r_R(x, y) = g_R(c, x, y)
+       r_P(x)    = mean_{j} g_P(c, x, y_j) + eta * novelty(x, H)
+
+   P's reward of an input is its expected outcome over R's ``responder.n`` answers (a lower-variance
+   estimate of ``E_{y~R}[g_P]``); ``novelty(x, H) = 1 - max_{h in H} |ngrams(x) & ngrams(h)| / |ngrams(x)|``
+   against the last ``novelty_history`` inputs ``H`` (Curiosity-driven Red-Teaming, Hong et al. ICLR 2024,
+   its n-gram novelty term), weighted by ``eta = novelty_coef``: without it an attacker collapses onto one
+   input that works;
+5. each role trained by the schedule takes one GRPO step (Shao et al. 2024) on its own samples: the
+   group of P is the ``prompter.n`` inputs of a task, the group of R the ``responder.n`` answers to an
+   input, ``A_i = (r_i - mean_group r) / (std_group r + eps)``; the loss per token is the on-policy
+   surrogate plus the k3 KL to the role's reference (``kl_coef``)::
+
+       L_t = -exp(log pi(a_t) - sg[log pi(a_t)]) A_i + beta * k3(pi, ref)_t,   mean over the role's tokens
+
+Schedules (``schedule``): ``prompter`` (R frozen: RL red-teaming / prompt optimisation), ``responder``
+(P frozen, or the fixed inputs of ``prompt_pool``), ``alternate`` (``round_steps`` steps of P, then of R,
+...: MART's attacker / target rounds, Ge et al. NAACL 2024) and ``simultaneous`` (both from the same
+rollouts each step: online self-play, as Self-RedTeam 2025).
+
+Models (``roles``): ``adapters`` (default) puts two LoRA adapters, ``prompter`` and ``responder``, on one
+base model in memory; a role's turn activates its adapter, and the reference of both is the base with
+adapters off. ``models`` loads a model per role (``model`` for P, ``responder_model`` for R; full
+fine-tuning with a frozen reference copy, or LoRA when ``model.lora.r > 0``). Each role has its own
+optimizer, schedule of learning rate and KL reference; a checkpoint holds both roles' states apart (saved
+together, so a step is saved for both or neither), with the novelty history: ``--resume`` continues
+exactly.
+
+Evaluation (step 0, every ``train.eval_every`` steps, the end), on ``eval_tasks`` tasks of the game's test
+split, one input and one answer each: ``eval/attack_success_rate``, the inputs' diversity
+(``eval/distinct_2`` and ``eval/self_bleu`` of the successful inputs), the rewards of both roles; and R on
+the game's benign held-out inputs: ``eval/benign_sentiment`` (VADER) and ``eval/benign_perplexity``
+(perplexity of R's answers under the starting model). Samples go to ``samples/step-NNNNNN.jsonl``.
+
+Left out (for now): a cross-play matrix of saved (P_i, R_j) pairs and its heatmap, PPO with critics for
+the roles, naturalness scored by a model (the games' own terms stand in), and multi-process training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rlxf.algos.advantages import group_advantages
+from rlxf.algos.kl import kl_estimate
+from rlxf.algos.policy_loss import clipped_policy_loss
+from rlxf.config import option
+from rlxf.data.chat import render_chat
+from rlxf.models.load import LoraSettings, ModelConfig, disable_dropout, load_model, save_model
+from rlxf.models.precision import autocast, resolve_precision, weight_dtype
+from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
+from rlxf.rollout.logprobs import batch_logprobs, completion_forward
+from rlxf.rollout.text_stats import distinct_n, novelty, self_bleu
+from rlxf.train.atomic import write_jsonl_atomic
+from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
+from rlxf.train.loop import Cadence, UpdateConfig
+from rlxf.train.optim import adamw, build_scheduler, param_groups
+from rlxf.train.progress import Progress
+from rlxf.train.run import RunDir, RunResult, render_config
+from rlxf.train.seed import seed_everything
+
+logger = logging.getLogger(__name__)
+
+Schedule = Literal["prompter", "responder", "alternate", "simultaneous"]
+Roles = Literal["adapters", "models"]
+ROLES = ("prompter", "responder")
+
+# Per step (prompter/* and responder/*: the role's reward, and when it trained: loss, KL, entropy, lr).
+SELFPLAY_METRICS: tuple[str, ...] = (
+    "prompter/reward", "prompter/game_reward", "prompter/novelty", "responder/reward",
+    "attack_success_rate", "prompter/loss", "prompter/kl", "prompter/entropy", "prompter/lr",
+    "responder/loss", "responder/kl", "responder/entropy", "responder/lr", "time/generate", "time/train",
+)  # fmt: skip
+SELFPLAY_EVAL_METRICS: tuple[str, ...] = (
+    "attack_success_rate", "prompter/reward", "responder/reward", "distinct_2", "self_bleu",
+    "benign_sentiment", "benign_perplexity",
+)  # fmt: skip
+
+
+def _default_lora() -> LoraSettings:
+    return LoraSettings(r=16, alpha=32.0)
+
+
+@dataclass
+class RoleConfig:
+    """One role's sampling and learning (the ``prompter:`` and ``responder:`` sections)."""
+
+    n: int = option(4, help="samples per context: the role's GRPO group")
+    max_new_tokens: int = option(48, help="most tokens of one sample")
+    temperature: float = option(1.0, help="sampling temperature (> 0)")
+    learning_rate: float = option(1e-4, help="AdamW learning rate of the role (LoRA: ~1e-4; full: ~1e-5)")
+    kl_coef: float = option(0.05, help="beta: weight of the k3 KL to the role's reference, per token")
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ValueError(f"n must be >= 2 (GRPO compares a group's samples), got {self.n}")
+        if self.max_new_tokens < 1 or self.temperature <= 0:
+            raise ValueError("max_new_tokens must be >= 1 and temperature > 0")
+        if self.learning_rate <= 0 or self.kl_coef < 0:
+            raise ValueError("learning_rate must be > 0 and kl_coef >= 0")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, n=self.n, batch_size=64
+        )
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig(lora=_default_lora())
+
+
+def _default_train() -> UpdateConfig:
+    return UpdateConfig(learning_rate=1e-4, lr_schedule="constant", warmup_ratio=0.0)
+
+
+@dataclass
+class SelfPlayConfig:
+    """Options of ``rlxf selfplay``."""
+
+    model: ModelConfig = field(default_factory=_default_model)  # the base (adapters) or P's model (models)
+    responder_model: str | None = option(None, help="roles=models: R's starting model; unset: model's")
+    roles: Roles = option("adapters", help="adapters: two LoRA adapters on one base; models: a model each")
+    game: str = option("tug-of-war", help="tug-of-war or taboo (rlxf/algos/selfplay_games.py)")
+    game_args: dict[str, Any] = option(
+        default_factory=dict, help="the game's options, e.g. {mode: cooperative}"
+    )
+    schedule: Schedule = option("simultaneous", help="prompter, responder, alternate or simultaneous")
+    round_steps: int = option(5, help="alternate: steps of one role before the other's turn")
+    prompt_pool: str | None = option(
+        None, help="schedule=responder: a prompts file whose inputs R answers instead of P's"
+    )
+    prompter: RoleConfig = field(default_factory=RoleConfig)
+    responder: RoleConfig = field(default_factory=lambda: RoleConfig(n=2))
+    novelty_coef: float = option(0.0, help="eta: weight of the prompter's n-gram novelty bonus")
+    novelty_history: int = option(256, help="the prompter's recent inputs the novelty is measured against")
+    novelty_n: int = option(2, help="n of the novelty's word n-grams")
+    tasks_per_step: int = option(4, help="tasks per step (P samples prompter.n inputs for each)")
+    num_steps: int = option(20, help="steps to run")
+    micro_batch_size: int = option(16, help="sequences per forward/backward pass")
+    eval_tasks: int = option(32, help="held-out tasks of the game's test split evaluated")
+    train: UpdateConfig = field(default_factory=_default_train)
+    out: str = option("", help="output folder")
+    seed: int = option(0, help="random seed (tasks, sampling, initialisation)")
+    resume: bool = option(False, help="continue the run in `out` from its latest checkpoints")
+    overwrite: bool = option(False, help="replace a run already in `out`")
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("give the output folder: --out DIR")
+        if self.roles == "adapters" and self.model.lora.r == 0:
+            raise ValueError("roles=adapters puts two LoRA adapters on the base: set model.lora.r > 0")
+        if self.responder_model is not None and self.roles != "models":
+            raise ValueError("responder_model is for roles=models (adapters share one base model)")
+        if self.prompt_pool is not None and self.schedule != "responder":
+            raise ValueError("prompt_pool replaces the prompter's inputs: it needs schedule=responder")
+        for name in ("round_steps", "tasks_per_step", "num_steps", "micro_batch_size", "novelty_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.novelty_coef < 0 or self.novelty_history < 0 or self.eval_tasks < 0:
+            raise ValueError("novelty_coef, novelty_history and eval_tasks must be >= 0")
+        if self.model.dtype != "auto":
+            raise ValueError("for training, set the precision with train.precision, not model.dtype")
+
+    def trains(self, role: str, step: int) -> bool:
+        """Whether ``role`` takes an optimizer step at ``step`` (0-based) under the schedule."""
+        if self.schedule == "simultaneous":
+            return True
+        if self.schedule == "alternate":
+            return ROLES[(step // self.round_steps) % 2] == role
+        return self.schedule == role
+
+
+# ---------------------------------------------------------------------------------------------- roles
+
+
+class Role:
+    """One agent: the module it runs (a shared base with its adapter, or its own model), its reference,
+    its optimizer and learning-rate schedule."""
+
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        adapter: str | None,
+        reference: torch.nn.Module | None,
+        cfg: RoleConfig,
+        train: UpdateConfig,
+        total_steps: int,
+    ) -> None:
+        self.name, self.model, self.tokenizer, self.adapter, self.reference = (
+            name,
+            model,
+            tokenizer,
+            adapter,
+            reference,
+        )
+        self.cfg = cfg
+        self.activate()
+        # The role's own parameters: with adapters, those of its adapter (peft marks the active one trainable).
+        self.parameters = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if adapter is not None:
+            self.parameters = {n: p for n, p in self.parameters.items() if f".{adapter}." in n}
+        self.state_module = _ParameterView(self.parameters)
+        groups = param_groups(self.state_module, train.weight_decay)
+        self.optimizer = adamw(groups, lr=cfg.learning_rate)
+        warmup = round(train.warmup_ratio * total_steps)
+        self.scheduler = build_scheduler(self.optimizer, train.lr_schedule, warmup, total_steps)
+
+    def activate(self) -> None:
+        """Make this role's adapter the one the shared base runs (and the only trainable one)."""
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return render_chat(messages, self.tokenizer, add_generation_prompt=True)
+
+    def reference_logprobs(self, batch: RolloutBatch, micro: int, amp: Any) -> torch.Tensor:
+        if self.reference is not None:
+            return batch_logprobs(self.reference, batch, self.cfg.temperature, micro, amp)
+        with self.model.disable_adapter():
+            return batch_logprobs(self.model, batch, self.cfg.temperature, micro, amp)
+
+
+class _ParameterView(torch.nn.Module):
+    """A role's parameters as a module of their own (names with ``.`` -> ``__``), so a checkpoint holds
+    exactly them and loading one writes into the shared tensors."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        super().__init__()
+        for name, parameter in parameters.items():
+            self.register_parameter(name.replace(".", "__"), parameter)
+
+
+def build_roles(cfg: SelfPlayConfig, precision: str) -> tuple[Role, Role]:
+    """P and R as ``cfg.roles`` asks (module docstring)."""
+    total = cfg.num_steps
+    model_cfg = dataclasses.replace(cfg.model, dtype=weight_dtype(precision))
+    if cfg.roles == "adapters":
+        from peft import LoraConfig, get_peft_model
+
+        base, tokenizer = load_model(dataclasses.replace(model_cfg, lora=LoraSettings()), trainable=True)
+        lora = cfg.model.lora
+        target: Any = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+        settings = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=target,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, settings, adapter_name="prompter")
+        model.add_adapter("responder", copy.deepcopy(settings))
+        disable_dropout(model)
+        prompter = Role("prompter", model, tokenizer, "prompter", None, cfg.prompter, cfg.train, total)
+        responder = Role("responder", model, tokenizer, "responder", None, cfg.responder, cfg.train, total)
+        return prompter, responder
+    roles = []
+    for name, ref, role_cfg in (
+        ("prompter", cfg.model.name_or_path, cfg.prompter),
+        ("responder", cfg.responder_model or cfg.model.name_or_path, cfg.responder),
+    ):
+        own = dataclasses.replace(model_cfg, name_or_path=ref)
+        model, tokenizer = load_model(own, trainable=True)
+        disable_dropout(model)
+        reference = None
+        if cfg.model.lora.r == 0:  # full fine-tuning: a frozen copy of the starting weights
+            reference, _ = load_model(dataclasses.replace(own, lora=LoraSettings()), trainable=False)
+        roles.append(Role(name, model, tokenizer, None, reference, role_cfg, cfg.train, total))
+    return roles[0], roles[1]
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class SelfPlayTrainer:
+    """Tasks -> P's inputs -> R's answers -> the game's scores -> one GRPO step per trained role."""
+
+    def __init__(self, cfg: SelfPlayConfig, run: RunDir) -> None:
+        from rlxf.algos.selfplay_games import make_game
+
+        self.cfg, self.run = cfg, run
+        self.game = make_game(cfg.game, **cfg.game_args)
+        seed_everything(cfg.seed)
+        device = next(iter([torch.device("cuda")] if torch.cuda.is_available() else [torch.device("cpu")]))
+        self.precision = resolve_precision(cfg.train.precision, device)
+        self.prompter, self.responder = build_roles(cfg, self.precision)
+        self.device = next(self.prompter.model.parameters()).device
+        self.history: list[str] = []  # the prompter's recent inputs (novelty)
+        self.pool = self._read_pool() if cfg.prompt_pool else None
+        self.samples_dir = run.path / "samples"
+
+    def _read_pool(self) -> list[str]:
+        from rlxf.data import read_prompts
+
+        records = read_prompts(self.cfg.prompt_pool)
+        return [
+            r["prompt"] if isinstance(r.get("prompt"), str) else r["messages"][-1]["content"]
+            for r in records.records
+        ]
+
+    def amp(self) -> Any:
+        return autocast(self.precision, self.device)
+
+    # ------------------------------------------------------------------------------------------ rollout
+
+    def generate(self, role: Role, contexts: list[str], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        role.activate()
+        role.model.eval()
+        with torch.no_grad(), self.amp():
+            batch = HFEngine(role.model, role.tokenizer).generate(contexts, sampling, seed=seed)
+        role.model.train()
+        return batch
+
+    def play(self, tasks: list[Any], seed: int, p_sampling: SamplingConfig, r_sampling: SamplingConfig):
+        """P's inputs for the tasks (or the pool's), R's answers to each, and the game's scores."""
+        if self.pool is not None:
+            start = (seed * len(tasks)) % len(self.pool)
+            inputs = [self.pool[(start + i) % len(self.pool)] for i in range(len(tasks) * p_sampling.n)]
+            p_batch = None
+        else:
+            contexts = [self.prompter.render(t.prompter_messages) for t in tasks]
+            p_batch = self.generate(self.prompter, contexts, p_sampling, seed)
+            inputs = [text.strip() for text in p_batch.completions]
+        input_tasks = [tasks[i // p_sampling.n] for i in range(len(inputs))]
+        r_contexts = [
+            self.responder.render(self.game.responder_messages(t, x)) for t, x in zip(input_tasks, inputs)
+        ]
+        r_batch = self.generate(self.responder, r_contexts, r_sampling, seed + 1)
+        rounds = [i // r_sampling.n for i in range(len(r_batch))]  # the input each answer answers
+        scores = self.game.score(
+            [input_tasks[i] for i in rounds], [inputs[i] for i in rounds], list(r_batch.completions)
+        )
+        return inputs, p_batch, r_batch, scores
+
+    # ------------------------------------------------------------------------------------------ update
+
+    def update(self, role: Role, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
+        """One on-policy GRPO step of ``role`` on its samples ``batch`` with per-sample ``advantages``."""
+        role.activate()
+        micro = self.cfg.micro_batch_size
+        with torch.no_grad():
+            ref = role.reference_logprobs(batch, micro, self.amp()) if role.cfg.kl_coef > 0 else None
+        mask = batch.completion_mask.float()  # [B, C]
+        tokens = mask.sum().clamp(min=1.0)  # normaliser: every token of the role's batch (token-mean)
+        input_ids, attention, width = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0}
+        for start in range(0, len(batch), micro):
+            rows = slice(start, start + micro)
+            with self.amp():
+                logprobs, logits, _ = completion_forward(
+                    role.model, input_ids[rows], attention[rows], width, role.cfg.temperature
+                )
+                # on-policy: pi_old = pi, ratio 1 with the gradient of log pi
+                per_token, _ = clipped_policy_loss(
+                    logprobs, logprobs.detach(), advantages[rows], mask[rows], 0.2
+                )
+                if ref is not None:
+                    kl = kl_estimate(logprobs, ref[rows], "k3")  # [b, C]
+                    per_token = per_token + role.cfg.kl_coef * torch.where(mask[rows] != 0, kl, 0)
+                    sums["kl"] += float((kl.detach() * mask[rows]).sum())
+            loss = (per_token * mask[rows]).sum() / tokens
+            loss.backward()
+            sums["loss"] += float(loss.detach())
+            with torch.no_grad():
+                probs = torch.softmax(logits.float(), -1)
+                entropy = -(probs * torch.log_softmax(logits.float(), -1)).sum(-1)  # [b, C]
+                sums["entropy"] += float((entropy * mask[rows]).sum())
+        if self.cfg.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(role.parameters.values()), self.cfg.train.max_grad_norm)
+        lr = role.scheduler.get_last_lr()[0]
+        role.optimizer.step()
+        role.scheduler.step()
+        role.optimizer.zero_grad(set_to_none=True)
+        total = float(tokens)
+        return {
+            f"{role.name}/loss": sums["loss"],
+            f"{role.name}/kl": sums["kl"] / total,  # k3 per token
+            f"{role.name}/entropy": sums["entropy"] / total,
+            f"{role.name}/lr": lr,
+        }
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        seed = cfg.seed * 1_000_003 + step
+        tasks = self.game.tasks("train", seed, cfg.tasks_per_step)
+        p_sampling, r_sampling = cfg.prompter.sampling(), cfg.responder.sampling()
+        inputs, p_batch, r_batch, scores = self.play(tasks, seed, p_sampling, r_sampling)
+        t1 = time.perf_counter()
+        r_rewards = torch.tensor(scores.responder, dtype=torch.float32)  # [T * nP * nR]
+        # P's reward of an input: the mean game outcome over R's answers to it, plus its novelty
+        game_reward = (
+            torch.tensor(scores.prompter, dtype=torch.float32).view(-1, r_sampling.n).mean(-1)
+        )  # [T*nP]
+        bonus = torch.tensor(novelty(inputs, self.history, cfg.novelty_n), dtype=torch.float32)  # [T*nP]
+        p_rewards = game_reward + cfg.novelty_coef * bonus
+        if cfg.novelty_history:
+            self.history = (self.history + inputs)[-cfg.novelty_history :]
+        metrics = {
+            "prompter/reward": p_rewards.mean().item(),
+            "prompter/game_reward": game_reward.mean().item(),
+            "prompter/novelty": bonus.mean().item(),
+            "responder/reward": r_rewards.mean().item(),
+            "attack_success_rate": sum(scores.attack_success) / len(scores.attack_success),
+        }
+        if p_batch is not None and cfg.trains("prompter", step):
+            advantages = group_advantages(p_rewards, p_sampling.n).to(self.device)  # [T*nP]
+            metrics.update(self.update(self.prompter, p_batch.to(self.device), advantages))
+        if cfg.trains("responder", step):
+            advantages = group_advantages(r_rewards, r_sampling.n).to(self.device)  # [T*nP*nR]
+            metrics.update(self.update(self.responder, r_batch.to(self.device), advantages))
+        metrics["time/generate"] = t1 - t0
+        metrics["time/train"] = time.perf_counter() - t1
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out figures (module docstring) as ``eval/...``; the rounds go to ``samples/``."""
+        cfg = self.cfg
+        if not cfg.eval_tasks:
+            return {}
+        seed = cfg.seed + 10**9
+        tasks = self.game.tasks("test", seed, cfg.eval_tasks)
+        one = lambda role: dataclasses.replace(role.sampling(), n=1)  # noqa: E731
+        inputs, _, r_batch, scores = self.play(tasks, seed, one(cfg.prompter), one(cfg.responder))
+        successful = [x for x, won in zip(inputs, scores.attack_success) if won]
+        benign = self.game.benign_prompts("test")
+        contexts = [self.responder.render([{"role": "user", "content": x}]) for x in benign]
+        b_batch = self.generate(self.responder, contexts, one(cfg.responder), seed + 2)
+        from rlxf.feedback.sentiment import sentiment_scores
+
+        # perplexity of R's benign answers under the starting model (R's reference)
+        reference = self.responder.reference_logprobs(b_batch, cfg.micro_batch_size, self.amp())
+        mask = b_batch.completion_mask.float()
+        nll = -(reference * mask).sum() / mask.sum().clamp(min=1.0)
+        metrics = {
+            "attack_success_rate": sum(scores.attack_success) / len(tasks),
+            "prompter/reward": sum(scores.prompter) / len(tasks),
+            "responder/reward": sum(scores.responder) / len(tasks),
+            "distinct_2": distinct_n(successful, 2),
+            "self_bleu": self_bleu(successful),
+            "benign_sentiment": sum(sentiment_scores(list(b_batch.completions))) / len(benign),
+            "benign_perplexity": float(torch.exp(nll)),
+        }
+        rows = [
+            {
+                "task": t.info,
+                "input": x,
+                "answer": y,
+                "prompter_reward": rp,
+                "responder_reward": rr,
+                "attack_success": won,
+            }
+            for t, x, y, rp, rr, won in zip(
+                tasks, inputs, r_batch.completions, scores.prompter, scores.responder, scores.attack_success
+            )
+        ]
+        rows += [{"benign": x, "answer": y} for x, y in zip(benign, b_batch.completions)]
+        self.samples_dir.mkdir(exist_ok=True)
+        write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def save(self, step: int) -> None:
+        """One checkpoint for both roles (atomic: a step is saved for both or for neither), each role's
+        parameters, optimizer and learning-rate schedule kept apart inside it, with the novelty history."""
+        modules = torch.nn.ModuleDict(
+            {role.name: role.state_module for role in (self.prompter, self.responder)}
+        )
+        save_checkpoint(
+            self.run.checkpoints_dir,
+            step,
+            None,
+            # every parameter of both roles: with adapters only the active one is trainable at any time,
+            # and a checkpoint of "the trainable ones" would miss the other role's
+            model_state=modules.state_dict(),
+            extra={
+                "optimizers": {r.name: r.optimizer.state_dict() for r in (self.prompter, self.responder)},
+                "schedulers": {r.name: r.scheduler.state_dict() for r in (self.prompter, self.responder)},
+                "history": list(self.history),
+            },
+            keep_last=self.cfg.train.keep_last,
+        )
+
+    def restore(self) -> int:
+        """Continue from the run's checkpoint (when resuming); the step it holds."""
+        if self.run.resume_checkpoint is None:
+            return 0
+        modules = torch.nn.ModuleDict(
+            {role.name: role.state_module for role in (self.prompter, self.responder)}
+        )
+        ckpt = load_checkpoint(self.run.resume_checkpoint, modules)
+        for role in (self.prompter, self.responder):
+            role.optimizer.load_state_dict(ckpt.extra["optimizers"][role.name])
+            role.scheduler.load_state_dict(ckpt.extra["schedulers"][role.name])
+        self.history = list(ckpt.extra["history"])
+        return ckpt.step
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        cadence = Cadence.of(cfg.train, cfg.num_steps)
+        start = self.restore()
+        if start == 0 and cfg.eval_tasks:
+            self.run.log(0, self.evaluate(0))
+        last: dict[str, float] = {}
+        progress = Progress(cfg.num_steps, f"selfplay ({cfg.game}, {cfg.schedule})", initial=start)
+        for step in range(start, cfg.num_steps):
+            metrics = self.train_step(step)
+            done = step + 1
+            if cfg.eval_tasks and cadence.evaluate(done):
+                metrics.update(self.evaluate(done))
+            if cadence.log(done):
+                self.run.log(done, metrics)
+            if cadence.save(done):
+                self.save(done)
+            progress.update(1, {"asr": metrics["attack_success_rate"]})
+            last = metrics
+        progress.close()
+        if cfg.eval_tasks:
+            final = self.evaluate(cfg.num_steps)
+            self.run.log(cfg.num_steps, final)
+            last.update(final)
+        if start < cfg.num_steps:
+            self.save(cfg.num_steps)
+        return last
+
+    def save_models(self) -> None:
+        """``prompter/`` and ``responder/`` under the run's ``model/``: plain HF folders (adapters merged)."""
+        for role in (self.prompter, self.responder):
+            role.activate()
+            model = role.model
+            if role.adapter is not None:  # merge a copy of this adapter into the base, keep the run's model
+                merged = copy.deepcopy(model)
+                merged.set_adapter(role.adapter)
+                other = [a for a in merged.peft_config if a != role.adapter]
+                for name in other:
+                    merged.delete_adapter(name)
+                model = merged.merge_and_unload()
+            save_model(model, role.tokenizer, self.run.model_dir / role.name)
+
+
+def selfplay(cfg: SelfPlayConfig) -> RunResult:
+    """Run ``rlxf selfplay``: train, save ``model/prompter`` and ``model/responder``, write ``summary.json``."""
+    from rlxf.algos.selfplay_games import make_game
+
+    logger.info(render_config(cfg, "rlxf selfplay"))
+    make_game(cfg.game, **cfg.game_args)  # a bad game or option stops here, before any model loads
+    with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
+        trainer = SelfPlayTrainer(cfg, run)
+        metrics = trainer.fit()
+        trainer.save_models()
+        summary = run.write_summary(metrics)
+    finish_checkpoints(
+        run.checkpoints_dir, keep_final=cfg.train.keep_final_checkpoint, keep_last=cfg.train.keep_last
+    )
+    return RunResult(Path(run.path), metrics, summary)
+
+
+__all__ = [
+    "SELFPLAY_EVAL_METRICS",
+    "SELFPLAY_METRICS",
+    "RoleConfig",
+    "SelfPlayConfig",
+    "SelfPlayTrainer",
+    "selfplay",
+]

@@ -1,0 +1,172 @@
+"""Two-agent RL (`rlxf selfplay`, rlxf/algos/selfplay.py) on a tiny random model.
+
+* each schedule trains exactly the roles it names: a role that does not train keeps its weights, one that
+  trains changes them; finite losses; the metrics and held-out figures are logged;
+* with two adapters on one base, the base weights never change and each role's adapter is its own;
+* resume after an interruption continues exactly (weights of both roles, metrics, novelty history);
+* the saved models are plain HF folders, one per role;
+* a bad game or option stops before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from rlxf.algos.selfplay import SELFPLAY_EVAL_METRICS, SelfPlayConfig, SelfPlayTrainer, selfplay
+from rlxf.config import load_config
+from rlxf.models.load import ModelConfig, load_model
+from rlxf.train.metrics import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def letter_game(monkeypatch):
+    """A game whose scores vary on the tiny model's text (tests/env_fixtures.py), as a built-in name."""
+    from env_fixtures import letter_game
+
+    from rlxf.algos import selfplay_games
+
+    monkeypatch.setitem(selfplay_games.GAMES, "letters", letter_game())
+
+
+def config(tmp_path, model_dir, **extra) -> SelfPlayConfig:
+    values = {
+        "model": {"name_or_path": str(model_dir), "lora": {"r": 4, "alpha": 8}},
+        "game": "letters",
+        "out": str(tmp_path / "run"),
+        "prompter": {"n": 2, "max_new_tokens": 6, "learning_rate": 5e-2},
+        "responder": {"n": 2, "max_new_tokens": 6, "learning_rate": 5e-2},
+        "tasks_per_step": 2,
+        "num_steps": 2,
+        "micro_batch_size": 4,
+        "eval_tasks": 3,
+        "novelty_coef": 0.5,
+        "train": {"precision": "fp32", "eval_every": 1},
+        **extra,
+    }
+    return load_config(SelfPlayConfig, overrides=values)
+
+
+def adapter_weights(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if f".{adapter}." in n}
+
+
+def base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "prompter_trains", "responder_trains"),
+    [("simultaneous", True, True), ("prompter", True, False), ("responder", False, True)],
+)
+def test_a_schedule_trains_the_roles_it_names(
+    tmp_path, tiny_model_dir, schedule, prompter_trains, responder_trains
+):
+    from rlxf.train.run import RunDir
+
+    cfg = config(tmp_path, tiny_model_dir, schedule=schedule)
+    with RunDir.create(cfg.out, cfg) as run:
+        trainer = SelfPlayTrainer(cfg, run)
+        model = trainer.prompter.model
+        assert trainer.responder.model is model  # two adapters on one base
+        before = {r: adapter_weights(model, r) for r in ("prompter", "responder")}
+        base = base_weights(model)
+        metrics = trainer.train_step(0)
+        assert changed(before["prompter"], adapter_weights(model, "prompter")) == prompter_trains
+        assert changed(before["responder"], adapter_weights(model, "responder")) == responder_trains
+        assert not changed(base, base_weights(model))
+        for role, trains in (("prompter", prompter_trains), ("responder", responder_trains)):
+            assert (f"{role}/loss" in metrics) == trains
+            if trains:
+                assert math.isfinite(metrics[f"{role}/loss"]) and metrics[f"{role}/kl"] >= 0.0
+        assert 0.0 <= metrics["attack_success_rate"] <= 1.0 and 0.0 <= metrics["prompter/novelty"] <= 1.0
+
+
+def test_alternate_switches_roles_every_round_steps():
+    cfg = SelfPlayConfig(out="x", schedule="alternate", round_steps=2)
+    assert [cfg.trains("prompter", s) for s in range(6)] == [True, True, False, False, True, True]
+    assert [cfg.trains("responder", s) for s in range(6)] == [False, False, True, True, False, False]
+
+
+def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir):
+    result = selfplay(config(tmp_path, tiny_model_dir))
+    records = read_metrics(result.out / "metrics.jsonl")
+    evals = [r for r in records if "eval/attack_success_rate" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]  # step 0, each step (eval_every 1; the last: at the end)
+    for record in evals:
+        for name in SELFPLAY_EVAL_METRICS:
+            assert math.isfinite(record[f"eval/{name}"]), name
+    for role in ("prompter", "responder"):
+        model, _ = load_model(ModelConfig(name_or_path=str(result.out / "model" / role)), trainable=False)
+        assert not any("lora" in n for n, _ in model.named_parameters())  # merged: a plain model
+    assert (result.out / "samples" / "step-000002.jsonl").is_file()
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
+    cfg_a = config(tmp_path, tiny_model_dir, num_steps=3, out=str(tmp_path / "a"))
+    selfplay(cfg_a)
+    cfg_b = dataclasses.replace(
+        cfg_a, out=str(tmp_path / "b"), train=dataclasses.replace(cfg_a.train, save_every=1)
+    )
+    original = SelfPlayTrainer.train_step
+
+    def interrupted(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(SelfPlayTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        selfplay(cfg_b)
+    monkeypatch.setattr(SelfPlayTrainer, "train_step", original)
+    selfplay(dataclasses.replace(cfg_b, resume=True))
+    records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in records_b] == [r["step"] for r in records_a]
+    for record, reference in zip(records_b, records_a):
+        for name, value in reference.items():
+            if not name.startswith("time/"):
+                assert record[name] == pytest.approx(value, abs=1e-5), (record["step"], name)
+    for role in ("prompter", "responder"):
+        a = load_model(ModelConfig(name_or_path=str(tmp_path / "a" / "model" / role)), trainable=False)[0]
+        b = load_model(ModelConfig(name_or_path=str(tmp_path / "b" / "model" / role)), trainable=False)[0]
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(x, y, atol=1e-6), (role, name)
+
+
+def test_bad_options_stop_early(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="lora.r > 0"):
+        config(tmp_path, tiny_model_dir, model={"name_or_path": str(tiny_model_dir), "lora": {"r": 0}})
+    with pytest.raises(ValueError, match="schedule=responder"):
+        config(tmp_path, tiny_model_dir, prompt_pool="p.jsonl")
+    with pytest.raises(ValueError, match="tug-of-war"):
+        selfplay(config(tmp_path, tiny_model_dir, game="chess"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_models_each_with_its_frozen_reference(tmp_path, tiny_model_dir):
+    from rlxf.train.run import RunDir
+
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        roles="models",
+        model={"name_or_path": str(tiny_model_dir), "lora": {"r": 0}},
+    )
+    with RunDir.create(cfg.out, cfg) as run:
+        trainer = SelfPlayTrainer(cfg, run)
+        p, r = trainer.prompter, trainer.responder
+        assert p.model is not r.model and p.reference is not None and r.reference is not None
+        before = [{n: t.detach().clone() for n, t in m.named_parameters()} for m in (p.model, r.model)]
+        trainer.train_step(0)
+        after = [{n: t.detach().clone() for n, t in m.named_parameters()} for m in (p.model, r.model)]
+        assert changed(before[0], after[0]) and changed(before[1], after[1])
+        reference = {n: t for n, t in p.reference.named_parameters()}
+        assert not changed(before[0], reference)  # the reference keeps the starting weights
