@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -107,6 +108,13 @@ def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir)
         model, _ = load_model(ModelConfig(name_or_path=str(result.out / "model" / role)), trainable=False)
         assert not any("lora" in n for n, _ in model.named_parameters())  # merged: a plain model
     assert (result.out / "samples" / "step-000002.jsonl").is_file()
+    crossplay = json.loads((result.out / "crossplay.json").read_text())
+    assert crossplay["steps"] == [0, 1, 2] and crossplay["tasks"] == 3  # 0, num_steps // 2, num_steps
+    matrix = crossplay["attack_success_rate"]
+    assert len(matrix) == 3 and all(len(row) == 3 and all(0.0 <= v <= 1.0 for v in row) for row in matrix)
+    page = (result.out / "report.html").read_text()
+    assert "cross-play" in page.lower() and page.count("data:image/png;base64") == 2
+    assert not (result.out / "checkpoints").exists()  # snapshots and checkpoints gone with the run's end
 
 
 def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
@@ -127,6 +135,8 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
         selfplay(cfg_b)
     monkeypatch.setattr(SelfPlayTrainer, "train_step", original)
     selfplay(dataclasses.replace(cfg_b, resume=True))
+    crossplay = [json.loads((tmp_path / run / "crossplay.json").read_text()) for run in ("a", "b")]
+    assert crossplay[0] == crossplay[1]  # the snapshots of the interrupted session were kept on disk
     records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
     records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in records_b] == [r["step"] for r in records_a]

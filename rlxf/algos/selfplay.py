@@ -45,15 +45,21 @@ split, one input and one answer each: ``eval/attack_success_rate``, the inputs' 
 the game's benign held-out inputs: ``eval/benign_sentiment`` (VADER) and ``eval/benign_perplexity``
 (perplexity of R's answers under the starting model). Samples go to ``samples/step-NNNNNN.jsonl``.
 
-Left out (for now): a cross-play matrix of saved (P_i, R_j) pairs and its heatmap, PPO with critics for
-the roles, naturalness scored by a model (the games' own terms stand in), and multi-process training.
+Cross-play (``crossplay_steps``, by default 0, the middle and the end): both roles' parameters are kept at
+those steps, and at the end every saved prompter plays every saved responder on the eval tasks; the
+attack success rates go to ``crossplay.json`` and, as a heatmap beside both roles' curves, to the run's
+``report.html``.
+
+Left out (for now): PPO with critics for the roles, naturalness scored by a model (the games' own terms stand in), and multi-process training.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +72,16 @@ from rlxf.algos.kl import kl_estimate
 from rlxf.algos.policy_loss import clipped_policy_loss
 from rlxf.config import option
 from rlxf.data.chat import render_chat
+from rlxf.eval.report import render_selfplay_report
 from rlxf.models.load import LoraSettings, ModelConfig, disable_dropout, load_model, save_model
 from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward
 from rlxf.rollout.text_stats import distinct_n, novelty, self_bleu
-from rlxf.train.atomic import write_jsonl_atomic
+from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
 from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
 from rlxf.train.loop import Cadence, UpdateConfig
+from rlxf.train.metrics import read_metrics
 from rlxf.train.optim import adamw, build_scheduler, param_groups
 from rlxf.train.progress import Progress
 from rlxf.train.run import RunDir, RunResult, render_config
@@ -158,6 +166,11 @@ class SelfPlayConfig:
     num_steps: int = option(20, help="steps to run")
     micro_batch_size: int = option(16, help="sequences per forward/backward pass")
     eval_tasks: int = option(32, help="held-out tasks of the game's test split evaluated")
+    crossplay_steps: list[int] | None = option(
+        None,
+        help="steps whose prompter and responder play each other at the end (cross-play ASR on the eval "
+        "tasks); unset: 0, num_steps // 2 and num_steps; [] for none",
+    )
     train: UpdateConfig = field(default_factory=_default_train)
     out: str = option("", help="output folder")
     seed: int = option(0, help="random seed (tasks, sampling, initialisation)")
@@ -180,6 +193,13 @@ class SelfPlayConfig:
             raise ValueError("novelty_coef, novelty_history and eval_tasks must be >= 0")
         if self.model.dtype != "auto":
             raise ValueError("for training, set the precision with train.precision, not model.dtype")
+        if self.crossplay_steps is None:
+            self.crossplay_steps = sorted({0, self.num_steps // 2, self.num_steps})
+        bad = [s for s in self.crossplay_steps if not 0 <= s <= self.num_steps]
+        if bad:
+            raise ValueError(f"crossplay_steps must be in 0 .. num_steps ({self.num_steps}), got {bad}")
+        if self.crossplay_steps and not self.eval_tasks:
+            raise ValueError("cross-play plays the eval tasks: set eval_tasks > 0 (or crossplay_steps: [])")
 
     def trains(self, role: str, step: int) -> bool:
         """Whether ``role`` takes an optimizer step at ``step`` (0-based) under the schedule."""
@@ -520,12 +540,72 @@ class SelfPlayTrainer:
         self.history = list(ckpt.extra["history"])
         return ckpt.step
 
+    # ------------------------------------------------------------------------------------------ cross-play
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.run.checkpoints_dir / "crossplay"  # deleted with the checkpoints at the end
+
+    def snapshot(self, step: int) -> None:
+        """Both roles' parameters at ``step``, for the cross-play at the end (on disk: a resumed run has
+        the ones saved before the interruption)."""
+        if step not in self.cfg.crossplay_steps:
+            return
+        self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            r.name: {k: v.detach().cpu() for k, v in r.state_module.state_dict().items()} for r in self.roles
+        }
+        path = self.snapshots_dir / f"step-{step:06d}.pt"
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    @torch.no_grad()
+    def crossplay(self) -> dict[str, Any]:
+        """Attack success rate of each saved prompter (rows) against each saved responder (columns) on the
+        eval tasks, one input and one answer each; the roles' final weights are put back afterwards."""
+        steps = sorted(self.cfg.crossplay_steps)
+        if not steps:
+            return {}
+        final = {
+            r.name: {k: v.detach().clone() for k, v in r.state_module.state_dict().items()}
+            for r in self.roles
+        }
+        saved = {s: torch.load(self.snapshots_dir / f"step-{s:06d}.pt", weights_only=True) for s in steps}
+        seed = self.cfg.seed + 10**9
+        tasks = self.game.tasks("test", seed, self.cfg.eval_tasks)
+        p_sampling = dataclasses.replace(self.cfg.prompter.sampling(), n=1)
+        r_sampling = dataclasses.replace(self.cfg.responder.sampling(), n=1)
+        matrix = []
+        for p_step in steps:
+            self.prompter.state_module.load_state_dict(saved[p_step]["prompter"])
+            contexts = [self.prompter.render(t.prompter_messages) for t in tasks]
+            inputs = [x.strip() for x in self.generate(self.prompter, contexts, p_sampling, seed).completions]
+            row = []
+            for r_step in steps:
+                self.responder.state_module.load_state_dict(saved[r_step]["responder"])
+                r_contexts = [
+                    self.responder.render(self.game.responder_messages(t, x)) for t, x in zip(tasks, inputs)
+                ]
+                answers = self.generate(self.responder, r_contexts, r_sampling, seed + 1).completions
+                scores = self.game.score(tasks, inputs, list(answers))
+                row.append(sum(scores.attack_success) / len(tasks))
+            matrix.append(row)
+        for role in self.roles:
+            role.state_module.load_state_dict(final[role.name])
+        return {"steps": steps, "attack_success_rate": matrix, "tasks": len(tasks)}
+
+    @property
+    def roles(self) -> tuple[Role, Role]:
+        return (self.prompter, self.responder)
+
     def fit(self) -> dict[str, float]:
         cfg = self.cfg
         cadence = Cadence.of(cfg.train, cfg.num_steps)
         start = self.restore()
-        if start == 0 and cfg.eval_tasks:
-            self.run.log(0, self.evaluate(0))
+        if start == 0:
+            self.snapshot(0)
+            if cfg.eval_tasks:
+                self.run.log(0, self.evaluate(0))
         last: dict[str, float] = {}
         progress = Progress(cfg.num_steps, f"selfplay ({cfg.game}, {cfg.schedule})", initial=start)
         for step in range(start, cfg.num_steps):
@@ -535,6 +615,7 @@ class SelfPlayTrainer:
                 metrics.update(self.evaluate(done))
             if cadence.log(done):
                 self.run.log(done, metrics)
+            self.snapshot(done)  # before the checkpoint: a resumed run finds the snapshots of saved steps
             if cadence.save(done):
                 self.save(done)
             progress.update(1, {"asr": metrics["attack_success_rate"]})
@@ -564,7 +645,8 @@ class SelfPlayTrainer:
 
 
 def selfplay(cfg: SelfPlayConfig) -> RunResult:
-    """Run ``rlxf selfplay``: train, save ``model/prompter`` and ``model/responder``, write ``summary.json``."""
+    """Run ``rlxf selfplay``: train, save ``model/prompter`` and ``model/responder``, play the cross-play
+    matrix (``crossplay.json``), write ``summary.json`` and ``report.html``."""
     from rlxf.algos.selfplay_games import make_game
 
     logger.info(render_config(cfg, "rlxf selfplay"))
@@ -573,7 +655,15 @@ def selfplay(cfg: SelfPlayConfig) -> RunResult:
         trainer = SelfPlayTrainer(cfg, run)
         metrics = trainer.fit()
         trainer.save_models()
-        summary = run.write_summary(metrics)
+        crossplay = trainer.crossplay()
+        write_text_atomic(run.path / "crossplay.json", json.dumps(crossplay, indent=2) + "\n")
+        shutil.rmtree(trainer.snapshots_dir, ignore_errors=True)
+        summary = run.write_summary(
+            metrics, extra={"game": cfg.game, "schedule": cfg.schedule, "crossplay": crossplay}
+        )
+        records = read_metrics(run.path / "metrics.jsonl")
+        page = render_selfplay_report({**summary, "run": str(run.path)}, records, crossplay)
+        write_text_atomic(run.path / "report.html", page)
     finish_checkpoints(
         run.checkpoints_dir, keep_final=cfg.train.keep_final_checkpoint, keep_last=cfg.train.keep_last
     )

@@ -464,14 +464,28 @@ GAMES: dict[str, type[Game]] = {"tug-of-war": TugOfWar, "taboo": Taboo}
 
 
 def make_game(name: str, **kwargs: Any) -> Game:
-    """The game called ``name`` (a key of :data:`GAMES`) built with ``kwargs``.
+    """The game called ``name`` (a key of :data:`GAMES`, or ``package.module:Class`` for a
+    :class:`Game` subclass of your own) built with ``kwargs``.
 
     Raises ValueError for an unknown name (listing the names) or a keyword the game does not take (listing
     those it takes), and whatever ValueError the game raises for a bad value.
     """
-    if name not in GAMES:
-        raise ValueError(f"unknown game {name!r}; the games are: {', '.join(sorted(GAMES))}")
-    cls = GAMES[name]
+    if ":" in name:  # a game of the user's: package.module:Class
+        import importlib
+
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"game {name!r}: cannot import {attr} from {module_name} ({exc})") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Game)):
+            raise ValueError(f"game {name!r} is not a subclass of rlxf.algos.selfplay_games.Game")
+    elif name not in GAMES:
+        raise ValueError(
+            f"unknown game {name!r}; the games are: {', '.join(sorted(GAMES))}, or package.module:Class"
+        )
+    else:
+        cls = GAMES[name]
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
