@@ -71,11 +71,16 @@ def _resolve(spec: str) -> type:
 
 
 def make_env(spec: str, **kwargs: object) -> TextEnv:
-    """A new environment: ``spec`` is a built-in name (see ``BUILTIN_ENVS``) or ``"package.module:ClassName"``
-    (a TextEnv subclass, or a class with callable ``reset`` and ``step``); ``kwargs`` go to its constructor.
+    """A new environment: ``spec`` is a built-in name (see ``BUILTIN_ENVS``), ``"package.module:ClassName"``
+    (a TextEnv subclass, or a class with callable ``reset`` and ``step``) or ``"textarena/ENV_ID"`` (a
+    single-player TextArena game, :mod:`rlxf.envs.textarena`); ``kwargs`` go to its constructor.
 
     ValueError for an unknown name, a spec that does not resolve to such a class, or a keyword argument the
     constructor does not accept (checked before constructing, naming the accepted ones)."""
+    if isinstance(spec, str) and spec.startswith("textarena/"):
+        from rlxf.envs.textarena import TextArenaEnv
+
+        return TextArenaEnv(spec.removeprefix("textarena/"), **kwargs)  # type: ignore[arg-type]
     cls = _resolve(spec)
     try:
         signature = inspect.signature(cls)
