@@ -180,3 +180,28 @@ def test_two_models_each_with_its_frozen_reference(tmp_path, tiny_model_dir):
         assert changed(before[0], after[0]) and changed(before[1], after[1])
         reference = {n: t for n, t in p.reference.named_parameters()}
         assert not changed(before[0], reference)  # the reference keeps the starting weights
+
+
+def test_a_reward_spec_game_scores_the_responder_and_pays_the_prompter_the_opposite(tmp_path, tiny_model_dir):
+    from rlxf.algos.selfplay_games import Task, make_game
+
+    reward = tmp_path / "reward.py"
+    reward.write_text(
+        "def score(prompts, completions):\n    return [c.count('e') / max(len(c), 1) - 0.05 for c in completions]\n"
+    )
+    game = make_game("reward", reward=f"fn:{reward}:score", attack_threshold=0.0)
+    tasks = game.tasks("train", 0, 2)
+    scores = game.score(tasks, ["x", "y"], ["eeee", "zzzz"])
+    assert scores.responder == pytest.approx([0.95, -0.05])
+    assert scores.prompter == pytest.approx([-0.95, 0.05]) and scores.attack_success == [False, True]
+    assert make_game("reward", reward=f"fn:{reward}:score", mode="cooperative").score(
+        tasks, ["x", "y"], ["eeee", "zzzz"]
+    ).prompter == pytest.approx([0.95, -0.05])
+    assert game.benign_prompts("test") == [] and isinstance(tasks[0], Task)
+    result = selfplay(
+        config(tmp_path, tiny_model_dir, game="reward", game_args={"reward": f"fn:{reward}:score"})
+    )
+    records = read_metrics(result.out / "metrics.jsonl")
+    assert "eval/benign_sentiment" not in records[0] and math.isfinite(
+        records[-1]["eval/attack_success_rate"]
+    )

@@ -148,7 +148,11 @@ class SelfPlayConfig:
     model: ModelConfig = field(default_factory=_default_model)  # the base (adapters) or P's model (models)
     responder_model: str | None = option(None, help="roles=models: R's starting model; unset: model's")
     roles: Roles = option("adapters", help="adapters: two LoRA adapters on one base; models: a model each")
-    game: str = option("tug-of-war", help="tug-of-war or taboo (rlxf/algos/selfplay_games.py)")
+    game: str = option(
+        "tug-of-war",
+        help="tug-of-war, taboo, reward (any reward spec: game_args.reward) or package.module:Class "
+        "(rlxf/algos/selfplay_games.py)",
+    )
     game_args: dict[str, Any] = option(
         default_factory=dict, help="the game's options, e.g. {mode: cooperative}"
     )
@@ -468,23 +472,25 @@ class SelfPlayTrainer:
         inputs, _, r_batch, scores = self.play(tasks, seed, one(cfg.prompter), one(cfg.responder))
         successful = [x for x, won in zip(inputs, scores.attack_success) if won]
         benign = self.game.benign_prompts("test")
-        contexts = [self.responder.render([{"role": "user", "content": x}]) for x in benign]
-        b_batch = self.generate(self.responder, contexts, one(cfg.responder), seed + 2)
-        from rlxf.feedback.sentiment import sentiment_scores
+        b_batch = None
+        if benign:  # R on ordinary held-out inputs: its sentiment, and its fluency under the start model
+            from rlxf.feedback.sentiment import sentiment_scores
 
-        # perplexity of R's benign answers under the starting model (R's reference)
-        reference = self.responder.reference_logprobs(b_batch, cfg.micro_batch_size, self.amp())
-        mask = b_batch.completion_mask.float()
-        nll = -(reference * mask).sum() / mask.sum().clamp(min=1.0)
+            contexts = [self.responder.render([{"role": "user", "content": x}]) for x in benign]
+            b_batch = self.generate(self.responder, contexts, one(cfg.responder), seed + 2)
+            reference = self.responder.reference_logprobs(b_batch, cfg.micro_batch_size, self.amp())
+            mask = b_batch.completion_mask.float()
+            nll = -(reference * mask).sum() / mask.sum().clamp(min=1.0)  # per token of R's answers
         metrics = {
             "attack_success_rate": sum(scores.attack_success) / len(tasks),
             "prompter/reward": sum(scores.prompter) / len(tasks),
             "responder/reward": sum(scores.responder) / len(tasks),
             "distinct_2": distinct_n(successful, 2),
             "self_bleu": self_bleu(successful),
-            "benign_sentiment": sum(sentiment_scores(list(b_batch.completions))) / len(benign),
-            "benign_perplexity": float(torch.exp(nll)),
         }
+        if b_batch is not None:
+            metrics["benign_sentiment"] = sum(sentiment_scores(list(b_batch.completions))) / len(benign)
+            metrics["benign_perplexity"] = float(torch.exp(nll))
         rows = [
             {
                 "task": t.info,
@@ -498,7 +504,8 @@ class SelfPlayTrainer:
                 tasks, inputs, r_batch.completions, scores.prompter, scores.responder, scores.attack_success
             )
         ]
-        rows += [{"benign": x, "answer": y} for x, y in zip(benign, b_batch.completions)]
+        if b_batch is not None:
+            rows += [{"benign": x, "answer": y} for x, y in zip(benign, b_batch.completions)]
         self.samples_dir.mkdir(exist_ok=True)
         write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
         return {f"eval/{k}": v for k, v in metrics.items()}

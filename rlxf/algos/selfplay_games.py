@@ -458,8 +458,93 @@ class Taboo(Game):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Any reward spec
 
-GAMES: dict[str, type[Game]] = {"tug-of-war": TugOfWar, "taboo": Taboo}
+
+class RewardGame(Game):
+    """A game around any rlxf reward spec (``sentiment``, ``model:PATH``, ``fn:FILE:FUNC``, ``judge:...``,
+    a URL, a weighted list): R's answer ``y`` to P's input ``x`` scores ``f(x, y)``, and::
+
+        r_R = f(x, y)
+        r_P = -f(x, y)     (adversarial: red-teaming R against the reward)
+        r_P = +f(x, y)     (cooperative: P learns inputs that bring out R's best)
+        attack_success = f(x, y) < attack_threshold
+
+    P's tasks are the prompt records of ``tasks`` (a prompts file: ``prompt`` or ``messages`` that ask P for
+    an input, with a ``split`` field: ``train`` / ``test``); without a file, one instruction asking for a
+    question. The benign held-out inputs are the records of ``benign`` (``split: test``), or none.
+    """
+
+    name = "reward"
+    DEFAULT_TASK = "Write one question or request for an AI assistant. Write only the question."
+
+    def __init__(
+        self,
+        reward: str = "sentiment",
+        mode: GameMode = "adversarial",
+        attack_threshold: float = 0.0,
+        tasks: str | None = None,
+        benign: str | None = None,
+    ) -> None:
+        from rlxf.feedback.rewards import parse_reward_spec
+
+        _check_mode(mode)
+        self.mode, self.attack_threshold = mode, float(attack_threshold)
+        self.reward = parse_reward_spec(reward)  # a bad spec fails here, before any model loads
+        self.task_records = self._records(tasks) if tasks else None
+        self.benign = self._records(benign) if benign else None
+
+    @staticmethod
+    def _records(path: str) -> list[dict[str, Any]]:
+        from rlxf.data import read_prompts
+
+        return list(read_prompts(path).records)
+
+    @staticmethod
+    def _messages(record: dict[str, Any]) -> list[dict[str, str]]:
+        if record.get("messages"):
+            return list(record["messages"])
+        return [{"role": "user", "content": str(record["prompt"])}]
+
+    def tasks(self, split: Split, seed: int, count: int) -> list[Task]:
+        _check_split(split)
+        _check_count(count)
+        if self.task_records is None:
+            return [
+                Task([{"role": "user", "content": self.DEFAULT_TASK}], {"index": i}) for i in range(count)
+            ]
+        pool = [r for r in self.task_records if r.get("split", "train") == split]
+        if not pool:
+            raise ValueError(f"the tasks file has no record with split {split!r}")
+        rng = random.Random(seed)
+        return [
+            Task(self._messages(r), {"index": i})
+            for i, r in enumerate(rng.choice(pool) for _ in range(count))
+        ]
+
+    def score(self, tasks: Sequence[Task], prompts: Sequence[str], responses: Sequence[str]) -> GameScores:
+        _check_batch(tasks, prompts, responses)
+        values = [float(v) for v in self.reward(list(prompts), list(responses))]
+        sign = -1.0 if self.mode == "adversarial" else 1.0
+        return GameScores(
+            prompter=[sign * v for v in values],
+            responder=values,
+            attack_success=[v < self.attack_threshold for v in values],
+            details={"reward": values},
+        )
+
+    def benign_prompts(self, split: Split) -> list[str]:
+        if self.benign is None:
+            return []
+        return [
+            m[-1]["content"]
+            for m in (self._messages(r) for r in self.benign if r.get("split", "test") == split)
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+GAMES: dict[str, type[Game]] = {"tug-of-war": TugOfWar, "taboo": Taboo, "reward": RewardGame}
 """The built-in games by name."""
 
 
