@@ -17,7 +17,13 @@ import math
 import pytest
 import torch
 
-from rlxf.algos.selfplay import SELFPLAY_EVAL_METRICS, SelfPlayConfig, SelfPlayTrainer, selfplay
+from rlxf.algos.selfplay import (
+    SELFPLAY_EVAL_METRICS,
+    SELFPLAY_METRICS,
+    SelfPlayConfig,
+    SelfPlayTrainer,
+    selfplay,
+)
 from rlxf.config import load_config
 from rlxf.models.load import ModelConfig, load_model
 from rlxf.train.metrics import read_metrics
@@ -99,6 +105,8 @@ def test_alternate_switches_roles_every_round_steps():
 def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir):
     result = selfplay(config(tmp_path, tiny_model_dir))
     records = read_metrics(result.out / "metrics.jsonl")
+    step_names = {k for r in records for k in r if k != "step" and not k.startswith("eval/")}
+    assert step_names == set(SELFPLAY_METRICS)  # simultaneous: both roles' figures, every one promised
     evals = [r for r in records if "eval/attack_success_rate" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]  # step 0, each step (eval_every 1; the last: at the end)
     for record in evals:
