@@ -1,7 +1,7 @@
 """The import direction of docs/design.md ("Layers"), checked on the source: every module's imports are read
 with ``ast`` (nothing is imported, so the test is fast and sees imports inside functions too).
 
-    cli, commands, demo  ->  pipeline  ->  algos, eval  ->  rollout, feedback  ->  train, data, models  ->  config
+    cli, commands, demo  ->  pipeline  ->  algos, eval  ->  rollout, feedback  ->  train, data, models, envs  ->  config
 
 A layer never imports one above it; within a level, ``rollout`` never imports ``feedback`` (a judge may
 generate text, a generator never scores) and ``eval`` never imports ``algos``; ``models`` and ``data`` do
@@ -22,6 +22,7 @@ COMMAND_LINE = ("rlxf.cli", "rlxf.commands", "rlxf.demo", "rlxf.pipeline")
 LOOP = "rlxf.train.loop"
 
 LAYERS = (
+    "rlxf.envs",
     "rlxf.models",
     "rlxf.data",
     "rlxf.train",
@@ -33,6 +34,17 @@ LAYERS = (
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rlxf.config": LAYERS + COMMAND_LINE,  # typed configs: the leaf every layer builds on
+    # text environments: plain Python beside data (the rollout layer plays them)
+    "rlxf.envs": (
+        "rlxf.models",
+        "rlxf.data",
+        "rlxf.train",
+        "rlxf.rollout",
+        "rlxf.feedback",
+        "rlxf.algos",
+        "rlxf.eval",
+    )
+    + COMMAND_LINE,
     "rlxf.models": ("rlxf.data", "rlxf.train", "rlxf.rollout", "rlxf.feedback", "rlxf.algos", "rlxf.eval")
     + COMMAND_LINE,
     "rlxf.data": ("rlxf.train", "rlxf.rollout", "rlxf.feedback", "rlxf.algos", "rlxf.eval") + COMMAND_LINE,

@@ -296,7 +296,7 @@ def test_taboo_word_match_forms() -> None:
 
 
 def test_make_game() -> None:
-    assert set(GAMES) == {"tug-of-war", "taboo"}
+    assert set(GAMES) == {"tug-of-war", "taboo", "reward"}
     game = make_game("tug-of-war", mode="cooperative", neutrality_weight=0.0)
     assert isinstance(game, TugOfWar) and game.mode == "cooperative" and game.neutrality_weight == 0.0
     assert isinstance(make_game("taboo"), Taboo)

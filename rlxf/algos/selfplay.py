@@ -70,9 +70,9 @@ import torch
 from rlxf.algos.advantages import group_advantages
 from rlxf.algos.kl import kl_estimate
 from rlxf.algos.policy_loss import clipped_policy_loss
+from rlxf.algos.selfplay_report import render_selfplay_report
 from rlxf.config import option
 from rlxf.data.chat import render_chat
-from rlxf.eval.report import render_selfplay_report
 from rlxf.models.load import LoraSettings, ModelConfig, disable_dropout, load_model, save_model
 from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig

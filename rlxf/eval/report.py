@@ -15,47 +15,14 @@ so it can be mailed, archived or opened offline.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
-STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 10px; }
-.sub { color: #5b6475; margin: 0 0 18px; word-break: break-all; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 10px; }
-.card { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 10px 12px; }
-.card .k { color: #5b6475; font-size: 13px; overflow-wrap: anywhere; } .card .v { font-size: 20px; font-weight: 600; }
-.card .d { font-size: 13px; color: #5b6475; }
-.good { color: #157a3c; } .bad { color: #b3261e; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 12px; }
-figure { margin: 0; background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 8px; }
-figure.wide { grid-column: 1 / -1; }
-figure img { width: 100%; height: auto; display: block; }
-figcaption { font-size: 13px; color: #5b6475; padding: 4px 4px 0; }
-table { width: 100%; border-collapse: collapse; background: #fff; font-size: 14px; }
-th, td { border: 1px solid #dde1e8; padding: 6px 8px; vertical-align: top; text-align: left; }
-th { background: #eef0f4; } td.r { white-space: nowrap; text-align: right; font-variant-numeric: tabular-nums; }
-td.t { white-space: pre-wrap; }
-"""
-
-
-def _png(fig: Any) -> str:
-    """A matplotlib figure as a ``data:image/png;base64`` URI (and the figure closed)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
-    return [p[0] for p in points], [p[1] for p in points]
+from rlxf.train.html import STYLE
+from rlxf.train.html import card as _card
+from rlxf.train.html import png as _png
+from rlxf.train.html import series as _series
 
 
 def training_curves(records: Sequence[dict[str, Any]], train_spec: str | None = None) -> str | None:
@@ -212,14 +179,6 @@ def histograms(values: dict[str, list[float]], xlabel: str, title: str) -> str |
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
-
-
-def _card(key: str, value: str, detail: str = "", tone: str = "") -> str:
-    cls = f"v {tone}".strip()
-    return (
-        f'<div class="card"><div class="k">{html.escape(key)}</div><div class="{cls}">{html.escape(value)}</div>'
-        f'<div class="d">{html.escape(detail)}</div></div>'
-    )
 
 
 def _cards(summary: dict[str, Any]) -> str:
@@ -401,95 +360,4 @@ def render_report(
 """
 
 
-def selfplay_curves(records: Sequence[dict[str, Any]]) -> str | None:
-    """Both roles' rewards and the attack success rate per step (training rounds, held-out points)."""
-    import matplotlib.pyplot as plt
-
-    steps, _ = _series(records, "attack_success_rate")
-    if not steps:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.0))
-    for ax, key, title in (
-        (axes[0], "prompter/reward", "prompter reward"),
-        (axes[1], "responder/reward", "responder reward"),
-        (axes[2], "attack_success_rate", "attack success rate"),
-    ):
-        x, y = _series(records, key)
-        ax.plot(x, y, color="#3566c8", lw=1.4, label="training rounds")
-        ex, ey = _series(records, f"eval/{key}")
-        if ex:
-            ax.plot(ex, ey, "o-", color="#d9822b", label="held-out")
-        ax.set(xlabel="step", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def crossplay_heatmap(crossplay: dict[str, Any]) -> str | None:
-    """The attack success rate of every saved prompter (rows) against every saved responder (columns)."""
-    import matplotlib.pyplot as plt
-
-    matrix = crossplay.get("attack_success_rate")
-    if not matrix:
-        return None
-    steps = crossplay["steps"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(steps) + 2.5, 1.0 * len(steps) + 1.5))
-    image = ax.imshow(matrix, cmap="Reds", vmin=0.0, vmax=1.0)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.6 else "black")
-    ax.set_xticks(range(len(steps)), [f"R@{s}" for s in steps])
-    ax.set_yticks(range(len(steps)), [f"P@{s}" for s in steps])
-    ax.set(xlabel="responder (saved at step)", ylabel="prompter (saved at step)", title="cross-play ASR")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def render_selfplay_report(
-    summary: dict[str, Any], records: Sequence[dict[str, Any]], crossplay: dict[str, Any]
-) -> str:
-    """``report.html`` of an ``rlxf selfplay`` run: its final held-out figures, both roles' curves and the
-    cross-play heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    metrics = summary.get("metrics", {})
-    cards = "".join(
-        _card(name, f"{metrics[f'eval/{name}']:.3f}")
-        for name in (
-            "attack_success_rate",
-            "prompter/reward",
-            "responder/reward",
-            "distinct_2",
-            "self_bleu",
-            "benign_sentiment",
-            "benign_perplexity",
-        )  # fmt: skip
-        if f"eval/{name}" in metrics
-    )
-    figures = [
-        (selfplay_curves(records), "Rewards of both roles and the attack success rate per step.", "wide"),
-        (crossplay_heatmap(crossplay), "Cross-play: each saved prompter against each saved responder.", ""),
-    ]
-    plots = "".join(
-        f'<figure class="{css}"><img alt="{html.escape(caption)}" src="{uri}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for uri, caption, css in figures
-        if uri
-    )
-    title = "rlxf self-play"
-    who = f"{summary.get('game')} ({summary.get('schedule')}), run {summary.get('run')}"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><style>{STYLE}</style></head>
-<body><main>
-<h1>{title}</h1><p class="sub">{html.escape(who)}</p>
-<div class="cards">{cards}</div>
-<h2>Plots</h2><div class="plots">{plots}</div>
-</main></body></html>
-"""
-
-
-__all__ = ["crossplay_heatmap", "render_report", "render_selfplay_report", "selfplay_curves"]
+__all__ = ["render_report"]
