@@ -69,11 +69,18 @@ import torch
 
 from rlxf.algos.advantages import group_advantages
 from rlxf.algos.kl import kl_estimate
-from rlxf.algos.policy_loss import clipped_policy_loss
+from rlxf.algos.policy_loss import clipped_policy_loss, entropy_from_logits
 from rlxf.algos.selfplay_report import render_selfplay_report
 from rlxf.config import option
 from rlxf.data.chat import render_chat
-from rlxf.models.load import LoraSettings, ModelConfig, disable_dropout, load_model, save_model
+from rlxf.models.load import (
+    LoraSettings,
+    ModelConfig,
+    disable_dropout,
+    load_model,
+    resolve_device,
+    save_model,
+)
 from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.logprobs import batch_logprobs, completion_forward
@@ -326,8 +333,7 @@ class SelfPlayTrainer:
         self.cfg, self.run = cfg, run
         self.game = make_game(cfg.game, **cfg.game_args)
         seed_everything(cfg.seed)
-        device = next(iter([torch.device("cuda")] if torch.cuda.is_available() else [torch.device("cpu")]))
-        self.precision = resolve_precision(cfg.train.precision, device)
+        self.precision = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
         self.prompter, self.responder = build_roles(cfg, self.precision)
         self.device = next(self.prompter.model.parameters()).device
         self.history: list[str] = []  # the prompter's recent inputs (novelty)
@@ -407,8 +413,7 @@ class SelfPlayTrainer:
             loss.backward()
             sums["loss"] += float(loss.detach())
             with torch.no_grad():
-                probs = torch.softmax(logits.float(), -1)
-                entropy = -(probs * torch.log_softmax(logits.float(), -1)).sum(-1)  # [b, C]
+                entropy = entropy_from_logits(logits)  # [b, C]
                 sums["entropy"] += float((entropy * mask[rows]).sum())
         if self.cfg.train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(list(role.parameters.values()), self.cfg.train.max_grad_norm)

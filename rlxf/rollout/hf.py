@@ -201,12 +201,14 @@ class HFEngine(GenerationEngine):
         seed: int | None = None,
         rows: Sequence[int] | None = None,
         progress: bool = False,
+        texts: Sequence[str] | None = None,
     ) -> RolloutBatch:
         """One completion of each token-id context (``sampling.n`` is not applied): what multi-turn rollouts
         need, whose contexts hold the policy's own earlier tokens (never re-tokenised).
 
         ``rows`` numbers each context's random stream (default ``0..len-1``): a row samples the same
-        tokens whatever else is generated beside it. ``prompts`` of the result is each context decoded."""
+        tokens whatever else is generated beside it. ``prompts`` of the result is ``texts`` (the contexts' text,
+        when the caller has it) or each context decoded."""
         if not contexts:
             raise ValueError("no contexts to generate from")
         rows = list(range(len(contexts))) if rows is None else list(rows)
@@ -244,7 +246,7 @@ class HFEngine(GenerationEngine):
             completion_ids=cat("completion_ids", completion_width, self.pad_token_id, False),
             completion_mask=cat("completion_mask", completion_width, 0, False),
             logprobs=cat("logprobs", completion_width, 0.0, False),
-            prompts=[self.tokenizer.decode(ids) for ids in contexts],
+            prompts=list(texts) if texts is not None else [self.tokenizer.decode(ids) for ids in contexts],
             completions=[text for c in chunks for text in c["completions"]],
             finish_reasons=[reason for c in chunks for reason in c["finish_reasons"]],
             prompt_index=torch.arange(len(contexts), device=device),
