@@ -142,6 +142,14 @@ COMMANDS: tuple[Command, ...] = (
         stage="kto",
     ),
     Command(
+        "ilql",
+        "Offline RL on rated completions: ILQL (Q / V heads, advantage-steered decoding) or filtered "
+        "behaviour cloning.",
+        f"{_ALGOS}.ilql:ILQLConfig",
+        f"{_ALGOS}.ilql:ilql",
+        stage="ilql",
+    ),
+    Command(
         "rl",
         "Online RL from feedback: PPO with a critic, GRPO, RLOO or REINFORCE++ against a reward source.",
         f"{_ALGOS}.rl:RLConfig",

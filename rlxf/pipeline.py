@@ -15,15 +15,16 @@ Stage ``NAME`` writes into ``OUT/NAME`` (the pipeline sets each stage's ``out``)
 stage's options stands for that folder. A stage's ``kind`` is a command of the command table
 (:mod:`rlxf.commands`, which gives its config and function): ``sample`` (``rlxf sample``), ``simulate``,
 ``judge``, ``label`` (``rlxf label collect``: a human labelling project, :mod:`rlxf.feedback.label`),
-``sft``, ``reward`` (``rlxf reward train``), ``dpo``, ``kto``, ``rl``, ``eval``. The commands that cannot
-be stages, and why, are :data:`rlxf.commands.NOT_STAGES`.
+``sft``, ``reward`` (``rlxf reward train``), ``dpo``, ``kto``, ``ilql``, ``rl``, ``eval``. The commands
+that cannot be stages, and why, are :data:`rlxf.commands.NOT_STAGES`.
 
 Re-running is safe and cheap, as with ``make``:
 
 * a stage that finished (its folder holds ``stage.json``, written after the command returned, with the
   options it ran with) is reused as it is;
 * a stage that was interrupted continues: a training stage (a command with a ``resume`` option: ``sft``,
-  ``reward``, ``dpo``, ``kto``, ``rl``) resumes from its last checkpoint, any other starts its folder over;
+  ``reward``, ``dpo``, ``kto``, ``ilql``, ``rl``) resumes from its last checkpoint, any other starts its
+  folder over;
 * a finished stage whose options changed runs again, and so does every stage after it;
 * a failing stage stops the pipeline with its error; the stages before it stay as they are;
 * a ``label`` stage whose project does not have its labels yet exits with status 3 and says to come back

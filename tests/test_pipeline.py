@@ -293,6 +293,7 @@ MINIMAL_OPTIONS = {
     "reward": {"data": "d.jsonl"},
     "dpo": {"data": "d.jsonl"},
     "kto": {"data": "d.jsonl"},
+    "ilql": {"data": "d.jsonl"},
     "rl": {"prompts": "p.jsonl", "reward": "sentiment"},
     "selfplay": {"game": "tug-of-war"},
     "eval": {"prompts": "p.jsonl", "reward": "sentiment", "model": {"name_or_path": "some/run"}},

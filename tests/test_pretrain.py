@@ -152,6 +152,46 @@ def test_mlm_without_nsp(corpus, tmp_path):
     assert "eval/nsp_accuracy" not in record and record["eval/masked_accuracy"] >= 0
 
 
+def test_copies_of_a_block_get_their_own_masks(tmp_path):
+    """masks_per_block: example i is block i % n with index i, so each copy's span mask differs."""
+    from rlxf.algos.pretrain_corpus import IndexedBlocks
+    from rlxf.data.denoising import SpanCorruptionCollator
+
+    class Blocks(list):  # stands for a TokenBlocks: blocks by position
+        pass
+
+    blocks = Blocks(torch.arange(160).view(4, 40))  # 4 blocks of 40 tokens
+    copies = IndexedBlocks(blocks, copies=3)  # type: ignore[arg-type]
+    assert len(copies) == 12
+    assert [e["index"] for e in copies[3:6]] == [3, 4, 5]
+    assert torch.equal(copies[5]["ids"], blocks[1]) and torch.equal(copies[9]["ids"], blocks[1])
+    with pytest.raises(IndexError):
+        copies[12]
+    with pytest.raises(ValueError, match="copies"):
+        IndexedBlocks(blocks, copies=0)  # type: ignore[arg-type]
+    limited = IndexedBlocks(blocks, limit=2, copies=2)  # type: ignore[arg-type]
+    assert [int(e["ids"][0]) for e in limited[0:4]] == [0, 40, 0, 40]
+
+    collate = SpanCorruptionCollator(sentinel_ids=[200, 201, 202, 203], eos_id=199, pad_id=198, seed=0)
+    labels = [collate([copies[i]])["labels"][0].tolist() for i in (1, 5, 9)]  # block 1, three copies
+    assert len({tuple(row) for row in labels}) > 1  # not the same corruption every time
+    assert collate([copies[1]])["labels"][0].tolist() == labels[0]  # and reproducible
+
+
+def test_masks_per_block_multiplies_the_span_examples(corpus, tmp_path):
+    pretrain(config(corpus, tmp_path / "one", arch="t5", objective="span", train={"max_steps": 1}))
+    pretrain(
+        config(
+            corpus, tmp_path / "ten", arch="t5", objective="span", masks_per_block=10, train={"max_steps": 1}
+        )
+    )
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    ten = json.loads((tmp_path / "ten" / "summary.json").read_text())
+    assert ten["metrics"]["epoch"] == pytest.approx(one["metrics"]["epoch"] / 10, rel=0.01)  # steps floor
+    with pytest.raises(ConfigError, match="masks_per_block"):
+        config(corpus, tmp_path / "x", arch="t5", objective="span", masks_per_block=0)
+
+
 def test_resume_equals_an_uninterrupted_run_and_the_corpus_is_cached(corpus, tmp_path, caplog):
     # a constant learning rate: the 2-step run's schedule is then the first half of the 4-step run's
     constant = {"lr_schedule": "constant", "warmup_ratio": 0.0}

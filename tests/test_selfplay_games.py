@@ -223,6 +223,19 @@ def test_tug_of_war_score_cooperative_and_weights() -> None:
     assert scores.attack_success == [True, False]  # the same measurement in cooperative mode
 
 
+def test_tug_of_war_responder_goal_not_negative_only_penalises_negative_answers() -> None:
+    game = TugOfWar(responder_goal="not_negative", on_topic_weight=0.5)
+    tasks = [Task([], {"topic": "film"})] * 2
+    responses = ["This film was terrible and boring.", "The film was wonderful, a joy."]
+    sy = sentiment_scores(responses)
+    assert sy[0] < 0 < sy[1]
+    scores = game.score(tasks, ["Review a film.", "Review a film."], responses)
+    assert scores.responder == pytest.approx([sy[0] + 0.5, 0.0 + 0.5])  # praise earns nothing
+    assert scores.attack_success == [True, False]
+    with pytest.raises(ValueError, match="responder_goal must be one of"):
+        TugOfWar(responder_goal="happy")  # type: ignore[arg-type]
+
+
 def test_tug_of_war_score_errors() -> None:
     game = TugOfWar()
     with pytest.raises(ValueError, match="one prompt and one response per task"):

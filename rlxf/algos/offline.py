@@ -261,6 +261,8 @@ def fit_and_save(
     unit: str = "examples",
     before_save: Callable[[Trainer, dict[str, float]], None] | None = None,
     saved_part: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    save_extra: Callable[[torch.nn.Module, Path], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train in the run folder ``cfg.out``, save ``model/`` and ``summary.json``, tidy the checkpoints.
 
@@ -269,7 +271,9 @@ def fit_and_save(
     runs only when there are ``eval_examples``; ``judge_by`` names the held-out metric the run is judged by
     (:func:`held_out_warning`), ``unit`` what an example is (``pairs``). ``before_save`` may change the
     trained model (a reward model's centring and head description) before it is saved; ``saved_part`` picks
-    what of the trained module ``model/`` holds (a language model without a value head). ``command`` names
+    what of the trained module ``model/`` holds (a language model without a value head);
+    ``save_extra(trained, folder)`` writes more files into ``model/`` before it takes its place (ILQL's
+    heads), and ``after_step(step)`` runs after every optimizer step (ILQL's target update). ``command`` names
     the rlxf command in messages. Everything a learner can check is checked before this is called (the
     launch too: :func:`~rlxf.train.distributed.check_launch`), so bad input writes nothing.
     """
@@ -291,6 +295,7 @@ def fit_and_save(
             held_out=held_out,
             desc=desc,
             command=command,
+            after_step=after_step,
         )
         final = trainer.fit()
         if before_save is not None:
@@ -301,7 +306,11 @@ def fit_and_save(
         summary: dict[str, Any] = {}
         to_save = trainer.model_to_save()  # every process: a sharded model is gathered
         if trainer.accelerator.is_main_process:
-            save_model(saved_part(to_save) if saved_part is not None else to_save, tokenizer, run.model_dir)
+            saved = saved_part(to_save) if saved_part is not None else to_save
+            if save_extra is None:
+                save_model(saved, tokenizer, run.model_dir)
+            else:
+                save_model(saved, tokenizer, run.model_dir, extra=lambda folder: save_extra(to_save, folder))
             summary = run.write_summary(
                 final, num_tokens=int(final.get("train_tokens", 0)), extra={"held_out": held_out}
             )

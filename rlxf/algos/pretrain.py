@@ -173,6 +173,9 @@ class PretrainConfig(RunConfig):
     nsp: bool = option(False, help="mlm: add next-sentence prediction (BERT's sentence pairs)")
     noise_density: float = option(0.15, help="span: share of tokens corrupted")
     mean_noise_span_length: float = option(3.0, help="span: mean length of a corrupted span")
+    masks_per_block: int = option(
+        1, help="mlm / span: copies of each training block, each with its own mask (BERT's dupe_factor)"
+    )
     # Pre-training with human feedback (Korbak et al. 2023; rlxf/algos/phf.py, rlxf/algos/pretrain_phf.py)
     preference: Preference = option(
         "none", help="clm: none (MLE), filter, conditional, unlikelihood, rwr or awr (Korbak et al. 2023)"
@@ -234,6 +237,8 @@ class PretrainConfig(RunConfig):
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if not 0 < self.noise_density < 1 or self.mean_noise_span_length < 1:
             raise ValueError("noise_density must be in (0, 1) and mean_noise_span_length >= 1")
+        if self.masks_per_block < 1:
+            raise ValueError(f"masks_per_block must be >= 1, got {self.masks_per_block}")
         if self.max_eval_blocks < 1:
             raise ValueError(f"max_eval_blocks must be >= 1, got {self.max_eval_blocks}")
         if self.preference != "none":
@@ -420,7 +425,7 @@ def mlm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
                 ids = example["ids"]
                 return {"ids": torch.cat([ids.new_tensor([cls]), ids, ids.new_tensor([sep])]), "index": i}
 
-        train = Wrapped(TokenBlocks(corpus.train_path, cfg.block_size - 2))
+        train = Wrapped(TokenBlocks(corpus.train_path, cfg.block_size - 2), copies=cfg.masks_per_block)
         held_out = Wrapped(TokenBlocks(corpus.eval_path, cfg.block_size - 2), cfg.max_eval_blocks)
     collate = MaskedLMCollator(tokenizer, cfg.mlm_probability, cfg.whole_word_mask, seed=cfg.seed)
 
@@ -483,7 +488,7 @@ def span_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
     raw_length, _ = compute_input_and_target_lengths(
         cfg.block_size, cfg.noise_density, cfg.mean_noise_span_length
     )
-    train = IndexedBlocks(TokenBlocks(corpus.train_path, raw_length))
+    train = IndexedBlocks(TokenBlocks(corpus.train_path, raw_length), copies=cfg.masks_per_block)
     held_out = IndexedBlocks(TokenBlocks(corpus.eval_path, raw_length), limit=cfg.max_eval_blocks)
     sentinels = sentinel_ids(tokenizer)
     not_noise = torch.tensor(sorted({*sentinels, tokenizer.eos_token_id}))  # target tokens that are markers

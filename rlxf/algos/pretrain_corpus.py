@@ -204,14 +204,27 @@ def prepare_corpus(cfg: Any, family: str, model_tokenizer: Any | None, reward: A
 
 class IndexedBlocks(Sequence):
     """Blocks of a token file as the loop's examples: ``{"ids": [T], "index": i}`` (the index seeds the
-    example's masks), at most ``limit`` of them."""
+    example's masks), at most ``limit`` of them.
+
+    ``copies`` > 1 lists every block that many times, each copy with its own index and so its own mask
+    (BERT's ``dupe_factor``, RoBERTa's ten copies; Liu et al. 2019, section 4.1): example ``i`` is block
+    ``i % len(blocks)``. An epoch of the loop then covers every copy once, so a run of several passes over a
+    small corpus sees new masks each pass and cannot learn a block's targets by heart.
+    """
 
     def __init__(
-        self, blocks: TokenBlocks, limit: int | None = None, rewards: RewardBlocks | None = None
+        self,
+        blocks: TokenBlocks,
+        limit: int | None = None,
+        rewards: RewardBlocks | None = None,
+        copies: int = 1,
     ) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         self.blocks = blocks
         self.rewards = rewards  # each token's reward (unlikelihood / rwr / awr), as "rewards"
-        self.length = len(blocks) if limit is None else min(limit, len(blocks))
+        self.distinct = len(blocks) if limit is None else min(limit, len(blocks))
+        self.length = self.distinct * copies
 
     def __len__(self) -> int:
         return self.length
@@ -221,9 +234,10 @@ class IndexedBlocks(Sequence):
             return [self[j] for j in range(*i.indices(self.length))]
         if not 0 <= i < self.length:
             raise IndexError(i)
+        block = i % self.distinct
         if self.rewards is not None:
-            return {"ids": self.blocks[i], "index": i, "rewards": self.rewards[i]}
-        return {"ids": self.blocks[i], "index": i}
+            return {"ids": self.blocks[block], "index": i, "rewards": self.rewards[block]}
+        return {"ids": self.blocks[block], "index": i}
 
 
 def token_count(path: Path) -> int:

@@ -78,9 +78,11 @@ from rlxf.rollout.text_stats import words as _words
 
 Split = Literal["train", "test"]
 GameMode = Literal["adversarial", "cooperative"]
+ResponderGoal = Literal["positive", "not_negative"]
 
 _SPLITS: tuple[str, ...] = get_args(Split)
 _MODES: tuple[str, ...] = get_args(GameMode)
+_RESPONDER_GOALS: tuple[str, ...] = get_args(ResponderGoal)
 
 OPENINGS = Path(__file__).resolve().parent.parent / "assets" / "review_openings.jsonl"
 """The review openings whose ``topic`` values are tug-of-war's topics (and whose ``prompt`` values, with
@@ -251,21 +253,36 @@ class TugOfWar(Game):
 
     Rewards (``s`` = VADER compound sentiment, ``x`` = P's prompt, ``y`` = R's response)::
 
-        responder = s(y) + on_topic_weight * on_topic(y, topic)
+        responder = s(y) + on_topic_weight * on_topic(y, topic)            (responder_goal: positive)
+        responder = min(s(y), 0) + on_topic_weight * on_topic(y, topic)    (responder_goal: not_negative)
         prompter  = -s(y) - neutrality_weight * |s(x)|     (adversarial)
         prompter  = +s(y) - neutrality_weight * |s(x)|     (cooperative)
         attack_success = s(y) < 0                          (both modes: the same measurement)
+
+    ``not_negative`` is the red-teaming defender's goal (MART's safety reward, Ge et al. 2024, penalises
+    violations and nothing else): R loses only when the attack succeeds and gains nothing from praise, so
+    training it against P leaves its answers to ordinary requests as they were, where ``positive`` turns it
+    into a praise writer for every input.
     """
 
     name = "tug-of-war"
 
     def __init__(
-        self, mode: GameMode = "adversarial", neutrality_weight: float = 1.0, on_topic_weight: float = 0.5
+        self,
+        mode: GameMode = "adversarial",
+        neutrality_weight: float = 1.0,
+        on_topic_weight: float = 0.5,
+        responder_goal: ResponderGoal = "positive",
     ) -> None:
         _check_mode(mode)
+        if responder_goal not in _RESPONDER_GOALS:
+            raise ValueError(
+                f"responder_goal must be one of {list(_RESPONDER_GOALS)}, got {responder_goal!r}"
+            )
         self.mode = mode
         self.neutrality_weight = _check_weight("neutrality_weight", neutrality_weight)
         self.on_topic_weight = _check_weight("on_topic_weight", on_topic_weight)
+        self.responder_goal = responder_goal
 
     def topics(self, split: Split) -> list[str]:
         """The sorted distinct topics of ``split``'s review openings."""
@@ -300,7 +317,9 @@ class TugOfWar(Game):
         topical = [on_topic(y, _task_field(t, "topic")) for t, y in zip(tasks, responses)]
         sign = -1.0 if self.mode == "adversarial" else 1.0
         prompter = [sign * sy - self.neutrality_weight * abs(sx) for sx, sy in zip(prompt_s, response_s)]
-        responder = [sy + self.on_topic_weight * t for sy, t in zip(response_s, topical)]
+        # not_negative: only a negative answer (a successful attack) costs R anything
+        outcome = [min(sy, 0.0) if self.responder_goal == "not_negative" else sy for sy in response_s]
+        responder = [o + self.on_topic_weight * t for o, t in zip(outcome, topical)]
         return GameScores(
             prompter=prompter,
             responder=responder,

@@ -62,6 +62,7 @@ from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.models.registry import resolve_model
 from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.episodes import EnvConfig, run_episodes
+from rlxf.rollout.ilql_decoding import ILQLDecoding, decoding_summary, ilql_decoding
 from rlxf.rollout.logprobs import batch_logprobs
 from rlxf.rollout.text_stats import distinct_n, repeats_ngram
 from rlxf.train.metrics import read_metrics
@@ -129,6 +130,14 @@ class EvalConfig:
     held_out_tokens: int = option(32768, help="held_out_data: score the first N tokens (blocks of 128)")
     num_examples: int = option(12, help="prompts shown side by side in the report")
     seed: int = option(0, help="sampling seed (the same for A and B)")
+    ilql_beta: float | None = option(
+        None,
+        help="a policy from rlxf ilql: decode with pi_LM * exp(beta * advantage) (0: its LM alone); unset: "
+        "the beta its ilql.json names. The baseline is always read as a plain LM",
+    )
+    ilql_top_k: int | None = option(
+        None, help="a policy from rlxf ilql: the LM's top-k tokens the advantage re-ranks; unset: ilql.json's"
+    )
     out: str = option("", help="output folder: summary.json, report.html, samples.jsonl, config.yaml")
     overwrite: bool = option(False, help="replace an evaluation already in --out")
 
@@ -259,11 +268,16 @@ class EvalResult:
 
 
 class _Models:
-    """A and B, loaded once, sampling and scoring under one precision."""
+    """A and B, loaded once, sampling and scoring under one precision; A decodes with its ILQL heads when
+    ``steering`` is given."""
 
-    def __init__(self, cfg: EvalConfig, policy_ref: str, baseline_ref: str | None) -> None:
+    def __init__(
+        self, cfg: EvalConfig, policy_ref: str, baseline_ref: str | None, steering: ILQLDecoding | None
+    ) -> None:
         model_cfg = dataclasses.replace(cfg.model, name_or_path=policy_ref, dtype="float32")
         self.policy, self.tokenizer = load_model(model_cfg)
+        if steering is not None:
+            steering.attach(self.policy)
         self.device = next(self.policy.parameters()).device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.baseline = self.baseline_tokenizer = None
@@ -333,11 +347,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         resolve_model(baseline_ref)  # a missing baseline fails here, before the policy loads
     if cfg.win_judge is not None:
         resolve_model(cfg.win_judge)
-    resolve_model(policy_ref)
+    policy_dir = resolve_model(policy_ref)
+    steering = ilql_decoding(policy_dir, cfg.ilql_beta, cfg.ilql_top_k)
     if cfg.held_out_data is not None:
         validate_corpus(cfg.held_out_data)  # a bad record stops here, with its file, line and field
 
-    models = _Models(cfg, policy_ref, baseline_ref)
+    models = _Models(cfg, policy_ref, baseline_ref, steering)
     if records is not None:
         prompts = [render_prompt(r, models.tokenizer, cfg.chat_template) for r in records.records]
         raw_prompts = [r.get("messages", r.get("prompt")) for r in records.records]
@@ -359,6 +374,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "samples_per_prompt": n,
         "reward_spec": gold.name,
         "precision": models.precision,
+        "ilql": decoding_summary(policy_dir, steering),  # how an ILQL policy decoded (None: a plain LM)
     }
     if cfg.env.name:
         summary["env"] = dataclasses.asdict(cfg.env)

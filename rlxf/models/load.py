@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -155,11 +156,14 @@ def prepare_for_training(model: Any, cfg: ModelConfig, task_type: str) -> Any:
     return model
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+def save_model(
+    model: Any, tokenizer: Any, out_dir: str | Path, extra: Callable[[Path], None] | None = None
+) -> Path:
     """Save as a plain HF folder that ``AutoModelForCausalLM.from_pretrained`` loads with nothing else.
 
     LoRA adapters are merged into the weights (on a copy: the live model keeps its adapters). The folder is
-    written to a temporary sibling and renamed into place, so a kill never leaves a half-written model.
+    written to a temporary sibling and renamed into place, so a kill never leaves a half-written model;
+    ``extra(folder)`` writes more files into it before it takes its place (ILQL's heads).
     """
     import copy
 
@@ -172,6 +176,8 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     try:
         to_save.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)

@@ -2,7 +2,9 @@
 
 Prompts from a file are read and validated by :mod:`rlxf.data` (a bad record stops the command before the
 model loads, naming file, line and field); each is rendered with the chat template when it is a list of
-messages and continued raw when it is a plain string (see :mod:`rlxf.data.chat`).
+messages and continued raw when it is a plain string (see :mod:`rlxf.data.chat`). The model folder of an
+``rlxf ilql`` run decodes with its heads' advantage (``ilql_beta``, ``ilql_top_k``;
+:mod:`rlxf.rollout.ilql_decoding`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from rlxf.config import option
 from rlxf.data import check_prompt_lengths, read_data
 from rlxf.data.chat import ChatTemplateMode, render_prompt
 from rlxf.models import ModelConfig, load_model
+from rlxf.models.registry import resolve_model
 from rlxf.rollout.engine import RolloutBatch, SamplingConfig
 from rlxf.rollout.hf import HFEngine
+from rlxf.rollout.ilql_decoding import ilql_decoding
 from rlxf.train.atomic import write_jsonl_atomic
 
 
@@ -35,6 +39,15 @@ class GenerateConfig:
     )
     seed: int | None = option(None, help="random seed; the same seed gives the same completions")
     out: str | None = option(None, help="write the completions to this JSONL file instead of printing them")
+    ilql_beta: float | None = option(
+        None,
+        help="an rlxf ilql model: decode with pi_LM * exp(beta * advantage) (0: the LM alone); unset: the "
+        "beta its ilql.json names",
+    )
+    ilql_top_k: int | None = option(
+        None,
+        help="an rlxf ilql model: the LM's top-k tokens the advantage re-ranks (0: all); unset: ilql.json's",
+    )
 
     def __post_init__(self) -> None:
         if not self.prompts and not self.prompt:
@@ -64,7 +77,10 @@ def generate(cfg: GenerateConfig) -> list[GeneratedSample]:
         records = read_data(cfg.prompts, kind="prompts")  # validated before the model loads
     else:
         records = None
+    steering = ilql_decoding(resolve_model(cfg.model.name_or_path), cfg.ilql_beta, cfg.ilql_top_k)
     model, tokenizer = load_model(cfg.model)
+    if steering is not None:
+        steering.attach(model)
     if records is not None:
         max_context = getattr(model.config, "max_position_embeddings", None)
         if max_context is not None:

@@ -252,6 +252,7 @@ class Trainer:
         held_out: HeldOut | None = None,
         desc: str = "train",
         command: str = "train",
+        after_step: Callable[[int], None] | None = None,
     ) -> None:
         device = next(model.parameters()).device
         self.precision = resolve_precision(cfg.precision, device)
@@ -265,6 +266,7 @@ class Trainer:
         self.units = units
         self.compute_loss = compute_loss
         self.held_out = held_out
+        self.after_step = after_step  # called with the step number after each optimizer step
         self.run = run
         self.seed = seed
         self.desc = desc
@@ -391,6 +393,8 @@ class Trainer:
         self.optimizer.step()  # under DeepSpeed accelerate's wrapper does nothing: the engine stepped
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.after_step is not None:  # e.g. ILQL's Polyak update of its target heads
+            self.after_step(step)
 
         # Logged figures are global: sums over every process's micro-batches (each loss and metric is a
         # sum over its units, weighted as its normaliser says), then divided by the step's total units.
