@@ -231,6 +231,29 @@ def test_steered_logits_by_hand():
     assert steered_logits(logits, advantage, 1.0, top_k=0).argmax().item() == 2  # every token
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_heads_leave_the_trunk_to_the_policy_term(tiny_model_dir, detach):
+    """With detach_heads the Q, V and CQL losses train the heads only; without, the trunk too (trlX)."""
+    from rlxf.algos.ilql import ilql_terms
+    from rlxf.models.load import ModelConfig, load_model
+
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32"), trainable=True)
+    torch.manual_seed(0)
+    wrapped = ILQLModel(model, detach_heads=detach)
+    features = [
+        {"input_ids": [1, 2, 3, 4], "labels": [IGNORE_INDEX, IGNORE_INDEX, 3, 4], "reward": 1.0},
+        {"input_ids": [1, 5, 6], "labels": [IGNORE_INDEX, 5, 6], "reward": -1.0},
+    ]
+    batch = collate_ilql(features, pad_id=0)
+    terms = ilql_terms(wrapped, batch, load_config(ILQLConfig, overrides={"data": "x.jsonl", "out": "r"}))
+    (terms.q_loss + terms.v_loss + terms.cql_loss).sum().backward()  # the heads' losses, no policy term
+    trunk = [p.grad for p in model.parameters()]
+    heads = [p.grad for p in wrapped.heads.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in heads)
+    touched = any(g is not None and g.abs().sum() > 0 for g in trunk)
+    assert touched is not detach
+
+
 def test_beta_zero_decodes_as_the_plain_lm_and_the_hook_sees_the_training_heads(tiny_model_dir, tmp_path):
     """The heads attached with beta 0 and no top-k change no greedy token; the hook's advantage is the
     heads' advantage at the hidden state training reads."""

@@ -70,7 +70,10 @@ held out (``eval/``): ``loss``, ``loss/q``, ``loss/v``, ``loss/cql``, ``nll`` (t
 ``perplexity``, ``q/mean``, ``v/mean``, ``advantage/mean``. Filtered BC logs ``loss`` (the NLL per action)
 and holds out ``loss`` and ``perplexity``. Names are :data:`ILQL_METRICS` and :data:`ILQL_EVAL_METRICS`.
 
-Left out: heads on a separate backbone (the heads share the LM's trunk and train it, as in trlX), a
+**The trunk.** By default the heads share the LM's trunk and their losses train it, as in trlX; with
+``detach_heads`` they read its features without gradient, so only the policy term trains the LM.
+
+Left out: heads on a separate backbone, a
 separate learning rate for the heads, sequence-level rewards other than on the last action of a record
 (:func:`~rlxf.algos.text_mdp.place_rewards` takes one per segment; the file formats carry one per record),
 AWR as an objective (:func:`~rlxf.algos.text_mdp.returns_to_go` has its targets), FSDP / DeepSpeed for
@@ -190,6 +193,11 @@ class ILQLConfig(RunConfig):
     )
     target_sync_every: int = option(1, help="update the target heads every N optimizer steps")
     num_q_heads: int = option(2, help="Q heads; the target is the minimum over them (clipped double Q)")
+    detach_heads: bool = option(
+        False,
+        help="true: the heads learn on the trunk's features without training it (only the policy term "
+        "does, so the LM stays the behaviour policy); false: the Q / V / CQL losses train the trunk too (trlX)",
+    )
     bc_top_share: float = option(
         0.1, help="objective filtered_bc: the share of training records, highest reward first, to train on"
     )
@@ -314,9 +322,10 @@ class ILQLForward(NamedTuple):
 class ILQLModel(torch.nn.Module):
     """The LM (:attr:`lm`, what ``model/`` holds) and its ILQL heads (:attr:`heads`) on its final hidden state."""
 
-    def __init__(self, lm: torch.nn.Module, num_q: int = 2) -> None:
+    def __init__(self, lm: torch.nn.Module, num_q: int = 2, detach_heads: bool = False) -> None:
         super().__init__()
         self.lm = lm
+        self.detach_heads = detach_heads  # the heads read the trunk's features without training it
         self.config = lm.config
         output = lm.get_output_embeddings()  # the heads read what this layer reads
         self.heads = ILQLHeads(output.in_features, output.out_features, num_q).to(output.weight.device)
@@ -336,6 +345,8 @@ class ILQLModel(torch.nn.Module):
         )
         mask = action_mask.bool()  # [B, T-1]
         states = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: s_t, whose action is x_{t+1}
+        if self.detach_heads:  # only the policy term trains the trunk: the LM stays the behaviour policy
+            states = states.detach()
         hidden = states[mask]  # [N, H]: only the states where an action is taken
         taken = actions[mask]  # [N]
         q = [head(hidden).float() for head in self.heads.q]  # num_q x [N, vocab]
@@ -608,7 +619,7 @@ def ilql(cfg: ILQLConfig) -> RunResult:
     lm, _ = load_trainable_model(cfg)
     if cfg.objective == "filtered_bc":
         return _fit_bc(cfg, lm, data, collate)
-    model = ILQLModel(lm, cfg.num_q_heads)
+    model = ILQLModel(lm, cfg.num_q_heads, detach_heads=cfg.detach_heads)
 
     # 3. Losses: summed over actions; the loop divides by the step's number of actions.
     def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
