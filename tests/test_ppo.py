@@ -335,3 +335,39 @@ def test_config_checks_before_any_model_loads(setup):
         make_config(setup, micro_batch_size=3)
     with pytest.raises(Exception, match="estimator"):
         make_config(setup, estimator="a2c")
+
+
+def test_one_autocast_region_per_mini_batch_gives_the_same_gradients(tiny_model_dir):
+    """The update runs a mini-batch's micro-batches in one bf16 autocast region (weights cast once, from
+    autocast's cache) with each backward outside autocast: the gradients equal those of one region per
+    micro-batch, every micro-batch's share included."""
+    from transformers import AutoModelForCausalLM
+
+    from rlxf.rollout.logprobs import completion_forward
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (4, 10), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+
+    def micro_loss(rows: slice) -> torch.Tensor:
+        logprobs, _, _ = completion_forward(model, input_ids[rows], attention_mask[rows], 4)
+        return -(logprobs * torch.arange(1, 7)).sum()
+
+    grads = {}
+    for mode in ("per micro-batch", "one region", "first only"):
+        model.zero_grad(set_to_none=True)
+        if mode == "per micro-batch":
+            for rows in (slice(0, 2), slice(2, 4)):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = micro_loss(rows)
+                loss.backward()
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                for rows in (slice(0, 2), slice(2, 4))[: 1 if mode == "first only" else 2]:
+                    loss = micro_loss(rows)
+                    with torch.autocast("cpu", enabled=False):
+                        loss.backward()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(grads["one region"], grads["per micro-batch"], atol=1e-6, rtol=1e-5)
+    assert (grads["one region"] - grads["first only"]).abs().max() > 1e-3  # the second micro-batch counted

@@ -131,7 +131,6 @@ from rlxf.algos.policy_loss import (
     aggregate_units,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
 )
 from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape_rewards
@@ -151,6 +150,7 @@ from rlxf.rollout.text_stats import repeats_ngram
 from rlxf.rollout.vllm import VLLMConfig
 from rlxf.train.atomic import write_jsonl_atomic
 from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
+from rlxf.train.cpu import configure_threads
 from rlxf.train.distributed import build_accelerator
 from rlxf.train.loop import Cadence, UpdateConfig
 from rlxf.train.optim import adamw, build_scheduler, param_groups
@@ -173,7 +173,7 @@ RL_METRICS: tuple[str, ...] = (
     "policy/loss", "policy/clip_frac", "policy/clip_frac_low", "policy/clip_frac_high", "policy/approx_kl",
     "policy/ratio_mean", "value/loss", "value/explained_variance", "value/grad_norm", "grad_norm", "lr",
     "response_len/mean", "response/truncated", "tokens_per_s", "time/generate", "time/score", "time/train",
-    "time/sync", "env/success_rate", "env/turns",
+    "time/experience", "time/update", "time/sync", "env/success_rate", "env/turns",
 )
 # fmt: on
 # On held-out prompts, logged with the prefix eval/ (kl only with a reference).
@@ -462,18 +462,15 @@ def policy_forward(
     Logits are divided by the sampling temperature: the policy being optimised is the distribution the
     completions were sampled from.
     """
-    logprobs, logits, out = completion_forward(
+    logprobs, entropy, out = completion_forward(
         model,
         input_ids,
         attention_mask,
         prompt_width,
         temperature,
+        with_entropy=with_entropy,
         output_hidden_states=value_head is not None,
     )
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits)  # [B, C]
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1][:, prompt_width - 1 : -1]  # [B, C, H]: the states before each token
@@ -534,6 +531,9 @@ class RLTrainer:
         self.reward_source = reward_source  # None with an environment (it gives the rewards)
         seed_everything(cfg.seed)
         device = resolve_device(cfg.model.device)
+        configure_threads(
+            cfg.train.threads, device
+        )  # train.threads; a warning when other jobs hold the cores
         self.precision = resolve_precision(cfg.train.precision, device)
         # This process's place in a torchrun / accelerate launch (rank 0 of 1 alone); accelerate's traps
         # (a launch that runs fewer processes than asked, its own accumulation or precision) and FSDP /
@@ -1009,7 +1009,10 @@ class RLTrainer:
             stats["value/loss"] = value_numerator.detach() / max(value_micro_units, 1.0)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()} (not finite)")
-        loss.backward()
+        # Backward outside autocast (its ops follow the forward's dtypes), inside the mini-batch's outer
+        # autocast region, so the bf16 weight copies autocast cached stay for the next micro-batch.
+        with torch.autocast(self.device.type, enabled=False):
+            loss.backward()
         return stats
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
@@ -1036,13 +1039,17 @@ class RLTrainer:
                 value_units = self.sum_over_processes(aggregate_units(sub.completion_mask, "token-mean"))
                 micro_stats: dict[str, float] = {}
                 chunks = self._chunks(len(idx))
-                for i, s in enumerate(chunks):
-                    # Gradients are all-reduced once per mini-batch, on its last micro-batch.
-                    with self.no_sync(i < len(chunks) - 1):
-                        stats = self.backward(sub, s, units, value_units, step)
-                    share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
-                    for k, v in stats.items():
-                        micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
+                # One autocast region for the mini-batch's micro-batches: under bf16-mixed, autocast casts
+                # each float32 weight to bf16 once and reuses the copy (its cache lives until the outermost
+                # region ends), instead of once per micro-batch. The weights change only after the region.
+                with self.autocast():
+                    for i, s in enumerate(chunks):
+                        # Gradients are all-reduced once per mini-batch, on its last micro-batch.
+                        with self.no_sync(i < len(chunks) - 1):
+                            stats = self.backward(sub, s, units, value_units, step)
+                        share = (s.stop - s.start) / len(idx)  # metrics: mean over the mini-batch's rows
+                        for k, v in stats.items():
+                            micro_stats[k] = micro_stats.get(k, 0.0) + float(v) * share
                 if cfg.train.max_grad_norm > 0:
                     # Policy and critic are clipped apart (as with two optimizers): a large value-loss
                     # gradient early in training must not shrink the policy's step. The gradients are
@@ -1158,6 +1165,7 @@ class RLTrainer:
         rewards = self.score(batch)  # [b]: this process's rows
         t2 = time.perf_counter()
         exp, stats = self.make_experience(batch, rewards)
+        t_exp = time.perf_counter()
         update_stats = self.update(exp, step)
         t3 = time.perf_counter()
         self.sync_engine(step + 1)  # the next rollouts (and held-out samples) come from the new weights
@@ -1172,6 +1180,8 @@ class RLTrainer:
             "time/generate": t1 - t0,
             "time/score": t2 - t1,
             "time/train": t3 - t2,
+            "time/experience": t_exp - t2,
+            "time/update": t3 - t_exp,
             "time/sync": t4 - t3,
         }
         if batch.episodes is not None:
@@ -1191,6 +1201,8 @@ class RLTrainer:
             "time/generate": local["time/generate"],
             "time/score": local["time/score"],
             "time/train": local["time/train"],
+            "time/experience": local["time/experience"],
+            "time/update": local["time/update"],
             "time/sync": local["time/sync"],
             **{k: v for k, v in local.items() if k.startswith("env/")},
         }

@@ -69,7 +69,7 @@ import torch
 
 from rlxf.algos.advantages import group_advantages
 from rlxf.algos.kl import kl_estimate
-from rlxf.algos.policy_loss import clipped_policy_loss, entropy_from_logits
+from rlxf.algos.policy_loss import clipped_policy_loss
 from rlxf.algos.selfplay_report import render_selfplay_report
 from rlxf.config import option
 from rlxf.data.chat import render_chat
@@ -87,6 +87,7 @@ from rlxf.rollout.logprobs import batch_logprobs, completion_forward
 from rlxf.rollout.text_stats import distinct_n, novelty, self_bleu
 from rlxf.train.atomic import write_jsonl_atomic, write_text_atomic
 from rlxf.train.checkpoint import finish_checkpoints, load_checkpoint, save_checkpoint
+from rlxf.train.cpu import configure_threads
 from rlxf.train.loop import Cadence, UpdateConfig
 from rlxf.train.metrics import read_metrics
 from rlxf.train.optim import adamw, build_scheduler, param_groups
@@ -333,7 +334,11 @@ class SelfPlayTrainer:
         self.cfg, self.run = cfg, run
         self.game = make_game(cfg.game, **cfg.game_args)
         seed_everything(cfg.seed)
-        self.precision = resolve_precision(cfg.train.precision, resolve_device(cfg.model.device))
+        device = resolve_device(cfg.model.device)
+        configure_threads(
+            cfg.train.threads, device
+        )  # train.threads; a warning when other jobs hold the cores
+        self.precision = resolve_precision(cfg.train.precision, device)
         self.prompter, self.responder = build_roles(cfg, self.precision)
         self.device = next(self.prompter.model.parameters()).device
         self.history: list[str] = []  # the prompter's recent inputs (novelty)
@@ -398,8 +403,13 @@ class SelfPlayTrainer:
         for start in range(0, len(batch), micro):
             rows = slice(start, start + micro)
             with self.amp():
-                logprobs, logits, _ = completion_forward(
-                    role.model, input_ids[rows], attention[rows], width, role.cfg.temperature
+                logprobs, entropy, _ = completion_forward(
+                    role.model,
+                    input_ids[rows],
+                    attention[rows],
+                    width,
+                    role.cfg.temperature,
+                    with_entropy=True,
                 )
                 # on-policy: pi_old = pi, ratio 1 with the gradient of log pi
                 per_token, _ = clipped_policy_loss(
@@ -412,9 +422,7 @@ class SelfPlayTrainer:
             loss = (per_token * mask[rows]).sum() / tokens
             loss.backward()
             sums["loss"] += float(loss.detach())
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits)  # [b, C]
-                sums["entropy"] += float((entropy * mask[rows]).sum())
+            sums["entropy"] += float((entropy * mask[rows]).sum())  # entropy [b, C], no gradient
         if self.cfg.train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(list(role.parameters.values()), self.cfg.train.max_grad_norm)
         lr = role.scheduler.get_last_lr()[0]

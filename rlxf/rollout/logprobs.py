@@ -4,7 +4,9 @@ A :class:`~rlxf.rollout.engine.RolloutBatch` row is a left-padded prompt of widt
 right-padded completion of width ``C``. Token ``P + t`` is predicted by the logits at position
 ``P + t - 1``, so only the last ``C + 1`` positions go through the output head (``logits_to_keep``; the
 last of them, after the final token, is dropped): on a 49k-token vocabulary the head is a large share of a
-small model's forward pass, and the prompt positions' logits are never needed.
+small model's forward pass, and the prompt positions' logits are never needed. Where the model's head
+is a plain linear layer it runs chunk by chunk on the last hidden states (``rlxf/models/lm_head.py``):
+the batch's full-vocabulary logits are never held.
 
 Logits are divided by the sampling temperature: the distribution a completion was drawn from is
 ``softmax(logits / T)``, and that is the policy a trainer optimises and an evaluation compares.
@@ -16,16 +18,46 @@ micro-batch by micro-batch, :func:`batch_logprobs`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
 from rlxf.rollout.engine import RolloutBatch
 
 
 def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token (left padding), as ``generate`` numbers them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+
+
+# On the CPU, transformers' eager attention (matmul, softmax, matmul) beats its SDPA kernel for short rows
+# and loses badly for long ones. Measured on SmolLM2-135M, bf16 autocast, 2 cores, forward + backward:
+# 16 rows x 40 tokens 1.68 s eager vs 2.11 s SDPA; 8 x 256: 5.69 vs 6.09; 2 x 1024: 19.2 vs 7.6
+# (benchmarks/logprob_kernel.py, docs/performance.md). Generation keeps SDPA (slower eager there).
+EAGER_ATTENTION_MAX_TOKENS = 256
+
+
+@contextlib.contextmanager
+def cpu_attention_for(model: torch.nn.Module, width: int) -> Iterator[None]:
+    """Within the block, ``model`` attends with eager attention when it runs on the CPU with SDPA and the
+    rows are at most :data:`EAGER_ATTENTION_MAX_TOKENS` wide; otherwise nothing changes."""
+    base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    config = base.config
+    switch = (
+        width <= EAGER_ATTENTION_MAX_TOKENS
+        and config._attn_implementation == "sdpa"
+        and next(base.parameters()).device.type == "cpu"
+    )
+    if not switch:
+        yield
+        return
+    base.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation("sdpa")
 
 
 def completion_forward(
@@ -35,15 +67,21 @@ def completion_forward(
     prompt_width: int,
     temperature: float = 1.0,
     *,
+    with_entropy: bool = False,
     output_hidden_states: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    fused_head: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """Log-probs of the completion tokens ``input_ids[:, prompt_width:]`` under ``model``.
 
-    Returns ``(logprobs [B, C] float32, logits [B, C, V] float32 divided by the temperature, the model's
-    output)``; gradients flow when the caller has them enabled.
+    Returns ``(logprobs [B, C] float32, entropy [B, C] float32 without gradient or None, the model's
+    output)``; gradients flow when the caller has them enabled. Where the output head is a plain linear
+    layer (:func:`~rlxf.models.lm_head.fusable_head`) the head runs chunk by chunk on the last hidden
+    states (:func:`~rlxf.models.lm_head.token_logprobs`), and ``output.logits`` holds those states, not
+    logits; otherwise (or with ``fused_head=False``) the model's own head gives the logits.
     """
     completion_width = input_ids.shape[1] - prompt_width
-    out = model(
+    targets = input_ids[:, prompt_width:]  # [B, C]
+    kwargs = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_of(attention_mask),
@@ -51,11 +89,27 @@ def completion_forward(
         output_hidden_states=output_hidden_states,
         use_cache=False,
     )
+    head = fusable_head(model) if fused_head else None
+    if head is not None:
+        with hidden_states_before_head(head), cpu_attention_for(model, input_ids.shape[1]):
+            out = model(**kwargs)
+        hidden = out.logits[:, :-1]  # [B, C, H]: the states that predict tokens P .. P+C-1
+        # the softmax is kept for the backward (bf16: half the float32 logits) when gradients flow
+        logprobs, entropy = token_logprobs(
+            hidden, head.weight, targets, temperature, with_entropy=with_entropy, keep_probs=True
+        )
+        return logprobs, entropy, out
+    with cpu_attention_for(model, input_ids.shape[1]):
+        out = model(**kwargs)
     logits = out.logits[:, :-1].float() / temperature  # [B, C, V]: predict tokens P .. P+C-1
-    targets = input_ids[:, prompt_width:]  # [B, C]
     # log softmax(z)_y = z_y - logsumexp(z): one gather, no [B, C, V] log-softmax tensor kept.
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logprobs, logits, out
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            log_p = torch.log_softmax(logits, dim=-1)  # [B, C, V]
+            entropy = -(log_p.exp() * log_p).sum(-1)  # [B, C]: H = -sum_v p_v log p_v
+    return logprobs, entropy, out
 
 
 @torch.no_grad()
@@ -82,4 +136,10 @@ def batch_logprobs(
     return torch.cat(parts) * batch.policy_mask  # [B, C]: 0 on padding (and on observation tokens)
 
 
-__all__ = ["batch_logprobs", "completion_forward", "position_ids_of"]
+__all__ = [
+    "EAGER_ATTENTION_MAX_TOKENS",
+    "batch_logprobs",
+    "completion_forward",
+    "cpu_attention_for",
+    "position_ids_of",
+]

@@ -56,6 +56,7 @@ from rlxf.config import option
 from rlxf.models.load import ModelConfig
 from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.train.checkpoint import MODEL_FILE, OPTIMIZER_FILE, load_checkpoint, save_checkpoint
+from rlxf.train.cpu import configure_threads
 from rlxf.train.distributed import (
     LaunchError,
     build_accelerator,
@@ -90,6 +91,11 @@ class UpdateConfig:
     precision: Precision = option(
         "auto", help="fp32, bf16-mixed (fp32 weights, bf16 compute), bf16; auto = bf16-mixed where native"
     )
+    threads: int = option(
+        0,
+        help="torch's CPU threads (torch.set_num_threads); 0: torch's default, one per core. Fewer than "
+        "the cores when other jobs hold some: threads waiting on a busy core stall every matrix product",
+    )
     log_every: int = option(1, help="log metrics every N steps")
     eval_every: int = option(0, help="evaluate on held-out data every N steps (0: only at the start and end)")
     save_every: int = option(0, help="checkpoint every N steps (0: only at the end)")
@@ -112,6 +118,8 @@ class UpdateConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.eval_every < 0 or self.save_every < 0:
             raise ValueError("eval_every and save_every must be >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
 
 
 @dataclass
@@ -255,6 +263,7 @@ class Trainer:
         after_step: Callable[[int], None] | None = None,
     ) -> None:
         device = next(model.parameters()).device
+        configure_threads(cfg.threads, device)  # train.threads; a warning when other jobs hold the cores
         self.precision = resolve_precision(cfg.precision, device)
         # Autocast is ours, not accelerate's `mixed_precision`: accelerate's state is a per-process
         # singleton, and a pipeline (or a test session) runs several trainers with different precisions.
