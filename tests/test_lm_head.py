@@ -146,3 +146,34 @@ def test_completion_forward_takes_the_fused_head_and_equals_the_plain_one(tiny_m
     assert fused_out.logits.shape[-1] == model.config.hidden_size  # the head ran outside the model
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused_entropy, plain_entropy, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_logps_fused_equals_plain(tiny_model_dir) -> None:
+    """DPO / KTO's sequence log-probs: the head on the scored positions alone equals the model's own
+    logits (a hook on the head sends sequence_logps down the plain path), in value and gradient."""
+    from transformers import AutoModelForCausalLM
+
+    from rlxf.algos.preference import sequence_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(0, model.config.vocab_size, (3, 10), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 8:] = 0  # right padding
+    completion_mask = torch.zeros_like(input_ids)
+    completion_mask[0, 4:] = 1
+    completion_mask[1, 6:] = 1  # a longer prompt
+    completion_mask[2, 3:8] = 1
+    results = []
+    for plain in (False, True):
+        model.zero_grad(set_to_none=True)
+        handle = model.lm_head.register_forward_hook(lambda m, a, out: out) if plain else None
+        logps = sequence_logps(model, input_ids, attention_mask, completion_mask)
+        (logps * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+        if handle is not None:
+            handle.remove()
+        results.append((logps.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (fused, fused_grad), (plain, plain_grad) = results
+    assert fused.shape == (3,)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_grad, plain_grad, atol=1e-5, rtol=1e-4)

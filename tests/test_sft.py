@@ -308,3 +308,26 @@ def test_resuming_a_finished_run_without_checkpoints_is_refused(tiny_model_dir, 
     assert "keep_final_checkpoint" in str(info.value) and "--overwrite" in str(info.value)
     assert (out / "model" / "model.safetensors").read_bytes() == before
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
+def test_chunked_head_trains_as_the_models_own_logits(tiny_model_dir, tmp_path, monkeypatch):
+    """SFT's loss through the chunked output head (rlxf/models/lm_head.py) logs the same loss and token
+    accuracy and ends at the same weights as through the model's own logits."""
+    from safetensors.torch import load_file
+
+    import rlxf.algos.sft as sft_module
+
+    data = write_jsonl(tmp_path / "train.jsonl", sft_records(8))
+    runs = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(sft_module, "fusable_head", lambda model: None)
+        out = tmp_path / ("fused" if fused else "plain")
+        sft(make_config(tiny_model_dir, data, out))
+        runs[fused] = (read_metrics(out / "metrics.jsonl"), load_file(out / "model" / "model.safetensors"))
+    (fused_log, fused_weights), (plain_log, plain_weights) = runs[True], runs[False]
+    assert [r["step"] for r in fused_log] == [r["step"] for r in plain_log]
+    for a, b in zip(fused_log, plain_log):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["token_accuracy"] == b["token_accuracy"]
+    assert max((fused_weights[k] - plain_weights[k]).abs().max().item() for k in plain_weights) < 1e-5

@@ -39,8 +39,10 @@ from rlxf.algos.offline import load_trainable_model
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, Truncation
 from rlxf.data.collate import pad
+from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
 from rlxf.models.precision import autocast
 from rlxf.models.reference import reference_model
+from rlxf.rollout.logprobs import cpu_attention_for
 from rlxf.train.loop import RunConfig
 from rlxf.train.progress import Progress
 
@@ -127,7 +129,8 @@ def sequence_logps(
 
     computed in float32 from a gather and a logsumexp, without a whole-vocabulary log-softmax tensor. Only
     the positions from the first completion token of the batch on go through the output head
-    (``logits_to_keep``): the prompt's logits are never needed.
+    (``logits_to_keep``): the prompt's logits are never needed. Where the head is a plain linear layer
+    (:func:`~rlxf.models.lm_head.fusable_head`) it runs chunk by chunk on the scored positions alone.
     """
     seq_len = input_ids.shape[1]
     first = int(completion_mask.argmax(dim=-1).min())  # earliest scored token of the batch
@@ -136,12 +139,24 @@ def sequence_logps(
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if _takes_logits_to_keep(type(_base_model(model))):
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:]  # [batch, keep, vocab]: positions start .. seq_len-1
-    logits = logits[:, :-1].float()  # [batch, keep-1, vocab]: predict tokens start+1 .. seq_len-1
     targets = input_ids[:, start + 1 :]  # [batch, keep-1]
-    mask = completion_mask[:, start + 1 :].to(logits.dtype)  # [batch, keep-1]
+    mask = completion_mask[:, start + 1 :]  # [batch, keep-1]
+    head = fusable_head(model)
+    if head is not None and "logits_to_keep" in kwargs:
+        # The output head chunk by chunk on the scored positions only (rlxf/models/lm_head.py): no
+        # [batch, keep, vocab] logits, and no head work on prompt or padding positions.
+        with hidden_states_before_head(head), cpu_attention_for(model, seq_len):
+            hidden = model(**kwargs).logits[:, -keep:][:, :-1]  # [batch, keep-1, H]
+        scored = mask.bool()  # [batch, keep-1]
+        token_logps, _ = token_logprobs(hidden[scored], head.weight, targets[scored], keep_probs=True)  # [n]
+        rows = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(mask)[scored]
+        zeros = torch.zeros(len(input_ids), dtype=token_logps.dtype, device=token_logps.device)
+        return zeros.index_add(0, rows, token_logps)  # [batch]: the sum over each row's scored tokens
+    with cpu_attention_for(model, seq_len):
+        logits = model(**kwargs).logits[:, -keep:]  # [batch, keep, vocab]: positions start .. seq_len-1
+    logits = logits[:, :-1].float()  # [batch, keep-1, vocab]: predict tokens start+1 .. seq_len-1
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(dim=-1)  # [batch]
+    return (token_logps * mask.to(logits.dtype)).sum(dim=-1)  # [batch]
 
 
 @torch.no_grad()

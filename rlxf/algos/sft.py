@@ -70,6 +70,8 @@ from rlxf.data import (
     tokenize_sft,
 )
 from rlxf.data.collate import collate_sft
+from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
+from rlxf.rollout.logprobs import cpu_attention_for
 from rlxf.train.loop import LossOutput, RunConfig, TrainingConfig
 from rlxf.train.run import RunResult, print_config
 
@@ -217,14 +219,30 @@ def sft(cfg: SFTConfig) -> RunResult:
 
     # 3. Loss: summed over completion tokens; the loop divides by the step's completion-token count.
     def compute_loss(model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits  # [batch, seq, vocab]
-        loss, count = sft_loss(logits, batch["labels"])
-        with torch.no_grad():  # share of completion tokens the model ranks first
-            targets = batch["labels"][:, 1:]
-            hits = (logits[:, :-1].argmax(-1) == targets) & (targets != IGNORE_INDEX)
-        return LossOutput(loss=loss, metrics={"token_accuracy": hits.sum().item() / max(count, 1)})
+        input_ids = batch["input_ids"]
+        targets = batch["labels"][:, 1:]  # [batch, seq-1]: the token that follows each position
+        mask = targets != IGNORE_INDEX  # [batch, seq-1]
+        kwargs = {"input_ids": input_ids, "attention_mask": batch["attention_mask"], "use_cache": False}
+        head = fusable_head(model)
+        with cpu_attention_for(model, input_ids.shape[1]):
+            if head is not None:
+                # The output head chunk by chunk on the labelled positions only (rlxf/models/lm_head.py):
+                # the same sum of -log p(y_t | y_<t, x) as sft_loss, without the batch's [batch, seq, vocab]
+                # logits.
+                with hidden_states_before_head(head):
+                    hidden = model(**kwargs).logits[:, :-1][mask]  # [N, H]
+                top1 = torch.empty(int(mask.sum()), dtype=torch.long, device=hidden.device)
+                logprobs, _ = token_logprobs(
+                    hidden, head.weight, targets[mask], keep_probs=True, argmax_out=top1
+                )
+                loss, count = -logprobs.sum(), int(mask.sum())
+                hits = int((top1 == targets[mask]).sum())
+            else:
+                logits = model(**kwargs).logits  # [batch, seq, vocab]
+                loss, count = sft_loss(logits, batch["labels"])
+                with torch.no_grad():  # share of completion tokens the model ranks first
+                    hits = int(((logits[:, :-1].argmax(-1) == targets) & mask).sum())
+        return LossOutput(loss=loss, metrics={"token_accuracy": hits / max(count, 1)})
 
     def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Per held-out example: its summed completion-token loss and its completion-token count."""

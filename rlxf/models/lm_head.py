@@ -39,7 +39,9 @@ class _TokenLogprobs(torch.autograd.Function):
     """``log softmax(W h / T)[y]`` for ``N`` tokens, chunked; the entropy as a side output."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, compute_dtype, chunk, with_entropy, keep_probs):
+    def forward(
+        ctx, hidden, weight, targets, temperature, compute_dtype, chunk, with_entropy, keep_probs, argmax
+    ):
         # hidden [N, H], weight [V, H], targets [N] (long)
         w = weight.to(compute_dtype)  # cast once per call (autocast would cast per use)
         h = hidden.to(compute_dtype)
@@ -55,6 +57,8 @@ class _TokenLogprobs(torch.autograd.Function):
             z = (h[rows] @ w.T).float().div_(temperature)  # [c, V] float32
             lse[rows] = torch.logsumexp(z, dim=-1)
             logprobs[rows] = z.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+            if argmax is not None:
+                argmax[rows] = z.argmax(-1)  # the most likely token (token accuracy)
             if with_entropy or keep_probs:
                 p = z.sub(lse[rows].unsqueeze(-1)).exp_()  # [c, V] softmax(z)
                 if keep_probs:
@@ -98,7 +102,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 grad_weight.add_(dz.T @ h[rows])
         if grad_weight is not None:
             grad_weight = grad_weight.to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None
 
 
 def token_logprobs(
@@ -110,6 +114,7 @@ def token_logprobs(
     with_entropy: bool = False,
     chunk: int = DEFAULT_CHUNK,
     keep_probs: bool = False,
+    argmax_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(log p(targets) [...], entropy [...] or None)`` of ``softmax(hidden @ weight.T / temperature)``.
 
@@ -117,6 +122,8 @@ def token_logprobs(
     head's, ``targets`` ``[...]`` token ids. Float32 results; gradients flow to ``hidden`` and ``weight``.
     Under autocast the matmuls run in the autocast dtype, as the output head's would. ``keep_probs``
     keeps the softmax for the backward (``[N, V]`` in the compute dtype) instead of recomputing it there.
+    ``argmax_out`` (a long tensor shaped like ``targets``), when given, receives each position's most
+    likely token.
     """
     shape = targets.shape
     device_type = hidden.device.type
@@ -132,6 +139,7 @@ def token_logprobs(
         int(chunk),
         with_entropy,
         keep_probs and torch.is_grad_enabled(),
+        None if argmax_out is None else argmax_out.view(-1),
     )
     return logprobs.view(shape), None if entropy is None else entropy.view(shape)
 
