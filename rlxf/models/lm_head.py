@@ -29,6 +29,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 # Tokens per chunk: 1,024 x 49,152 float32 logits = 200 MB at most. On the 2-core CPU a micro-batch of
 # 16 x 33 completion positions (one chunk) was fastest; 256 was slower (benchmarks/logprob_kernel.py).
@@ -145,13 +146,12 @@ def token_logprobs(
 
 
 def fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The output head of a transformers causal LM (under DDP or peft wrappers) when
+    """The output head of a transformers causal LM (under DDP, DeepSpeed or peft wrappers) when
     :func:`token_logprobs` computes exactly what it would: a plain bias-free ``Linear`` whose whole weight
     is here (not a DTensor shard), no logit soft-cap, and no hooks on it (ILQL's decoding steers the
     logits with a forward hook: those logits must come from the module). Otherwise ``None``: the caller
     takes the model's own logits."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
+    model = extract_model_from_parallel(model)  # DDP's or DeepSpeed's wrapper off
     head = model.get_output_embeddings()  # peft's wrappers forward it to the transformers model
     if type(head) is not torch.nn.Linear or head.bias is not None:
         return None  # no head, a LoRA-adapted or quantised head, or a bias

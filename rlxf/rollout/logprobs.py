@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
 from rlxf.rollout.engine import RolloutBatch
@@ -43,7 +44,7 @@ EAGER_ATTENTION_MAX_TOKENS = 256
 def cpu_attention_for(model: torch.nn.Module, width: int) -> Iterator[None]:
     """Within the block, ``model`` attends with eager attention when it runs on the CPU with SDPA and the
     rows are at most :data:`EAGER_ATTENTION_MAX_TOKENS` wide; otherwise nothing changes."""
-    base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    base = extract_model_from_parallel(model)  # DDP's or DeepSpeed's wrapper off
     config = base.config
     switch = (
         width <= EAGER_ATTENTION_MAX_TOKENS
