@@ -1,16 +1,17 @@
-"""Offline trainers, rlxf vs TRL side by side: DPO vs ``DPOTrainer``, SFT vs ``SFTTrainer``; seconds per
-step, peak memory and the loss curve.
+"""Offline trainers, rlxf vs TRL side by side: DPO vs ``DPOTrainer``, SFT vs ``SFTTrainer``, a reward model
+vs ``RewardTrainer``; seconds per step, peak memory and the loss curve.
 
 Both sides train the same model (default ``smollm2-135m-instruct``) on the same data, full fine-tune, for
 ``--steps`` optimizer steps of ``--batch`` examples, one side after the other, each in a fresh Python
 process. The data are built here, with no model and no network: each ``train`` review opening of
-``rlxf/assets/review_openings.jsonl`` is a prompt (plain text, no chat template); for DPO the chosen
-completion is one of a few warm endings and the rejected one a cold ending; for SFT the completion is the
-warm ending. ``steps x batch`` examples in all, so one epoch is the run.
+``rlxf/assets/review_openings.jsonl`` is a prompt (plain text, no chat template); for DPO and the reward
+model the chosen completion is one of a few warm endings and the rejected one a cold ending; for SFT the
+completion is the warm ending. ``steps x batch`` examples in all, so one epoch is the run.
 
 Matched settings (rlxf option = TRL ``DPOConfig`` / ``SFTConfig`` argument): DPO ``beta=0.1``,
 ``loss_type=sigmoid``; SFT: the loss on completion tokens only (TRL's ``completion_only_loss``, its default
-for prompt-completion data), no packing;
+for prompt-completion data), no packing; reward model: Bradley-Terry on a one-output head, no
+centring term;
 ``train.global_batch_size=batch`` and ``train.micro_batch_size=--micro`` = ``per_device_train_batch_size
 =--micro`` with ``gradient_accumulation_steps=batch/micro``; ``learning_rate=--lr``, constant, no warm-up,
 weight decay 0, gradient norm clipped at 1.0, AdamW (torch's); bf16 autocast on fp32 weights
@@ -30,6 +31,7 @@ the reference pass, training; rlxf also writes its model folder, TRL here saves 
     .venv/bin/pip install trl==1.16.0
     .venv/bin/python benchmarks/offline_vs_trl.py --trainer dpo        # both sides, 10 steps of 8 pairs
     .venv/bin/python benchmarks/offline_vs_trl.py --trainer sft --lr 2e-5
+    .venv/bin/python benchmarks/offline_vs_trl.py --trainer reward --lr 1e-5
     .venv/bin/python benchmarks/offline_vs_trl.py --trainer dpo --side rlxf --steps 4 --out dpo.json
 """
 
@@ -90,13 +92,19 @@ def _peak_rss_mib() -> float:
 
 def run_rlxf(args: argparse.Namespace, model: str, pairs: Path, out: Path) -> dict[str, Any]:
     from rlxf.algos.dpo import DPOConfig, dpo
+    from rlxf.algos.reward_model import RewardTrainConfig, reward_train
     from rlxf.algos.sft import SFTConfig, sft
     from rlxf.config import load_config
     from rlxf.train.metrics import read_metrics
 
     extra = {"beta": BETA, "loss_type": "sigmoid"} if args.trainer == "dpo" else {}
+    config_class, train = {
+        "dpo": (DPOConfig, dpo),
+        "sft": (SFTConfig, sft),
+        "reward": (RewardTrainConfig, reward_train),
+    }[args.trainer]
     cfg = load_config(
-        DPOConfig if args.trainer == "dpo" else SFTConfig,
+        config_class,
         overrides={
             "model": {"name_or_path": model, "gradient_checkpointing": False},
             "data": str(pairs),
@@ -121,7 +129,7 @@ def run_rlxf(args: argparse.Namespace, model: str, pairs: Path, out: Path) -> di
         },
     )
     start = time.perf_counter()
-    (dpo if args.trainer == "dpo" else sft)(cfg)
+    train(cfg)
     total = time.perf_counter() - start
     records = sorted((r for r in read_metrics(out / "metrics.jsonl") if "loss" in r), key=lambda r: r["step"])
     return {"loss": [r["loss"] for r in records], "run_s": total}
@@ -130,8 +138,13 @@ def run_rlxf(args: argparse.Namespace, model: str, pairs: Path, out: Path) -> di
 def run_trl(args: argparse.Namespace, model: str, pairs: Path, out: Path) -> dict[str, Any]:
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
     records = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line]
     dataset = Dataset.from_list(records)
@@ -169,12 +182,19 @@ def run_trl(args: argparse.Namespace, model: str, pairs: Path, out: Path) -> dic
             **common, beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=True, disable_dropout=True
         )
         trainer_class = DPOTrainer
-    else:
+    elif args.trainer == "sft":
         config = SFTConfig(**common, packing=False, completion_only_loss=True)
         trainer_class = SFTTrainer
+    else:
+        config = RewardConfig(**common, center_rewards_coefficient=None, disable_dropout=True)
+        trainer_class = RewardTrainer
     start = time.perf_counter()  # as rlxf's: from loading the model (rlxf also saves it at the end)
-    policy = AutoModelForCausalLM.from_pretrained(model, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(model)
+    if args.trainer == "reward":
+        policy = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype="float32")
+        policy.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(model, dtype="float32")
     trainer = trainer_class(
         model=policy, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[StepTimer()]
     )
@@ -251,7 +271,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict
     for r in ok.values():
         timed = r["seconds"][1:]
         r["median_s"], r["mean_s"] = statistics.median(timed), statistics.fmean(timed)
-    what = f"DPO (sigmoid, beta {BETA}, reference precomputed)" if args.trainer == "dpo" else "SFT"
+    what = {
+        "dpo": f"DPO (sigmoid, beta {BETA}, reference precomputed)",
+        "sft": "SFT",
+        "reward": "Reward model (Bradley-Terry)",
+    }[args.trainer]
     print(
         f"\n{what} on {args.model}: {args.steps} steps of {args.batch} examples "
         f"({args.micro} per micro-batch), lr {args.lr:g}, bf16 autocast, "
@@ -292,7 +316,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trainer", choices=["dpo", "sft"], required=True)
+    parser.add_argument("--trainer", choices=["dpo", "sft", "reward"], required=True)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps (>= 2; step 1 is warm-up)")
     parser.add_argument("--batch", type=int, default=8, help="examples (pairs) per optimizer step")

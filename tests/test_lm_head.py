@@ -177,3 +177,25 @@ def test_sequence_logps_fused_equals_plain(tiny_model_dir) -> None:
     assert fused.shape == (3,)
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused_grad, plain_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_attention_is_eager_for_short_rows_only(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rlxf.models.attention import EAGER_ATTENTION_MAX_TOKENS, cpu_attention_for
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        sdpa = model(input_ids=ids).logits
+        with cpu_attention_for(model, ids.shape[1]):
+            assert model.config._attn_implementation == "eager"
+            eager = model(input_ids=ids).logits
+    assert model.config._attn_implementation == "sdpa"  # restored
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-5)  # the same attention, another kernel
+    with cpu_attention_for(model, EAGER_ATTENTION_MAX_TOKENS + 1):
+        assert model.config._attn_implementation == "sdpa"  # long rows keep SDPA
+    eager_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    with cpu_attention_for(eager_model, 4):
+        assert eager_model.config._attn_implementation == "eager"
+    assert eager_model.config._attn_implementation == "eager"  # a model loaded eager is left alone

@@ -39,10 +39,10 @@ from rlxf.algos.offline import load_trainable_model
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, Truncation
 from rlxf.data.collate import pad
+from rlxf.models.attention import cpu_attention_for
 from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
 from rlxf.models.precision import autocast
 from rlxf.models.reference import reference_model
-from rlxf.rollout.logprobs import cpu_attention_for
 from rlxf.train.loop import RunConfig
 from rlxf.train.progress import Progress
 

@@ -70,8 +70,8 @@ from rlxf.data import (
     tokenize_sft,
 )
 from rlxf.data.collate import collate_sft
+from rlxf.models.attention import cpu_attention_for
 from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
-from rlxf.rollout.logprobs import cpu_attention_for
 from rlxf.train.loop import LossOutput, RunConfig, TrainingConfig
 from rlxf.train.run import RunResult, print_config
 

@@ -39,6 +39,7 @@ from rlxf.data import (
     validate_record,
 )
 from rlxf.data.collate import pad
+from rlxf.models.attention import cpu_attention_for
 from rlxf.models.load import Device, DType, load_tokenizer, resolve_device, resolve_dtype
 from rlxf.models.registry import resolve_model
 
@@ -222,10 +223,12 @@ def collate_rewards(features: Sequence[dict[str, Any]], pad_token_id: int) -> di
 
 
 def reward_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The head's outputs ``[rows, K]`` (float32), read by transformers at each row's last non-pad token."""
-    return model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits.float()
+    """The head's outputs ``[rows, K]`` (float32), read by transformers at each row's last non-pad token.
+    Short rows on the CPU attend eagerly (:mod:`rlxf.models.attention`)."""
+    with cpu_attention_for(model, batch["input_ids"].shape[1]):
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits.float()
 
 
 @torch.no_grad()

@@ -18,12 +18,11 @@ micro-batch by micro-batch, :func:`batch_logprobs`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 
+from rlxf.models.attention import cpu_attention_for
 from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
 from rlxf.rollout.engine import RolloutBatch
 
@@ -31,34 +30,6 @@ from rlxf.rollout.engine import RolloutBatch
 def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token (left padding), as ``generate`` numbers them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
-
-
-# On the CPU, transformers' eager attention (matmul, softmax, matmul) beats its SDPA kernel for short rows
-# and loses badly for long ones. Measured on SmolLM2-135M, bf16 autocast, 2 cores, forward + backward:
-# 16 rows x 40 tokens 1.68 s eager vs 2.11 s SDPA; 8 x 256: 5.69 vs 6.09; 2 x 1024: 19.2 vs 7.6
-# (benchmarks/logprob_kernel.py, docs/performance.md). Generation keeps SDPA (slower eager there).
-EAGER_ATTENTION_MAX_TOKENS = 256
-
-
-@contextlib.contextmanager
-def cpu_attention_for(model: torch.nn.Module, width: int) -> Iterator[None]:
-    """Within the block, ``model`` attends with eager attention when it runs on the CPU with SDPA and the
-    rows are at most :data:`EAGER_ATTENTION_MAX_TOKENS` wide; otherwise nothing changes."""
-    base = extract_model_from_parallel(model)  # DDP's or DeepSpeed's wrapper off
-    config = base.config
-    switch = (
-        width <= EAGER_ATTENTION_MAX_TOKENS
-        and config._attn_implementation == "sdpa"
-        and next(base.parameters()).device.type == "cpu"
-    )
-    if not switch:
-        yield
-        return
-    base.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        base.set_attn_implementation("sdpa")
 
 
 def completion_forward(
@@ -137,10 +108,4 @@ def batch_logprobs(
     return torch.cat(parts) * batch.policy_mask  # [B, C]: 0 on padding (and on observation tokens)
 
 
-__all__ = [
-    "EAGER_ATTENTION_MAX_TOKENS",
-    "batch_logprobs",
-    "completion_forward",
-    "cpu_attention_for",
-    "position_ids_of",
-]
+__all__ = ["batch_logprobs", "completion_forward", "position_ids_of"]
