@@ -53,6 +53,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from rlxf.models.attention import cpu_attention_for
     from rlxf.models.lm_head import fusable_head, hidden_states_before_head, token_logprobs
     from rlxf.models.registry import resolve_model
     from rlxf.rollout.logprobs import completion_forward, position_ids_of
@@ -75,15 +76,21 @@ def main() -> None:
         torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
     )
 
-    def trunk() -> None:
-        with amp, hidden_states_before_head(head):
-            hidden = model(
+    def hidden_states() -> torch.Tensor:
+        """The trunk's last hidden states at the completion positions, the head bypassed, attention as
+        the trainers run it (cpu_attention_for)."""
+        with hidden_states_before_head(head), cpu_attention_for(model, width):
+            return model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=positions,
                 logits_to_keep=args.completion + 1,
                 use_cache=False,
             ).logits
+
+    def trunk() -> None:
+        with amp:
+            hidden = hidden_states()
         hidden[:, :-1].float().sum().backward()
 
     def plain() -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,16 +103,8 @@ def main() -> None:
 
     def fused(chunk: int, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         with amp:
-            with hidden_states_before_head(head):
-                hidden = model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=positions,
-                    logits_to_keep=args.completion + 1,
-                    use_cache=False,
-                ).logits
             logprobs, entropy = token_logprobs(
-                hidden[:, :-1], head.weight, targets, with_entropy=True, chunk=chunk, keep_probs=keep
+                hidden_states()[:, :-1], head.weight, targets, with_entropy=True, chunk=chunk, keep_probs=keep
             )
         logprobs.sum().backward()
         return logprobs.detach(), entropy
