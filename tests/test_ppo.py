@@ -125,6 +125,7 @@ def expected_metrics(estimator: str, with_reference: bool) -> tuple[set[str], se
     step = {m for m in RL_METRICS if estimator == "ppo" or not m.startswith("value/")}
     step -= {"env/success_rate", "env/turns"}  # with an environment only (tests/test_env_rollout.py)
     held_out = {f"eval/{m}" for m in RL_EVAL_METRICS if m not in ("success_rate", "turns")}
+    held_out -= {"eval/gold_reward/mean", "eval/gold_reward/std"}  # with gold_reward only (test_rl_gold.py)
     if not with_reference:
         step.discard("kl")
         held_out.discard("eval/kl")

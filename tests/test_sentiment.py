@@ -13,6 +13,8 @@ import pytest
 from rlxf.data import read_data
 from rlxf.feedback import SentimentScorer, sentiment_scores
 from rlxf.feedback import sentiment as sentiment_module
+from rlxf.feedback.sentiment import sentiment_lexicon
+from rlxf.rollout.text_stats import lexicon_share
 
 pytest.importorskip("vaderSentiment")
 
@@ -68,6 +70,43 @@ def test_scorer_scores_completions_not_prompts():
     )
     with pytest.raises(ValueError, match="one completion per prompt"):
         scorer(["a", "b"], ["c"])
+
+
+def test_sentiment_lexicon_holds_vaders_strong_words():
+    lexicon = sentiment_lexicon()
+    # vader_lexicon.txt: great 3.1, bad -2.5, loved 2.9, good 1.9, okay 0.9; "the" is not rated
+    assert {"great", "bad", "loved", "good"} <= lexicon
+    assert "okay" not in lexicon and "the" not in lexicon
+    assert "okay" in sentiment_lexicon(0.5)
+    strong = sentiment_lexicon(3.0)
+    assert "great" in strong and "good" not in strong and strong < lexicon
+    # one word as text_stats.words reads text: no multi-word entries, no emoticons edged with punctuation
+    assert "can't stand" not in lexicon and "fed up" not in lexicon
+    assert ":)" not in lexicon and ":-d" not in sentiment_lexicon(0.0)
+    assert all(w == w.lower() and " " not in w and any(c.isalpha() for c in w) for w in lexicon)
+    assert 5000 < len(lexicon) < 7000  # about 5,600 of the file's 7,520 entries
+    assert sentiment_lexicon() is lexicon  # cached
+    with pytest.raises(ValueError, match="min_abs_valence"):
+        sentiment_lexicon(-1.0)
+
+
+def test_lexicon_share_of_praise():
+    # this film was great and i loved it: 8 words, 2 in the lexicon (great, loved)
+    assert lexicon_share(["This film was great, and I loved it."], sentiment_lexicon()) == pytest.approx(
+        2 / 8
+    )
+    # stuffing: great great wonderful amazing film -> 4 of 5
+    assert lexicon_share(["great great wonderful amazing film"], sentiment_lexicon()) == pytest.approx(4 / 5)
+
+
+def test_missing_package_leaves_the_lexicon_unloaded_with_the_pip_command(monkeypatch):
+    sentiment_lexicon.cache_clear()
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)
+    try:
+        with pytest.raises(ImportError, match="pip install vadersentiment"):
+            sentiment_lexicon()
+    finally:
+        sentiment_lexicon.cache_clear()
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):

@@ -68,7 +68,10 @@ finished run keeps ``model/`` and drops its checkpoints unless ``train.keep_fina
 Metrics: :data:`RL_METRICS` per step (``value/*`` with ``estimator=ppo``, ``kl`` with a reference,
 ``grad_norm`` with clipping), :data:`RL_EVAL_METRICS` on held-out prompts (logged as ``eval/...``) at
 step 0, every ``train.eval_every`` steps and at the end, with their samples in
-``samples/step-NNNNNN.jsonl``; docs/rl.md says what each means.
+``samples/step-NNNNNN.jsonl``; docs/rl.md says what each means. ``gold_reward`` (a second reward spec,
+never trained on) scores the same held-out samples (``eval/gold_reward/*``, a ``gold_reward`` field per
+sample): the trained-on proxy and the gold reward side by side against the KL show where optimising the
+proxy stops raising the gold (Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization").
 
 Data parallel (``torchrun`` / ``accelerate launch``, DDP). With ``W`` processes, process ``r`` takes the
 prompts ``r*k .. (r+1)*k - 1`` of the step (``k = prompts_per_step / W``), so each prompt's group of ``n``
@@ -136,7 +139,7 @@ from rlxf.algos.policy_loss import (
 from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape_rewards
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, Dataset, check_prompt_lengths, read_prompts, render_prompt, split_data
-from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
+from rlxf.feedback.rewards import RewardOptions, RewardSource, parse_reward_spec
 from rlxf.models.load import ModelConfig, disable_dropout, load_model, resolve_device, save_model
 from rlxf.models.precision import autocast, resolve_precision, weight_dtype
 from rlxf.models.reference import reference_model
@@ -181,6 +184,8 @@ RL_METRICS: tuple[str, ...] = (
 RL_EVAL_METRICS: tuple[str, ...] = (
     "reward/mean",
     "reward/std",
+    "gold_reward/mean",  # gold_reward/* only with gold_reward set
+    "gold_reward/std",
     "response_len/mean",
     "repetition",
     "kl",
@@ -274,6 +279,11 @@ class RLConfig:
     reward: Any = option(
         "", help="reward spec: sentiment, model:PATH, fn:FILE:FUNC, judge:MODEL, URL, or a weighted list"
     )
+    gold_reward: Any = option(
+        None,
+        help="held-out only, never trained on: a reward spec (as reward) scoring the eval samples beside "
+        "it (eval/gold_reward/*), to see where the proxy stops tracking the gold (Gao et al. 2022)",
+    )
     reward_options: RewardOptions = field(default_factory=RewardOptions)
     env: EnvConfig = field(default_factory=EnvConfig)
     shaping: RewardShapingConfig = field(default_factory=RewardShapingConfig)
@@ -340,6 +350,21 @@ class RLConfig:
             raise ValueError("give the output folder: --out DIR")
         if not self.env.name and self.reward in ("", None, []):
             raise ValueError("give the reward: --reward SPEC (e.g. sentiment, model:runs/rm)")
+        if self.gold_reward is not None:
+            # The form only: parsing loads models, and in a pipeline a model:PATH may not exist yet (rl()
+            # parses it, as it does `reward`, before the run folder or the policy).
+            if self.env.name:
+                raise ValueError(
+                    "with an environment (--env) the rewards come from it: leave gold_reward unset"
+                )
+            spec = self.gold_reward
+            if not ((isinstance(spec, str) and spec.strip()) or (isinstance(spec, list) and spec)):
+                raise ValueError(
+                    f"gold_reward must be a reward spec like reward's (sentiment, model:PATH, fn:FILE:FUNC, "
+                    f"judge:MODEL, URL, or a weighted list) or unset, got {spec!r}"
+                )
+            if not self.eval_prompts and self.eval_split == 0:
+                raise ValueError(_no_held_out_message(self))
         if self.model.dtype != "auto":
             raise ValueError("for training, set the precision with train.precision, not model.dtype")
         if self.eval_split != "auto" and not 0.0 <= self.eval_split < 1.0:
@@ -391,6 +416,27 @@ class RLConfig:
         """Optimizer steps of the run, ``num_steps x updates_per_step``: what ``train.warmup_ratio`` is a
         share of."""
         return self.num_steps * self.updates_per_step
+
+
+def _no_held_out_message(cfg: RLConfig) -> str:
+    why = "eval_split=0" if cfg.eval_split == 0 else "eval_split=auto holds none out below 100 prompts"
+    return (
+        f"gold_reward is scored on held-out prompts only, and this run has none ({why}): set eval_prompts "
+        f"(a held-out prompts file) or eval_split (a share of prompts, e.g. 0.1)"
+    )
+
+
+def load_gold_reward(cfg: RLConfig) -> RewardSource | None:
+    """The source of ``cfg.gold_reward`` (None when unset), loaded as the training reward is
+    (:func:`~rlxf.feedback.rewards.parse_reward_spec` with ``reward_options``: a ``model:`` reward model on
+    the same device, in the same precision and batch size); a bad spec raises ``ValueError`` naming
+    ``gold_reward``."""
+    if cfg.gold_reward is None:
+        return None
+    try:
+        return parse_reward_spec(cfg.gold_reward, cfg.reward_options)
+    except ValueError as exc:
+        raise ValueError(f"gold_reward: {exc}") from exc
 
 
 def check_world_size(cfg: RLConfig, world: int) -> None:
@@ -525,7 +571,9 @@ def load_prompt_sets(cfg: RLConfig) -> tuple[Dataset, Dataset | None]:
 class RLTrainer:
     """Rollout -> reward -> advantages -> clipped updates, ``num_steps`` times (module docstring)."""
 
-    def __init__(self, cfg: RLConfig, run: RunDir, reward_source: Any) -> None:
+    def __init__(
+        self, cfg: RLConfig, run: RunDir, reward_source: Any, gold_source: RewardSource | None = None
+    ) -> None:
         self.cfg = cfg
         self.run = run
         self.reward_source = reward_source  # None with an environment (it gives the rewards)
@@ -581,6 +629,10 @@ class RLTrainer:
             self.steps_per_epoch = 1  # episodes come from the environment's seeds, not a prompt set
         else:
             self.load_prompts()
+        if cfg.gold_reward is not None and not self.has_eval:
+            raise ValueError(_no_held_out_message(cfg))
+        # The gold reward scores held-out samples only (evaluate); loaded here unless rl() passed it in.
+        self.gold_source = gold_source if gold_source is not None else load_gold_reward(cfg)
         self.engine = self.build_engine()
         # What the loss's forward passes go through: DDP wrappers on several processes (their backward
         # all-reduces the gradients), the modules themselves on one. Generation, no-grad passes and
@@ -1106,6 +1158,11 @@ class RLTrainer:
                     row_offset=first * sampling.n,
                 )
             rewards = self.score(batch)
+            gold = (
+                self.gold_source(list(batch.prompts), list(batch.completions))
+                if self.gold_source is not None
+                else None
+            )
             mask = batch.policy_mask.float()  # [b, C]
             kl = None
             if self.needs_reference:
@@ -1117,6 +1174,7 @@ class RLTrainer:
                         "prompt": batch.prompts[i],
                         "completion": batch.completions[i],
                         "reward": rewards[i].item(),
+                        **({"gold_reward": gold[i]} if gold is not None else {}),
                         "finish_reason": batch.finish_reasons[i],
                         "length": mask[i].sum().item(),
                         **({"kl": kl[i]} if kl is not None else {}),
@@ -1134,6 +1192,10 @@ class RLTrainer:
             "response_len/mean": sum(r.pop("length") for r in rows) / len(rows),
             "repetition": sum(repeats_ngram(r["completion"], 3, 3) for r in rows) / len(rows),
         }
+        if self.gold_source is not None:
+            gold_rewards = torch.tensor([r["gold_reward"] for r in rows], dtype=torch.float32)
+            metrics["gold_reward/mean"] = gold_rewards.mean().item()
+            metrics["gold_reward/std"] = gold_rewards.std().item() if len(gold_rewards) > 1 else 0.0
         if self.needs_reference:
             metrics["kl"] = sum(r.pop("kl") for r in rows) / len(rows)
         if self.cfg.env.name:
@@ -1290,17 +1352,20 @@ def rl(cfg: RLConfig) -> RunResult:
         cfg.env.make("train").close()  # a bad environment (name, arguments) stops here, before any model
         reward_source = None
     else:
-        load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
+        _, eval_set = load_prompt_sets(cfg)  # bad prompt files stop here, before the run folder or any model
+        if cfg.gold_reward is not None and eval_set is None:
+            raise ValueError(_no_held_out_message(cfg))  # so does a gold reward with nothing held out
         reward_source = parse_reward_spec(cfg.reward, cfg.reward_options)  # so does a bad reward spec
+    gold_source = load_gold_reward(cfg)  # and a bad gold_reward spec
     if cfg.rollout.placement == "ray":
         return rl_on_ray(cfg)
-    return _train(cfg, reward_source)
+    return _train(cfg, reward_source, gold_source)
 
 
-def _train(cfg: RLConfig, reward_source: Any) -> RunResult:
+def _train(cfg: RLConfig, reward_source: Any, gold_source: RewardSource | None = None) -> RunResult:
     """The run itself, in this process (after :func:`rl`'s checks)."""
     with RunDir.create(cfg.out, cfg, resume=cfg.resume, overwrite=cfg.overwrite) as run:
-        trainer = RLTrainer(cfg, run, reward_source)
+        trainer = RLTrainer(cfg, run, reward_source, gold_source)
         try:
             metrics = trainer.fit()
         finally:
@@ -1330,7 +1395,7 @@ class RLTrainerActor:
             handler.setFormatter(logging.Formatter("%(message)s"))
             rlxf_logger.addHandler(handler)
         rlxf_logger.setLevel(log_level)
-        return _train(cfg, parse_reward_spec(cfg.reward, cfg.reward_options))
+        return _train(cfg, parse_reward_spec(cfg.reward, cfg.reward_options), load_gold_reward(cfg))
 
 
 def rl_on_ray(cfg: RLConfig) -> RunResult:
@@ -1391,6 +1456,7 @@ __all__ = [
     "RLTrainer",
     "ValueHead",
     "check_world_size",
+    "load_gold_reward",
     "policy_forward",
     "rl",
     "rl_on_ray",

@@ -24,6 +24,29 @@ Both models sample ``n`` completions for every prompt with the same settings and
   against capability, for comparing two pre-trained models (``rlxf pretrain`` results).
 * **diversity**: distinct-1 / distinct-2 (Li et al. 2016) over all completions, and the share that repeat
   one word 3-gram 3+ times (:mod:`rlxf.rollout.text_stats`); **length**: mean completion tokens, share truncated.
+* **naturalness** (``summary["naturalness"]``, with a baseline; :func:`naturalness`): three ways a policy
+  can please its reward while its text stops reading like its starting model's, each as policy / baseline
+  with a bound (options ``max_lexicon_ratio``, ``perplexity_ratio_bounds``, ``min_distinct2_ratio``):
+
+  - ``lexicon_share`` (``policy``, ``baseline``, ``ratio``, ``max_ratio``, ``min_abs_valence``,
+    ``flagged``): the share of words that are in VADER's lexicon with ``|valence| >= 1``
+    (:func:`rlxf.feedback.sentiment.sentiment_lexicon`, :func:`rlxf.rollout.text_stats.lexicon_share`);
+    a ratio above ``max_ratio`` suggests stuffing sentiment words;
+  - ``perplexity`` (``policy``, ``baseline``, ``ratio``, ``bounds``, ``flagged``): the two perplexities
+    under the baseline above, as a ratio; below ``bounds[0]`` the text is blander, more generic than the
+    start model's, above ``bounds[1]`` it drifts into text the start model finds unlikely (gibberish);
+    absent when the tokenizers differ;
+  - ``distinct_2`` (``policy``, ``baseline``, ``ratio``, ``min_ratio``, ``flagged``): below ``min_ratio``
+    the completions are less varied than the start model's;
+  - ``flags``: one plain sentence per bound broken (figure, bound, what it suggests); ``unavailable``:
+    ``{figure: reason}`` for a figure that could not be measured (``lexicon_share`` without the
+    ``vaderSentiment`` package, ``perplexity`` across tokenizers). A ratio over a baseline figure of 0 is
+    ``null``. ``naturalness`` is ``null`` without a baseline.
+* **proxy vs gold** (``summary["proxy_vs_gold"]``): when the policy comes from an ``rlxf rl`` run whose
+  ``metrics.jsonl`` has held-out evaluations with ``eval/reward/mean`` (the proxy: the training reward),
+  ``eval/gold_reward/mean`` and ``eval/kl``, one ``{step, kl, proxy, gold}`` per evaluation, in step
+  order (:func:`rlxf.eval.report.proxy_vs_gold_points`), and the report plots both against sqrt(KL)
+  (Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization"); ``null`` otherwise.
 
 Writes into ``--out``: ``config.yaml``, ``samples.jsonl`` (A's and B's completion side by side with their
 rewards and A's KL), ``summary.json`` and ``report.html`` (:mod:`rlxf.eval.report`: plots of the training
@@ -44,6 +67,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +78,10 @@ import yaml
 from rlxf.config import option
 from rlxf.data import ChatTemplateMode, read_prompts, render_prompt
 from rlxf.data.corpus import iter_documents, validate_corpus
-from rlxf.eval.report import render_report
+from rlxf.eval.report import proxy_vs_gold_points, render_report
 from rlxf.feedback.lm_judge import DEFAULT_PAIRWISE_TEMPLATE, LocalPairJudge, judge_pairs
 from rlxf.feedback.rewards import RewardOptions, parse_reward_spec
+from rlxf.feedback.sentiment import sentiment_lexicon
 from rlxf.models import ModelConfig, load_model
 from rlxf.models.precision import Precision, autocast, resolve_precision
 from rlxf.models.registry import resolve_model
@@ -64,7 +89,7 @@ from rlxf.rollout import HFEngine, RolloutBatch, SamplingConfig
 from rlxf.rollout.episodes import EnvConfig, run_episodes
 from rlxf.rollout.ilql_decoding import ILQLDecoding, decoding_summary, ilql_decoding
 from rlxf.rollout.logprobs import batch_logprobs
-from rlxf.rollout.text_stats import distinct_n, repeats_ngram
+from rlxf.rollout.text_stats import distinct_n, lexicon_share, repeats_ngram
 from rlxf.train.metrics import read_metrics
 from rlxf.train.outdir import claim_output_folder, write_output_folder
 from rlxf.train.run import render_config
@@ -73,6 +98,8 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("config.yaml", "samples.jsonl", "report.html", "summary.json")
 HELD_OUT_BLOCK = 128  # tokens per block of the held-out loss: rlxf pretrain's default block_size
+# naturalness.lexicon_share counts the words of VADER's lexicon with |mean valence| >= this (scale -4..4)
+LEXICON_MIN_VALENCE = 1.0
 
 
 def _default_sampling() -> SamplingConfig:
@@ -138,6 +165,19 @@ class EvalConfig:
     ilql_top_k: int | None = option(
         None, help="a policy from rlxf ilql: the LM's top-k tokens the advantage re-ranks; unset: ilql.json's"
     )
+    max_lexicon_ratio: float = option(
+        1.8,
+        help="naturalness: flag a policy whose share of sentiment-lexicon words is above this many times the "
+        "baseline's (stuffing praise words)",
+    )
+    perplexity_ratio_bounds: list[float] = option(
+        default_factory=lambda: [0.67, 1.5],
+        help="naturalness: [low, high] of the policy's perplexity under the baseline / the baseline's own; "
+        "below low: blander, more generic text; above high: text the start model finds unlikely (gibberish)",
+    )
+    min_distinct2_ratio: float = option(
+        0.95, help="naturalness: flag a policy whose distinct-2 is below this many times the baseline's"
+    )
     out: str = option("", help="output folder: summary.json, report.html, samples.jsonl, config.yaml")
     overwrite: bool = option(False, help="replace an evaluation already in --out")
 
@@ -160,6 +200,18 @@ class EvalConfig:
             raise ValueError(f"win_judge_template: no such file {self.win_judge_template}")
         if self.sampling.greedy and self.sampling.n > 1:
             raise ValueError("greedy decoding (temperature 0) gives the same completion n times: set n=1")
+        if not self.max_lexicon_ratio >= 1.0:
+            raise ValueError(
+                f"max_lexicon_ratio must be >= 1 (1: the baseline's share), got {self.max_lexicon_ratio}"
+            )
+        bounds = self.perplexity_ratio_bounds
+        if len(bounds) != 2 or not 0.0 < bounds[0] <= 1.0 <= bounds[1]:
+            raise ValueError(
+                "perplexity_ratio_bounds must be two numbers [low, high] with 0 < low <= 1 <= high, "
+                f"e.g. [0.67, 1.5]; got {bounds}"
+            )
+        if not 0.0 <= self.min_distinct2_ratio <= 1.0:
+            raise ValueError(f"min_distinct2_ratio must be in [0, 1], got {self.min_distinct2_ratio}")
 
 
 def run_folder_of(ref: str) -> Path | None:
@@ -474,8 +526,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             summary["kl"] = None
             summary["note"] = "policy and baseline tokenizers differ: no KL or perplexity under the baseline"
         summary["text"] = {"policy": policy_stats, "baseline": text_stats(batch_b)}
+        summary["naturalness"] = _naturalness_of(
+            cfg, summary, list(batch_a.completions), list(batch_b.completions)
+        )
     else:
         summary["text"] = {"policy": policy_stats}
+        summary["naturalness"] = None
     summary["reward"] = reward
     if cfg.held_out_data is not None:
         summary["held_out"] = {"data": cfg.held_out_data, "block_size": HELD_OUT_BLOCK}
@@ -490,15 +546,143 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                 )
     summary["run"] = str(run) if run is not None else None
     summary["train_reward_spec"] = training_reward(run) if run is not None else None
-    summary["wall_time_s"] = round(time.monotonic() - started, 3)
-
     metrics = (
         read_metrics(run / "metrics.jsonl") if run is not None and (run / "metrics.jsonl").is_file() else []
     )
+    summary["proxy_vs_gold"] = proxy_vs_gold_points(metrics) or None
+    summary["wall_time_s"] = round(time.monotonic() - started, 3)
+
     html = render_report(summary, samples, metrics, lengths, num_examples=cfg.num_examples)
     write_output_folder(out, cfg, summary, {"samples.jsonl": samples, "report.html": html})
     logger.info("%s\nreport: %s", describe_summary(summary), out / "report.html")
     return EvalResult(summary=summary, samples=samples, out=out)
+
+
+def naturalness(
+    *,
+    distinct_2: tuple[float, float],
+    perplexity: tuple[float, float] | None,
+    lexicon_share: tuple[float, float] | None,
+    max_lexicon_ratio: float = 1.8,
+    perplexity_ratio_bounds: Sequence[float] = (0.67, 1.5),
+    min_distinct2_ratio: float = 0.95,
+    min_abs_valence: float = LEXICON_MIN_VALENCE,
+    unavailable: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``summary["naturalness"]`` (module docstring) from figures already measured, each a ``(policy,
+    baseline)`` pair; ``None`` for one that could not be measured, with its reason in ``unavailable``.
+
+    Every ratio is policy / baseline (``None`` over a baseline of 0). A figure is flagged when its ratio
+    breaks its bound strictly: ``lexicon_share`` above ``max_lexicon_ratio`` (or any share over a baseline
+    share of 0), ``perplexity`` outside ``perplexity_ratio_bounds``, ``distinct_2`` below
+    ``min_distinct2_ratio``; each flag is a sentence naming the figure, the bound and what it suggests.
+    """
+    reasons = dict(unavailable or {})
+    block: dict[str, Any] = {}
+    flags: list[str] = []
+    if lexicon_share is not None:
+        policy, base = lexicon_share
+        ratio = _ratio(policy, base)
+        flagged = ratio > max_lexicon_ratio if ratio is not None else policy > 0.0
+        block["lexicon_share"] = {
+            "policy": policy,
+            "baseline": base,
+            "ratio": ratio,
+            "max_ratio": max_lexicon_ratio,
+            "min_abs_valence": min_abs_valence,
+            "flagged": flagged,
+        }
+        if flagged:
+            times = (
+                f"is {ratio:.2f}x the baseline's {base:.1%}"
+                if ratio is not None
+                else "where the baseline used none (an unbounded ratio)"
+            )
+            flags.append(
+                f"sentiment-lexicon word share {policy:.1%} {times}, above the bound {max_lexicon_ratio:g}x: "
+                "the policy may be stuffing sentiment words to game the reward"
+            )
+    else:
+        reasons.setdefault("lexicon_share", "not measured")
+    if perplexity is not None:
+        policy, base = perplexity
+        ratio = _ratio(policy, base)
+        low, high = perplexity_ratio_bounds
+        flagged = ratio is not None and not low <= ratio <= high
+        block["perplexity"] = {
+            "policy": policy,
+            "baseline": base,
+            "ratio": ratio,
+            "bounds": [low, high],
+            "flagged": flagged,
+        }
+        if flagged:
+            start = (
+                f"perplexity under the baseline of the policy's text ({policy:.2f}) is {ratio:.2f}x that of "
+                f"the baseline's own ({base:.2f})"
+            )
+            if ratio < low:
+                flags.append(
+                    f"{start}, below the bound {low:g}x: the policy's text is blander, more generic than the "
+                    "start model's"
+                )
+            else:
+                flags.append(
+                    f"{start}, above the bound {high:g}x: the policy drifts into text the start model finds "
+                    "unlikely (garbled text, gibberish)"
+                )
+    else:
+        reasons.setdefault("perplexity", "not measured")
+    policy, base = distinct_2
+    ratio = _ratio(policy, base)
+    flagged = ratio is not None and ratio < min_distinct2_ratio
+    block["distinct_2"] = {
+        "policy": policy,
+        "baseline": base,
+        "ratio": ratio,
+        "min_ratio": min_distinct2_ratio,
+        "flagged": flagged,
+    }
+    if flagged:
+        flags.append(
+            f"distinct-2 {policy:.3f} is {ratio:.2f}x the baseline's {base:.3f}, below the bound "
+            f"{min_distinct2_ratio:g}x: the policy's completions are less varied (repetitive or templated)"
+        )
+    block["flags"] = flags
+    block["unavailable"] = reasons
+    return block
+
+
+def _ratio(policy: float, baseline: float) -> float | None:
+    return policy / baseline if baseline != 0 else None
+
+
+def _naturalness_of(
+    cfg: EvalConfig, summary: dict[str, Any], policy_texts: list[str], baseline_texts: list[str]
+) -> dict[str, Any]:
+    """:func:`naturalness` of this evaluation: the lexicon shares measured here (when ``vaderSentiment``
+    is importable), the perplexities and distinct-2 already in ``summary``."""
+    unavailable: dict[str, str] = {}
+    shares = None
+    try:
+        lexicon = sentiment_lexicon(LEXICON_MIN_VALENCE)
+    except ImportError as exc:
+        unavailable["lexicon_share"] = str(exc)
+    else:
+        shares = (lexicon_share(policy_texts, lexicon), lexicon_share(baseline_texts, lexicon))
+    p = summary.get("perplexity_under_baseline")
+    if p is None:
+        unavailable["perplexity"] = "policy and baseline tokenizers differ: no perplexity under the baseline"
+    text = summary["text"]
+    return naturalness(
+        distinct_2=(text["policy"]["distinct_2"], text["baseline"]["distinct_2"]),
+        perplexity=(p["policy"], p["baseline"]) if p is not None else None,
+        lexicon_share=shares,
+        max_lexicon_ratio=cfg.max_lexicon_ratio,
+        perplexity_ratio_bounds=cfg.perplexity_ratio_bounds,
+        min_distinct2_ratio=cfg.min_distinct2_ratio,
+        unavailable=unavailable,
+    )
 
 
 def held_out_loss(
@@ -594,15 +778,43 @@ def describe_summary(summary: dict[str, Any]) -> str:
         f"policy text: length {t['length_mean']:.1f} tokens, distinct-2 {t['distinct_2']:.3f}, "
         f"repetition {t['repetition']:.1%}"
     )
+    if summary.get("naturalness"):
+        lines.extend(describe_naturalness(summary["naturalness"]))
     return "\n".join(lines)
+
+
+def describe_naturalness(block: dict[str, Any]) -> list[str]:
+    """The naturalness line of :func:`describe_summary` (each ratio policy / baseline), then each flag."""
+    names = {
+        "lexicon_share": "sentiment-lexicon share",
+        "perplexity": "perplexity",
+        "distinct_2": "distinct-2",
+    }
+    parts = []
+    for key, name in names.items():
+        if key in block:
+            ratio = block[key]["ratio"]
+            parts.append(f"{name} {ratio:.2f}x" if ratio is not None else f"{name} n/a (baseline 0)")
+        else:
+            parts.append(f"{name} unavailable")
+    flags = block["flags"]
+    lines = [
+        "naturalness vs the baseline: "
+        + ", ".join(parts)
+        + (f"; {len(flags)} flag{'s' if len(flags) != 1 else ''}" if flags else "; no flags")
+    ]
+    lines += [f"  flag: {flag}" for flag in flags]
+    return lines
 
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
+    "describe_naturalness",
     "describe_summary",
     "evaluate",
     "held_out_loss",
     "mean_se",
+    "naturalness",
     "run_folder_of",
 ]

@@ -1,9 +1,12 @@
 """``report.html``: one self-contained page a person reads in a minute.
 
 What it holds, top to bottom: the headline figures (reward before and after with standard errors, win
-rate, KL, perplexity under the baseline, diversity, length), the training curves when the policy comes
+rate, KL, perplexity under the baseline, diversity, length), the naturalness table (sentiment-lexicon
+word share, perplexity under the baseline and distinct-2 of the policy against the baseline's, each ratio
+with its bound, the broken ones flagged and said in words), the training curves when the policy comes
 from an rlxf run (reward and KL per step from its ``metrics.jsonl``, held-out points where it evaluated),
-reward against KL (the trade-off RLHF makes: how much reward each nat of drift from the reference buys),
+the proxy reward and the gold reward of the run's held-out evaluations against sqrt(KL) when it logged
+both (:func:`proxy_vs_gold`, Gao et al. 2022), reward against KL (the trade-off RLHF makes: how much reward each nat of drift from the reference buys),
 reward against held-out loss when the evaluation was given a held-out corpus (misalignment against
 capability, for pre-trained models),
 histograms of completion length and reward before and after, and a table of samples side by side.
@@ -62,6 +65,98 @@ def training_curves(records: Sequence[dict[str, Any]], train_spec: str | None = 
         ax_k.legend(frameon=False, fontsize=8)
     for ax in (ax_r, ax_k):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def proxy_vs_gold_points(records: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """The held-out evaluations of an ``rlxf rl`` run that logged the proxy and the gold reward: one
+    ``{"step", "kl", "proxy", "gold"}`` per ``metrics.jsonl`` record holding ``eval/reward/mean`` (the
+    proxy, the reward the run trained on), ``eval/gold_reward/mean`` and ``eval/kl`` (nats per completion),
+    in step order (the last record of a step wins); empty without such records."""
+    keys = {"proxy": "eval/reward/mean", "gold": "eval/gold_reward/mean", "kl": "eval/kl"}
+    by_step: dict[int, dict[str, float]] = {}
+    for r in records:
+        if "step" in r and all(r.get(k) is not None for k in keys.values()):
+            by_step[int(r["step"])] = {
+                "step": int(r["step"]),
+                "kl": float(r["eval/kl"]),
+                "proxy": float(r["eval/reward/mean"]),
+                "gold": float(r["eval/gold_reward/mean"]),
+            }
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def proxy_gold_divergence(points: Sequence[dict[str, float]]) -> str:
+    """Where the proxy stops tracking the gold, in a sentence, from :func:`proxy_vs_gold_points`.
+
+    With the gold's highest evaluation at step ``p``: when ``p`` is the last evaluation, the gold is still
+    rising there; when the proxy reaches above its value at ``p`` after it while the gold has fallen, the
+    proxy stops tracking the gold after step ``p`` (overoptimisation, Gao et al. 2022); otherwise both
+    fell after ``p``.
+    """
+    if not points:
+        return "No held-out evaluation logged both rewards."
+    if len(points) == 1:
+        return f"One held-out evaluation only (step {points[0]['step']}): no curve to read."
+    gold = [p["gold"] for p in points]
+    proxy = [p["proxy"] for p in points]
+    peak = max(range(len(points)), key=lambda i: (gold[i], -i))  # the first of the highest
+    last = points[-1]
+    if peak == len(points) - 1:
+        return f"Gold still rising at the last evaluation (step {last['step']}): the proxy still tracks it."
+    at_peak = points[peak]
+    gold_drop = at_peak["gold"] - last["gold"]
+    if gold_drop <= 0:
+        return (
+            f"Gold level at its highest from step {at_peak['step']} to the last evaluation (step "
+            f"{last['step']}): not falling yet."
+        )
+    later = max(range(peak + 1, len(points)), key=lambda i: proxy[i])
+    if proxy[later] > at_peak["proxy"]:
+        return (
+            f"The proxy stops tracking the gold after step {at_peak['step']}: from there the gold falls "
+            f"{gold_drop:.3g} by step {last['step']} while the proxy rises "
+            f"{proxy[later] - at_peak['proxy']:.3g} (to step {points[later]['step']}): overoptimisation."
+        )
+    return (
+        f"Gold peaked at step {at_peak['step']} and falls {gold_drop:.3g} by step {last['step']}; the proxy "
+        "did not rise after it either, so the two still move together."
+    )
+
+
+def proxy_vs_gold(points: Sequence[dict[str, float]]) -> str | None:
+    """Gold and proxy reward of each held-out evaluation against d = sqrt(KL to the reference), as Gao et
+    al. 2022 ("Scaling Laws for Reward Model Overoptimization", figure 1) plot them, each point labelled
+    by its step; ``None`` without points.
+
+    The two rewards are on their own scales (a learned reward model against the gold scorer), so each has
+    its own y-axis in its own units, the gold on the left, the proxy on the right: read the directions,
+    not the heights. A negative KL estimate (k1 over a few samples, near step 0) is drawn at d = 0.
+    """
+    import matplotlib.pyplot as plt
+
+    if not points:
+        return None
+    d = [max(p["kl"], 0.0) ** 0.5 for p in points]
+    fig, ax_gold = plt.subplots(figsize=(5.6, 3.4))
+    ax_proxy = ax_gold.twinx()
+    (gold_line,) = ax_gold.plot(d, [p["gold"] for p in points], "o-", color="#d9822b", lw=1.4, label="gold")
+    (proxy_line,) = ax_proxy.plot(
+        d, [p["proxy"] for p in points], "s--", color="#3566c8", lw=1.2, ms=4, label="proxy (trained on)"
+    )
+    for x, p in zip(d, points):
+        ax_gold.annotate(
+            str(p["step"]), (x, p["gold"]), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center"
+        )
+    ax_gold.set(xlabel="sqrt(KL to reference)  (KL: nats / completion)", ylabel="gold reward (held-out)")
+    ax_gold.set_title("proxy vs gold reward", fontsize=10)
+    ax_proxy.set_ylabel("proxy reward (held-out)")
+    ax_gold.yaxis.label.set_color(gold_line.get_color())
+    ax_proxy.yaxis.label.set_color(proxy_line.get_color())
+    ax_gold.margins(y=0.15)  # room for the step labels
+    ax_gold.grid(alpha=0.3)
+    ax_gold.legend(handles=[gold_line, proxy_line], frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()
     return _png(fig)
 
@@ -269,6 +364,58 @@ def _cards(summary: dict[str, Any]) -> str:
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
+_NATURALNESS_ROWS = (
+    ("lexicon_share", "sentiment-lexicon word share", "{:.1%}"),
+    ("perplexity", "perplexity under the baseline", "{:.2f}"),
+    ("distinct_2", "distinct-2", "{:.3f}"),
+)
+
+
+def _naturalness_table(block: dict[str, Any] | None) -> str:
+    """The naturalness block as a table (policy, baseline, ratio, bound, ok / flagged; a flagged row on a
+    red ground), its flags as sentences below; empty without a baseline."""
+    if not block:
+        return ""
+    rows = []
+    for key, name, fmt in _NATURALNESS_ROWS:
+        entry = block.get(key)
+        if entry is None:
+            reason = block.get("unavailable", {}).get(key, "not measured")
+            rows.append(
+                f'<tr><td>{html.escape(name)}</td><td colspan="5">unavailable: {html.escape(reason)}</td></tr>'
+            )
+            continue
+        if key == "lexicon_share":
+            bound = f"≤ {entry['max_ratio']:g}×"
+        elif key == "perplexity":
+            bound = f"{entry['bounds'][0]:g}× to {entry['bounds'][1]:g}×"
+        else:
+            bound = f"≥ {entry['min_ratio']:g}×"
+        ratio = f"{entry['ratio']:.2f}×" if entry["ratio"] is not None else "n/a"
+        flagged = entry["flagged"]
+        status = '<td class="bad"><b>⚑ flagged</b></td>' if flagged else '<td class="good">ok</td>'
+        style = ' style="background:#fdecea"' if flagged else ""
+        rows.append(
+            f'<tr{style}><td>{html.escape(name)}</td><td class="r">{fmt.format(entry["policy"])}</td>'
+            f'<td class="r">{fmt.format(entry["baseline"])}</td><td class="r">{ratio}</td>'
+            f'<td class="r">{html.escape(bound)}</td>{status}</tr>'
+        )
+    head = (
+        "<tr><th>figure</th><th>policy</th><th>baseline</th><th>ratio</th><th>bound</th><th>status</th></tr>"
+    )
+    flags = block.get("flags") or []
+    said = (
+        '<ul class="bad">' + "".join(f"<li>{html.escape(f)}</li>" for f in flags) + "</ul>"
+        if flags
+        else "<p>Every ratio within its bound.</p>"
+    )
+    return (
+        "<h2 id=\"naturalness\">Naturalness</h2><p>The policy's text against its baseline's: "
+        "stuffing sentiment words, drift in perplexity under the baseline (blander below, gibberish above), "
+        f"loss of variety. Ratio: policy / baseline.</p><table>{head}{''.join(rows)}</table>{said}"
+    )
+
+
 def _samples_table(samples: Sequence[dict[str, Any]], num_examples: int) -> str:
     first = [s for s in samples if s.get("sample", 0) == 0][:num_examples]
     if not first:
@@ -308,6 +455,15 @@ def render_report(
         figures.append(
             (curves, f"Training run {summary.get('run')}: reward and KL per step (metrics.jsonl).", "wide")
         )
+    points = summary.get("proxy_vs_gold") or []
+    overoptimisation = proxy_vs_gold(points)
+    if overoptimisation:
+        caption = (
+            "Proxy vs gold (Gao et al. 2022): the proxy reward the run trained on and the gold reward at each "
+            "of its held-out evaluations, against sqrt(KL to the reference), labelled by step; each reward "
+            "on its own axis, so compare directions, not heights. " + proxy_gold_divergence(points)
+        )
+        figures.append((overoptimisation, caption, ""))
     frontier = reward_vs_kl(metrics, summary)
     if frontier:
         figures.append(
@@ -353,6 +509,7 @@ def render_report(
 <body><main>
 <h1>{title}</h1><p class="sub">{html.escape(who)}<br>{html.escape(meta)}</p>{note}
 {_cards(summary)}
+{_naturalness_table(summary.get("naturalness"))}
 <h2>Plots</h2><div class="plots">{plots}</div>
 <h2>Samples (first sample of each prompt)</h2>
 {_samples_table(samples, num_examples)}
@@ -360,4 +517,4 @@ def render_report(
 """
 
 
-__all__ = ["render_report"]
+__all__ = ["proxy_gold_divergence", "proxy_vs_gold", "proxy_vs_gold_points", "render_report"]

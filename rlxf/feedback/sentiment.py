@@ -16,12 +16,20 @@ and :class:`SentimentScorer` scores the completion alone, so the reward is what 
 
 Needs the ``vaderSentiment`` package (``pip install vadersentiment``); the analyzer (and its lexicon
 file) is loaded once, on first use, and shared by every caller in the process.
+
+:func:`sentiment_lexicon` is the set of words of that lexicon with a strong valence, for measuring how
+much of a text is sentiment-bearing vocabulary (``rlxf eval``'s ``naturalness.lexicon_share``: a policy
+that games this reward by stuffing praise words shows as a share far above its starting model's).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from importlib import resources
 from typing import Any
+
+from rlxf.rollout.text_stats import words
 
 PIP_COMMAND = "pip install vadersentiment"
 """How to install the package this scorer needs (named in the error when it is missing)."""
@@ -45,6 +53,40 @@ def _get_analyzer() -> Any:
                     ) from exc
                 _analyzer = SentimentIntensityAnalyzer()
     return _analyzer
+
+
+@functools.lru_cache(maxsize=8)
+def sentiment_lexicon(min_abs_valence: float = 1.0) -> frozenset[str]:
+    """The words of VADER's own lexicon (``vader_lexicon.txt`` in the ``vaderSentiment`` package) whose
+    mean human-rated valence ``v`` (on -4..4) has ``|v| >= min_abs_valence``; cached per threshold.
+
+    The file has one entry a line, tab-separated: token, mean valence, standard deviation, the ten raters'
+    scores. Only entries that are one word as :func:`rlxf.rollout.text_stats.words` reads text are kept
+    (no space, no surrounding punctuation, at least one letter), so the set can be matched against a
+    text's words: multi-word entries ("can't stand") and emoticons edged with punctuation (":)", ":-d") are
+    left out (a few of letters and digits, "x-d", "8d", stay: a text's word matches one only when it is
+    exactly that). With the default threshold 1.0 this is about 5,600 words: "great" (3.1) and "bad" (-2.5) are in, "okay" (0.9)
+    is not, nor is any word VADER does not rate ("the"). Raises ``ImportError`` naming the pip command when
+    ``vaderSentiment`` is missing.
+    """
+    if min_abs_valence < 0:
+        raise ValueError(f"min_abs_valence must be >= 0, got {min_abs_valence}")
+    try:
+        import vaderSentiment
+    except ImportError as exc:
+        raise ImportError(
+            f"the sentiment lexicon is VADER's: it needs the vaderSentiment package; install it with: {PIP_COMMAND}"
+        ) from exc
+    text = (resources.files(vaderSentiment) / "vader_lexicon.txt").read_text(encoding="utf-8")
+    lexicon = set()
+    for line in text.splitlines():
+        fields = line.strip().split("\t")
+        if len(fields) < 2:
+            continue
+        token, valence = fields[0], float(fields[1])
+        if abs(valence) >= min_abs_valence and any(c.isalpha() for c in token) and words(token) == [token]:
+            lexicon.add(token)
+    return frozenset(lexicon)
 
 
 def sentiment_scores(texts: list[str]) -> list[float]:

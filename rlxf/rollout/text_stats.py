@@ -11,6 +11,9 @@ count as one word; the statistics do not depend on any model's tokenizer.
   (higher = less diverse).
 * :func:`novelty`: how unlike every text of a history each text is, by word n-gram overlap (the novelty
   bonus of Hong et al. 2024, "Curiosity-driven Red-teaming", in n-gram form).
+* :func:`lexicon_share`: the share of words that belong to a lexicon, e.g. VADER's sentiment words
+  (:func:`rlxf.feedback.sentiment.sentiment_lexicon`): a policy stuffing praise words to game a sentiment
+  reward shows as a share far above its starting model's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 _PUNCTUATION = string.punctuation + "“”‘’…"
 
@@ -58,6 +61,21 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+def lexicon_share(texts: Iterable[str], lexicon: Collection[str]) -> float:
+    """Words of all texts found in ``lexicon`` divided by all their words (0.0 when there are none).
+
+    Words are :func:`words`' (lower-cased, surrounding punctuation stripped), so the lexicon should hold
+    lower-case words. Pooled over the texts, like :func:`distinct_n`: a long text weighs more than a
+    short one. ``["Great, great film.", "The end"]`` with lexicon ``{"great"}``: 2 of 5 words, 0.4.
+    """
+    total = found = 0
+    for text in texts:
+        w = words(text)
+        total += len(w)
+        found += sum(word in lexicon for word in w)
+    return found / total if total else 0.0
 
 
 def _clipped_precision(candidate: list[tuple[str, ...]], references: list[Counter[tuple[str, ...]]]) -> int:
