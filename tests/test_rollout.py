@@ -126,6 +126,54 @@ def test_eos_ends_a_completion_and_is_kept_in_the_mask(engine):
     assert free.finish_reasons == ["length"] and int(free.completion_mask[0].sum()) == 10
 
 
+def test_min_new_tokens_masks_eos_until_then(engine):
+    greedy = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    tokens = engine.generate(PROMPTS[:1], greedy).completion_ids[0].tolist()
+    stop_token = tokens[2]
+    first = tokens.index(stop_token)  # where greedy decoding would end with that token as eos
+    saved = engine.eos_token_ids
+    engine.eos_token_ids = [stop_token]  # declare that token the end-of-sequence token
+    try:
+        ended = engine.generate(PROMPTS[:1], greedy)
+        held = engine.generate(
+            PROMPTS[:1], SamplingConfig(max_new_tokens=10, temperature=0.0, min_new_tokens=6)
+        )
+        fixed = engine.generate(
+            PROMPTS[:1], SamplingConfig(max_new_tokens=10, temperature=0.0, min_new_tokens=10)
+        )
+    finally:
+        engine.eos_token_ids = saved
+    assert ended.finish_reasons == ["eos"] and int(ended.completion_mask[0].sum()) == first + 1
+    # Masked before token 6: the same tokens up to the first eos, then not that token there.
+    held_ids = held.completion_ids[0].tolist()
+    assert held_ids[:first] == tokens[:first] and held_ids[first] != stop_token
+    assert stop_token not in held_ids[:6]
+    length = int(held.completion_mask[0].sum())
+    assert length >= 7 if held.finish_reasons == ["eos"] else length == 10
+    # min = max: fixed length, never eos.
+    assert fixed.finish_reasons == ["length"] and int(fixed.completion_mask[0].sum()) == 10
+    assert stop_token not in fixed.completion_ids[0].tolist()
+    # The recorded log-prob is the masked distribution's: log-softmax over the logits without eos.
+    with torch.no_grad():
+        logits = engine.model(input_ids=held.input_ids, attention_mask=held.attention_mask).logits
+    width = held.prompt_ids.shape[1]
+    step_logits = logits[0, width - 1 + first].float()  # [V]: predicts completion token `first`
+    masked = step_logits.clone()
+    masked[stop_token] = float("-inf")
+    chosen = held_ids[first]
+    assert held.logprobs[0, first].item() == pytest.approx(
+        torch.log_softmax(masked, -1)[chosen].item(), abs=1e-4
+    )
+    assert held.logprobs[0, first].item() > torch.log_softmax(step_logits, -1)[chosen].item()
+
+
+def test_min_new_tokens_is_checked():
+    with pytest.raises(ValueError, match="min_new_tokens must be in"):
+        SamplingConfig(max_new_tokens=8, min_new_tokens=9)
+    with pytest.raises(ValueError, match="min_new_tokens must be in"):
+        SamplingConfig(min_new_tokens=-1)
+
+
 def test_stop_string_cuts_text_and_tokens(engine):
     sampling = SamplingConfig(max_new_tokens=16, temperature=1.0)
     free = engine.generate(PROMPTS[:1], sampling, seed=4)

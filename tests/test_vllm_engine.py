@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import socket
 import sys
@@ -85,8 +86,9 @@ def engines(policy) -> tuple[VLLMEngine, HFEngine]:
         SamplingConfig(max_new_tokens=10, n=2, temperature=0.7, top_k=5, top_p=0.9),
         SamplingConfig(max_new_tokens=10, temperature=0.0),
         SamplingConfig(max_new_tokens=14, ignore_eos=True, stop=["e"]),
+        SamplingConfig(max_new_tokens=12, n=2, min_new_tokens=12),
     ],
-    ids=["plain", "warped", "greedy", "ignore-eos-and-stop"],
+    ids=["plain", "warped", "greedy", "ignore-eos-and-stop", "fixed-length"],
 )
 def test_rows_are_the_transformers_engines_rows(engines, sampling):
     vllm, hf = engines
@@ -175,6 +177,17 @@ def test_eos_and_stop_strings_end_rows_as_in_the_transformers_engine(engines):
     assert ended.finish_reasons == ["eos"]
     assert int(ended.completion_mask[0].sum()) == first + 1  # the eos token is kept
     assert_same_rows(ended, hf_ended)
+    # min_new_tokens (vLLM's min_tokens) masks that eos until then, in both engines alike (vLLM masks the
+    # tokenizer's eos besides the stop token ids, so both engines are given both).
+    held = dataclasses.replace(greedy, min_new_tokens=first + 2)
+    vllm.eos_token_ids = hf.eos_token_ids = sorted({vllm.tokenizer.eos_token_id, tokens[3]})
+    try:
+        late, hf_late = vllm.generate(PROMPTS[:1], held), hf.generate(PROMPTS[:1], held)
+    finally:
+        vllm.eos_token_ids, hf.eos_token_ids = saved
+    assert tokens[3] not in late.completion_ids[0, : first + 2].tolist()
+    assert int(late.completion_mask[0].sum()) > first + 1
+    assert_same_rows(late, hf_late)
 
     sampled = SamplingConfig(max_new_tokens=16)
     ids = vllm.generate(PROMPTS[:1], sampled, seed=4).completion_ids[0].tolist()

@@ -62,6 +62,7 @@ class SamplingParams:
     stop: list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    min_tokens: int = 0
     logprobs: int | None = None
     seed: int | None = None
     skip_special_tokens: bool = True
@@ -264,6 +265,12 @@ class LLM:
                 break
             logits = self._next_logits(prompt, ids)  # [vocab]
             raw = torch.log_softmax(logits, dim=-1)
+            if len(ids) < params.min_tokens:  # vLLM masks eos and the stop token ids before any warper
+                banned = ([] if params.ignore_eos else [eos]) + list(params.stop_token_ids or [])
+                logits = logits.clone()
+                logits[banned] = float("-inf")
+                if params.temperature == 0.0:
+                    raw = torch.log_softmax(logits, dim=-1)  # the greedy path reports what it chose from
             if params.temperature == 0.0:
                 processed = raw
                 token = int(raw.argmax())

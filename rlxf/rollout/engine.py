@@ -60,6 +60,14 @@ class SamplingConfig:
     )
     n: int = option(1, help="completions sampled per prompt")
     ignore_eos: bool = option(False, help="keep generating past end-of-sequence tokens (fixed-length runs)")
+    # Masks end-of-sequence before it, as transformers' min_new_tokens and vLLM's min_tokens do. For RL on a
+    # learned reward whose training completions all ran to max_new_tokens: set both equal, and the policy
+    # cannot reach the reward model's blind spot of short, early-ended answers (rlxf demo measured it).
+    # The recorded log-probs are the masked distribution's (a sampling warper, like top-p); the trainers'
+    # own log-probs are the model's.
+    min_new_tokens: int = option(
+        0, help="no end-of-sequence before this many tokens (0: none); = max_new_tokens: fixed length"
+    )
     batch_size: int = option(16, help="sequences (prompts x samples) generated together in one forward batch")
 
     def __post_init__(self) -> None:
@@ -73,6 +81,10 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if any(s == "" for s in self.stop):

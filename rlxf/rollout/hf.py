@@ -31,6 +31,7 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -146,10 +147,18 @@ class HFEngine(GenerationEngine):
             use_cache=True,
         )
 
-    @staticmethod
-    def _logits_processors(sampling: SamplingConfig, sampler: SampleAndRecord) -> LogitsProcessorList:
-        """The sampling warpers in transformers' order (temperature, top-k, top-p), then the sampler."""
+    def _logits_processors(
+        self, sampling: SamplingConfig, sampler: SampleAndRecord, prompt_ids: torch.Tensor
+    ) -> LogitsProcessorList:
+        """End-of-sequence masked before ``min_new_tokens`` (as vLLM's min_tokens, before any warper), the
+        sampling warpers in transformers' order (temperature, top-k, top-p), then the sampler."""
         processors = LogitsProcessorList()
+        if sampling.min_new_tokens and not sampling.ignore_eos:
+            processors.append(
+                MinNewTokensLengthLogitsProcessor(
+                    prompt_ids.shape[1], sampling.min_new_tokens, self.eos_token_ids, device=prompt_ids.device
+                )
+            )
         if not sampling.greedy:
             if sampling.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(sampling.temperature))
@@ -262,7 +271,7 @@ class HFEngine(GenerationEngine):
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             generation_config=self._generation_config(sampling),
-            logits_processor=self._logits_processors(sampling, sampler),
+            logits_processor=self._logits_processors(sampling, sampler, prompt_ids),
             tokenizer=self.tokenizer if sampling.stop else None,  # StopStringCriteria needs it
         )
         completion_ids = sequences[:, prompt_ids.shape[1] :]  # [b, C]

@@ -469,6 +469,7 @@ class VLLMEngine(GenerationEngine):
             # itself too); none when eos is ignored.
             "stop_token_ids": [] if sampling.ignore_eos else list(self.eos_token_ids),
             "ignore_eos": sampling.ignore_eos,
+            "min_tokens": sampling.min_new_tokens,  # masks eos and stop_token_ids before it, as HFEngine
             "logprobs": 0,  # the sampled token's log-prob only
             "seed": seed,
         }
