@@ -93,6 +93,29 @@ def test_a_model_against_itself_changes_nothing(files, tmp_path, tiny_model_dir)
         assert (tmp_path / "self" / name).is_file(), name
 
 
+def test_share_of_completions_above_a_reward_threshold(files, tmp_path, tiny_model_dir):
+    prompts, reward = files
+    out = tmp_path / "above"
+    cfg = eval_config(
+        str(tiny_model_dir), prompts, reward, out, baseline=str(tiny_model_dir), reward_threshold=0.05
+    )
+    result = evaluate(cfg)
+    r = result.summary["reward"]
+    policy_rewards = [row["policy_reward"] for row in result.samples]
+    baseline_rewards = [row["baseline_reward"] for row in result.samples]
+    assert 0.0 < sum(x > 0.05 for x in policy_rewards) < len(policy_rewards)  # the threshold splits them
+    assert r["threshold"] == 0.05
+    assert r["policy"]["share_above"] == sum(x > 0.05 for x in policy_rewards) / len(policy_rewards)
+    assert r["baseline"]["share_above"] == sum(x > 0.05 for x in baseline_rewards) / len(baseline_rewards)
+    assert f"reward above 0.05: policy {r['policy']['share_above']:.0%}" in describe_summary(result.summary)
+    assert "completions with reward &gt; 0.05" in (out / "report.html").read_text()
+    # Unset: not reported.
+    plain = evaluate(eval_config(str(tiny_model_dir), prompts, reward, tmp_path / "plain"))
+    assert (
+        "share_above" not in plain.summary["reward"]["policy"] and "threshold" not in plain.summary["reward"]
+    )
+
+
 def test_a_pairwise_judge_decides_the_win_rate(files, tmp_path, tiny_model_dir):
     """--win-judge: each pair in both orders. Against itself every pair holds two equal completions, so the
     two orders are the same input and the combined probability is exactly 1/2: all ties."""

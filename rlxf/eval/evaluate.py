@@ -5,7 +5,8 @@ Both models sample ``n`` completions for every prompt with the same settings and
 * **reward** (the gold scorer, ``--reward``): mean and standard deviation over completions for each model,
   the difference, and the *share of prompts improved* (A's mean reward over the prompt's samples above
   B's; a tie counts one half). Standard errors are over prompts (the samples of one prompt are not
-  independent).
+  independent). With ``--reward-threshold T`` each model's ``share_above``: the share of its completions
+  whose reward is above ``T`` (for VADER, 0.05 is where "positive" starts).
 * **KL(A || B)** from A's samples, the unbiased k1 estimator summed over each completion's tokens:
   ``KL = E_{y~A}[ sum_t log A(y_t | x, y_<t) - log B(y_t | x, y_<t) ]`` nats per completion, with the
   distributions as sampled (logits / temperature). A's log-probs are the ones the engine recorded while
@@ -164,6 +165,11 @@ class EvalConfig:
     )
     ilql_top_k: int | None = option(
         None, help="a policy from rlxf ilql: the LM's top-k tokens the advantage re-ranks; unset: ilql.json's"
+    )
+    reward_threshold: float | None = option(
+        None,
+        help="also give each model's share of completions whose reward is above this (e.g. 0.05, where VADER "
+        "reads positive); unset: not reported",
     )
     max_lexicon_ratio: float = option(
         1.8,
@@ -433,8 +439,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     policy_stats = text_stats(batch_a)
     reward_a_mean, reward_a_se = mean_se(per_prompt(rewards_a, n))
     reward: dict[str, Any] = {
-        "policy": {"mean": reward_a_mean, "se": reward_a_se, "std": _std(rewards_a)},
+        "policy": {
+            "mean": reward_a_mean,
+            "se": reward_a_se,
+            "std": _std(rewards_a),
+            **_above(cfg, rewards_a),
+        },
     }
+    if cfg.reward_threshold is not None:
+        reward["threshold"] = cfg.reward_threshold
     samples = [
         {
             "prompt": raw_prompts[i // n],
@@ -465,7 +478,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                 row["baseline_transcript"] = batch_b.episodes[i]["transcript"]
         base_prompt_means = per_prompt(rewards_b, n)
         reward_b_mean, reward_b_se = mean_se(base_prompt_means)
-        reward["baseline"] = {"mean": reward_b_mean, "se": reward_b_se, "std": _std(rewards_b)}
+        reward["baseline"] = {
+            "mean": reward_b_mean,
+            "se": reward_b_se,
+            "std": _std(rewards_b),
+            **_above(cfg, rewards_b),
+        }
         deltas = [a - b for a, b in zip(per_prompt(rewards_a, n), base_prompt_means)]
         reward["delta"], reward["delta_se"] = mean_se(deltas)
         reward["share_improved"] = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in deltas) / len(deltas)
@@ -744,6 +762,13 @@ def pairwise_wins(
     return wins, detail
 
 
+def _above(cfg: EvalConfig, rewards: list[float]) -> dict[str, float]:
+    """``share_above``: the share of completions whose reward is above ``cfg.reward_threshold`` (if set)."""
+    if cfg.reward_threshold is None:
+        return {}
+    return {"share_above": sum(r > cfg.reward_threshold for r in rewards) / len(rewards)}
+
+
 def _std(values: list[float]) -> float:
     return float(torch.tensor(values).std().item()) if len(values) > 1 else 0.0
 
@@ -761,6 +786,11 @@ def describe_summary(summary: dict[str, Any]) -> str:
         )
         w = summary["win_rate"]
         lines.append(f"win rate over the baseline: {w['value']:.3f} +- {w['se']:.3f} (judge {w['judge']})")
+    if "share_above" in r["policy"]:
+        above = f"reward above {r['threshold']:g}: policy {r['policy']['share_above']:.0%}"
+        if "baseline" in r:
+            above += f", baseline {r['baseline']['share_above']:.0%}"
+        lines.append(above + " of completions")
     if summary.get("kl"):
         lines.append(f"KL(policy || baseline): {summary['kl']['mean']:.3f} +- {summary['kl']['se']:.3f} nats")
     if summary.get("held_out"):

@@ -296,6 +296,16 @@ def _cards(summary: dict[str, Any]) -> str:
         )
     else:
         cards.append(_card(f"reward ({summary['reward_spec']})", policy))
+    if "share_above" in r["policy"]:
+        above, base = r["policy"]["share_above"], r.get("baseline", {}).get("share_above")
+        cards.append(
+            _card(
+                f"completions with reward > {r['threshold']:g}",
+                f"{base:.0%} → {above:.0%}" if base is not None else f"{above:.0%}",
+                "share of all held-out completions",
+                ("good" if above > base else "bad" if above < base else "") if base is not None else "",
+            )
+        )
     if summary.get("success_rate"):
         sr = summary["success_rate"]
         base_sr = sr.get("baseline")
