@@ -14,9 +14,17 @@ the way a real RLHF project runs, with every stage a real rlxf command (an :mod:
    and a 5% habit of picking whatever was shown first;
 3. **reward model**: learned from those noisy preferences (Bradley-Terry), a tenth held out;
 4. **PPO** against the *learned* reward (not VADER): actor-critic with a value head on the policy, GAE,
-   the KL to the starting model in the reward;
-5. **eval** on the 60 held-out openings, with VADER as the gold judge: reward before and after, win
-   rate, KL to the starting model, fluency and diversity, and ``report.html``.
+   the KL to the starting model in the reward. Every 6 steps it samples the 60 held-out openings and
+   scores them with the learned reward (the proxy) and with VADER (``gold_reward``, never trained on):
+   where the proxy keeps rising and the gold does not, the policy is exploiting the reward model
+   (Gao et al. 2022; the report plots both against KL);
+5. **eval** on the 60 held-out openings, with VADER as the gold judge: reward before and after, the share
+   of positive completions (VADER > 0.05), win rate, KL to the starting model, naturalness against the
+   starting model (sentiment-word share, perplexity under it, distinct-2; flagged past their bounds),
+   and ``report.html``.
+
+Every completion is 24 tokens (``min_new_tokens`` = ``max_new_tokens``): the reward model only ever sees
+completions that ran to the limit, and an early end is its blind spot (see :func:`demo_pipeline`).
 
 Everything lands in ``--out`` (``runs/demo``), one folder per stage; running the demo again reuses what
 finished (``rlxf run`` rules), so an interrupted demo continues. ``--print-pipeline`` shows the pipeline
@@ -63,7 +71,12 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
     """The demo as an ``rlxf run`` pipeline (see the module docstring)."""
     openings = str(OPENINGS)
     model = {"name_or_path": cfg.model}
-    sampling = {"n": 4, "max_new_tokens": 24, "temperature": 1.0, "batch_size": 64}
+    # Every completion of the demo is 24 tokens (min_new_tokens = max_new_tokens): the reward model learns
+    # from such completions only (at temperature 0.7, 1119 of 1120 ran to the limit), and judges an early
+    # end it never saw. Measured with PPO's held-out gold next to the proxy: with the end free, the policy
+    # learned to stop after "!" or one short sentence, the proxy reward rose from 0.76 to 3.44 while the
+    # gold (VADER) peaked at +0.30 by step 6 and fell; completions shrank from 24 tokens to 7.
+    sampling = {"n": 4, "max_new_tokens": 24, "min_new_tokens": 24, "temperature": 1.0, "batch_size": 64}
     # The feedback samples are drawn cooler: at temperature 1 a 135M model often rambles, and VADER's
     # verdict on loosely connected words is close to noise. Measured (held-out accuracy on the simulated
     # labels): temperature 1 gave 0.55 (1 epoch, lr 3e-5) and 0.61 (2 epochs, lr 1e-4, overfitting);
@@ -106,9 +119,11 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "eval_split": 0.1,
                     "chat_template": "never",
                     "seed": cfg.seed,
+                    # Measured on 240 noise-free pairs of the test openings (VADER decides): lr 5e-5 gave
+                    # 0.75 accuracy, 1e-4 0.78 (1 epoch), 0.80 (2 epochs; twice the time).
                     "train": {
                         "num_epochs": 1,
-                        "learning_rate": 5.0e-5,
+                        "learning_rate": 1.0e-4,
                         "global_batch_size": 16,
                         "micro_batch_size": 16,
                         "eval_every": 0,
@@ -122,7 +137,14 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "model": dict(model),
                     "prompts": openings,
                     "prompts_split": "train",
-                    "eval_split": 0,  # every opening trains; the eval stage measures on the test split
+                    # Every training opening trains; the held-out evaluation during training samples the
+                    # test openings and scores them with the proxy (the learned reward) and the gold (VADER):
+                    # the report's proxy-vs-gold curve (Gao et al. 2022).
+                    "eval_split": 0,
+                    "eval_prompts": openings,
+                    "eval_prompts_split": "test",
+                    "eval_sampling": {**sampling, "n": 2},
+                    "gold_reward": "sentiment",
                     "chat_template": "never",
                     "reward": "model:${reward_model}",
                     "shaping": {"normalize": "running"},
@@ -131,12 +153,18 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "prompts_per_step": 32,  # 64 completions per step
                     "num_steps": cfg.rl_steps,
                     "ppo_epochs": 1,
+                    "mini_batch_size": 32,  # two optimizer steps per batch, at the compute of one
                     "micro_batch_size": 16,
                     "gamma": 1.0,
                     "lam": 0.95,
                     "kl": {"coef": 0.05, "estimator": "k1", "placement": "reward"},
                     "critic": {"kind": "shared", "vf_coef": 0.1, "value_clip": 0.2},
-                    "train": {"learning_rate": 4.0e-5, "lr_schedule": "constant", "save_every": 6},
+                    "train": {
+                        "learning_rate": 4.0e-5,
+                        "lr_schedule": "constant",
+                        "save_every": 6,
+                        "eval_every": 6,
+                    },
                     "seed": cfg.seed,
                 },
             },
@@ -149,6 +177,7 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "prompts_split": "test",
                     "chat_template": "never",
                     "reward": "sentiment",  # the gold judge: what the learned reward stood in for
+                    "reward_threshold": 0.05,  # VADER reads positive above it
                     "sampling": {**sampling, "n": 4},
                     "seed": cfg.seed,
                 },
@@ -176,13 +205,40 @@ class DemoResult:
             lines.append(
                 f"  reward model: held-out accuracy {self.reward_model_accuracy:.2f} on the simulated labels"
             )
-        lines += [
+        lines.append(
             f"  held-out gold sentiment (VADER): {reward['baseline']['mean']:+.3f} -> "
             f"{reward['policy']['mean']:+.3f} ({reward['delta']:+.3f} +- {reward['delta_se']:.3f}; "
-            f"{reward['share_improved']:.0%} of openings improved)",
-            f"  KL to the starting model: {kl['mean']:.2f} nats per completion",
-            f"  report: {self.out / 'eval' / 'report.html'}",
+            f"{reward['share_improved']:.0%} of openings improved)"
+        )
+        if "share_above" in reward["policy"]:
+            lines.append(
+                f"  positive completions (VADER > {reward['threshold']:g}): {reward['baseline']['share_above']:.0%}"
+                f" -> {reward['policy']['share_above']:.0%}; win rate over the starting model "
+                f"{self.eval_summary['win_rate']['value']:.0%}"
+            )
+        lines.append(f"  KL to the starting model: {kl['mean']:.2f} nats per completion")
+        natural = self.eval_summary.get("naturalness") or {}
+        ratios = [
+            f"{label} {natural[key]['ratio']:.2f}x"
+            for key, label in (
+                ("lexicon_share", "sentiment-word share"),
+                ("perplexity", "perplexity under the start model"),
+                ("distinct_2", "distinct-2"),
+            )
+            if natural.get(key) and natural[key].get("ratio") is not None
         ]
+        if ratios:
+            lines.append("  vs the starting model: " + ", ".join(ratios))
+        lines += [f"  flag: {flag}" for flag in natural.get("flags", [])]
+        points = self.eval_summary.get("proxy_vs_gold") or []
+        if points:
+            best = max(points, key=lambda point: point["gold"])
+            last = points[-1]
+            lines.append(
+                f"  proxy vs gold on held-out openings: gold {best['gold']:+.3f} at its best (step {best['step']}), "
+                f"{last['gold']:+.3f} at the end (step {last['step']}; proxy {last['proxy']:+.2f})"
+            )
+        lines.append(f"  report: {self.out / 'eval' / 'report.html'}")
         return "\n".join(lines)
 
 

@@ -29,6 +29,16 @@ def test_the_demo_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, caps
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["reward_spec"] == "sentiment" and summary["baseline"] == str(tiny_model_dir)
     assert summary["num_prompts"] == 60  # the held-out openings
+    # Positive share, naturalness against the start model, and the proxy-vs-gold points of PPO's held-out
+    # evaluations (steps 0 and 1: the learned reward beside VADER on the test openings).
+    assert "positive completions (VADER > 0.05)" in err and "vs the starting model: " in err
+    assert [point["step"] for point in summary["proxy_vs_gold"]] == [0, 1]
+    ppo_rows = [
+        json.loads(line) for line in (out / "ppo" / "samples" / "step-000001.jsonl").read_text().splitlines()
+    ]
+    assert len(ppo_rows) == 120 and all("gold_reward" in row for row in ppo_rows)  # 60 openings x 2
+    assert "proxy vs gold on held-out openings" in err
+    assert summary["naturalness"]["distinct_2"]["ratio"] > 0
 
     assert main(argv) == 0
     assert capsys.readouterr().err.count("finished earlier, reusing") == 5
