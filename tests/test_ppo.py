@@ -234,8 +234,16 @@ def test_micro_batches_accumulate_to_the_same_update(setup, tmp_path):
 
 
 def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
+    # With the logsigmoid transform the resumed run must keep the first step's reference reward (saved
+    # with the checkpoint), not take step 4's batch mean.
     cfg_a = make_config(
-        setup, num_steps=4, out=str(tmp_path / "a"), estimator="ppo", ppo_epochs=2, mini_batch_size=4
+        setup,
+        num_steps=4,
+        out=str(tmp_path / "a"),
+        estimator="ppo",
+        ppo_epochs=2,
+        mini_batch_size=4,
+        shaping={"transform": "logsigmoid"},
     )
     rl(cfg_a)
     records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
@@ -261,7 +269,15 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     assert [r["step"] for r in records_b] == [0, 1, 2, 3, 4, 4]  # eval at 0; step 4 + final eval
     assert [sorted(r) for r in records_b] == [sorted(r) for r in records_a]
     for record, reference in zip(records_b, records_a):
-        for name in ("reward/mean", "kl", "policy/loss", "value/loss", "eval/reward/mean", "eval/kl"):
+        for name in (
+            "reward/mean",
+            "reward/shaped_mean",
+            "kl",
+            "policy/loss",
+            "value/loss",
+            "eval/reward/mean",
+            "eval/kl",
+        ):
             if name in record:
                 assert record[name] == pytest.approx(reference[name], abs=1e-5), (record["step"], name)
     assert max_difference(saved_weights(tmp_path / "b"), saved_weights(tmp_path / "a")) < 1e-5

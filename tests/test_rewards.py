@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, shape_rewards
+from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, logsigmoid_reward, shape_rewards
 from rlxf.data import encode_prompt
 from rlxf.feedback import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -407,6 +407,25 @@ def test_running_normalisation_matches_numpy_and_resumes_exactly():
     assert restored.state_dict() == stats.state_dict()
     with pytest.raises(ValueError, match="needs the RunningMoments"):
         shape_rewards(nxt, ["eos"] * 3, cfg)
+
+
+def test_logsigmoid_transform_by_hand():
+    # log sigmoid(x) = -log(1 + e^-x): x = 0 -> -log 2; x = 2 -> -log(1 + e^-2); x = -2 -> -log(1 + e^2)
+    got = logsigmoid_reward(torch.tensor([1.0, 3.0, -1.0]), center=1.0)
+    want = [-math.log(2.0), -math.log(1.0 + math.exp(-2.0)), -math.log(1.0 + math.exp(2.0))]
+    assert got.tolist() == pytest.approx(want, abs=1e-6)
+    # diminishing returns: +2 above the reference gains 0.57, +2 below it loses 1.43
+    assert got[1] - got[0] < got[0] - got[2]
+    # order: the length penalty (raw units), then the transform, then normalisation
+    cfg = RewardShapingConfig(transform="logsigmoid", length_penalty=1.0)
+    shaped = shape_rewards(torch.tensor([1.0, 3.0]), ["eos", "length"], cfg, center=1.0)
+    assert shaped.tolist() == pytest.approx([-math.log(2.0), -math.log(1.0 + math.exp(-1.0))], abs=1e-6)
+    with pytest.raises(ValueError, match="needs the reference reward"):
+        shape_rewards(torch.tensor([1.0]), ["eos"], cfg)
+    with pytest.raises(ValueError, match="set transform too"):
+        RewardShapingConfig(center=0.5)
+    with pytest.raises(ValueError, match="center must be a finite"):
+        RewardShapingConfig(transform="logsigmoid", center=float("nan"))
 
 
 def test_clip_bounds_the_shaped_rewards():

@@ -1,11 +1,21 @@
 """Reward shaping for online RL: what the trainer does to a batch's rewards before computing advantages.
 
-Three steps, in this order (:func:`shape_rewards`):
+Four steps, in this order (:func:`shape_rewards`):
 
 1. a penalty for completions cut off at the token limit (``length_penalty``, in the raw reward's units);
-2. normalisation: per batch, ``(r - mean_batch) / std_batch``, or running, with the mean and std of every
+2. a transform (``transform``): ``logsigmoid``, ``u = log sigmoid(r - r_ref)`` (Wang et al. 2024,
+   "Transforming and Combining Rewards for Alignment of Large Language Models", eq. 3), for a
+   Bradley-Terry reward model: ``sigmoid(r - r_ref)`` is the probability that the completion is preferred
+   to one scoring ``r_ref``, and its log rewards lifting a poor completion far more than polishing one
+   that is already clearly better than the reference (the gradient ``1 - sigmoid(r - r_ref)`` fades
+   there). That is where a learned reward is least trustworthy, so the policy stops pushing it there
+   (less reward hacking at the same KL coefficient, as the paper reports). ``r_ref`` is ``center``, or,
+   unset, the mean reward of the first step's batch (the starting policy's), kept for the whole run.
+   Wang et al. take ``r_ref`` per prompt from the reference policy's samples; one value for every prompt
+   is what this leaves out, saving the reference samples;
+3. normalisation: per batch, ``(r - mean_batch) / std_batch``, or running, with the mean and std of every
    reward seen so far (:class:`RunningMoments`, Chan et al. 1979's parallel merge, saved with checkpoints);
-3. clipping to ``[-clip, clip]``.
+4. clipping to ``[-clip, clip]``.
 
 This is RL trainer logic (it depends on the batch and on the run's history), so it lives beside the RL
 trainer rather than with the reward sources of :mod:`rlxf.feedback`, which score one completion at a time.
@@ -39,12 +49,25 @@ class RewardShapingConfig:
     length_penalty: float = option(
         0.0, help="subtracted from the reward of a completion cut off at the token limit (no EOS or stop)"
     )
+    transform: Literal["none", "logsigmoid"] = option(
+        "none",
+        help="logsigmoid: log sigmoid(r - center), diminishing returns above the reference reward (Wang et "
+        "al. 2024), for a Bradley-Terry reward model's scores; none: the reward as it is",
+    )
+    center: float | None = option(
+        None,
+        help="the reference reward r_ref of transform=logsigmoid; unset: the first step's mean reward",
+    )
 
     def __post_init__(self) -> None:
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 (or unset), got {self.clip}")
         if not math.isfinite(self.length_penalty):
             raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        if self.center is not None and not math.isfinite(self.center):
+            raise ValueError(f"center must be a finite number (or unset), got {self.center}")
+        if self.center is not None and self.transform == "none":
+            raise ValueError("center is the reference reward of transform=logsigmoid: set transform too")
 
 
 class RunningMoments:
@@ -85,16 +108,27 @@ class RunningMoments:
         self.m2 = float(state["m2"])
 
 
+def logsigmoid_reward(rewards: torch.Tensor, center: float) -> torch.Tensor:
+    """``log sigmoid(r - r_ref)`` (Wang et al. 2024, eq. 3), elementwise: ``[N] -> [N]``, at most 0.
+
+    ``sigmoid(r - r_ref)`` is the Bradley-Terry probability of being preferred to a completion that scores
+    ``r_ref``; the log is about ``r - r_ref`` far below the reference and flattens to 0 far above it."""
+    return torch.nn.functional.logsigmoid(rewards - center)
+
+
 def shape_rewards(
     rewards: torch.Tensor,
     finish_reasons: Sequence[str],
     cfg: RewardShapingConfig,
     stats: RunningMoments | None = None,
+    center: float | None = None,
 ) -> torch.Tensor:
-    """Shaped rewards ``[N]``: length penalty, then normalisation, then clipping (each as ``cfg`` asks).
+    """Shaped rewards ``[N]``: length penalty, transform, normalisation, clipping (each as ``cfg`` asks).
 
     ``finish_reasons[i]`` is the rollout's (``"eos"``, ``"stop"`` or ``"length"``). ``stats`` is the
     running mean and std, needed (and updated with this batch) when ``cfg.normalize == "running"``.
+    ``center`` is the reference reward of ``transform="logsigmoid"`` (the caller's: ``cfg.center``, or the
+    first step's mean reward, which it keeps).
     """
     if rewards.dim() != 1 or len(finish_reasons) != rewards.shape[0]:
         raise ValueError(
@@ -102,6 +136,8 @@ def shape_rewards(
         )
     if cfg.normalize == "running" and stats is None:
         raise ValueError("normalize=running needs the RunningMoments to update (stats)")
+    if cfg.transform == "logsigmoid" and center is None:
+        raise ValueError("transform=logsigmoid needs the reference reward (center)")
     out = rewards.double()
     # 1. A completion that hit the token limit was cut off mid-text; penalising it (in the raw reward's
     #    units, before normalising) teaches the policy to finish within the budget rather than be rewarded
@@ -109,7 +145,10 @@ def shape_rewards(
     if cfg.length_penalty:
         truncated = torch.tensor([reason == "length" for reason in finish_reasons], device=out.device)
         out = out - cfg.length_penalty * truncated
-    # 2. Normalising puts rewards of any source on one scale, so the learning rate and KL coefficient
+    # 2. The transform, on the raw scale where r - r_ref is a Bradley-Terry log-odds (module docstring).
+    if cfg.transform == "logsigmoid":
+        out = logsigmoid_reward(out, center)
+    # 3. Normalising puts rewards of any source on one scale, so the learning rate and KL coefficient
     #    mean the same thing whatever the scorer. Batch: each batch is whitened on its own (a batch of
     #    one has no spread and becomes 0). Running: the statistics of all batches so far (this one
     #    included, so the first batch is not divided by an empty history) keep the scale steady from step
@@ -120,7 +159,7 @@ def shape_rewards(
     elif cfg.normalize == "running":
         stats.update(out)
         out = (out - stats.mean) / (stats.std + NORMALIZE_EPS)
-    # 3. Clipping last bounds what the learner sees: one outlier (a reward-model spike on an odd
+    # 4. Clipping last bounds what the learner sees: one outlier (a reward-model spike on an odd
     #    completion) cannot dominate the batch's gradient.
     if cfg.clip is not None:
         out = out.clamp(-cfg.clip, cfg.clip)

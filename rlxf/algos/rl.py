@@ -664,6 +664,8 @@ class RLTrainer:
             else FixedKLController(cfg.kl.coef)
         )
         self.reward_stats = RunningMoments()
+        # shaping.transform's reference reward: shaping.center, or the first step's mean (then kept).
+        self.reward_center: float | None = cfg.shaping.center
         self.samples_dir = run.path / "samples"
         self.record_sync(0)  # the engine was built holding the starting weights
 
@@ -929,7 +931,11 @@ class RLTrainer:
             from accelerate.utils import gather_object
 
             all_reasons = gather_object(all_reasons)
-        shaped_all = shape_rewards(all_rewards, all_reasons, cfg.shaping, self.reward_stats)  # [B_global]
+        if cfg.shaping.transform != "none" and self.reward_center is None:
+            self.reward_center = all_rewards.double().mean().item()  # the starting policy's mean reward
+        shaped_all = shape_rewards(
+            all_rewards, all_reasons, cfg.shaping, self.reward_stats, self.reward_center
+        )  # [B_global]
         shaped = shaped_all[self.local_rows(len(shaped_all))]  # [B]
         beta = self.kl_ctl.value
         in_reward = kl_tokens is not None and cfg.kl.placement == "reward"
@@ -1283,6 +1289,7 @@ class RLTrainer:
             start = ckpt.step
             self.kl_ctl.load_state_dict(ckpt.extra["kl_ctl"])
             self.reward_stats.load_state_dict(ckpt.extra["reward_stats"])
+            self.reward_center = ckpt.extra.get("reward_center", self.reward_center)
             self.sync_engine(start)  # the engine was built with the starting weights
         last: dict[str, float] = {}
         if start == 0 and self.has_eval:
@@ -1324,7 +1331,11 @@ class RLTrainer:
                 self.modules,
                 self.optimizer,
                 self.scheduler,
-                extra={"kl_ctl": self.kl_ctl.state_dict(), "reward_stats": self.reward_stats.state_dict()},
+                extra={
+                    "kl_ctl": self.kl_ctl.state_dict(),
+                    "reward_stats": self.reward_stats.state_dict(),
+                    "reward_center": self.reward_center,
+                },
                 keep_last=self.cfg.train.keep_last,
             )
         self.accelerator.wait_for_everyone()
