@@ -39,6 +39,10 @@ def test_the_demo_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, caps
     assert len(ppo_rows) == 120 and all("gold_reward" in row for row in ppo_rows)  # 60 openings x 2
     assert "proxy vs gold on held-out openings" in err
     assert summary["naturalness"]["distinct_2"]["ratio"] > 0
+    page = (out / "eval" / "report.html").read_text()
+    assert (
+        "Proxy vs gold (Gao et al. 2022)" in page and "Naturalness" in page
+    )  # the demo's report renders both
 
     assert main(argv) == 0
     assert capsys.readouterr().err.count("finished earlier, reusing") == 5
