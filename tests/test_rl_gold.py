@@ -21,12 +21,16 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_ppo import PROMPTS, REWARD_FILE, make_config
+import test_ppo
+from test_ppo import make_config
 
 from rlxf.algos.rl import RLConfig, RLTrainer, rl
 from rlxf.config import load_config
 from rlxf.train.metrics import read_metrics
 from rlxf.train.run import RunDir
+
+# test_ppo's fixture: 6 `train` prompts, 2 `test` (held out), the proxy fn:reward_fn.py:score
+setup = test_ppo.setup
 
 # The gold reward: the completion's length in characters (the proxy, test_ppo's `score`, is the share of
 # "e" in it: a number in [0, 1]). Loading and each call leave a line in gold_calls.txt beside the file.
@@ -43,21 +47,6 @@ def gold(prompts, completions):
         f.write(f"{len(completions)}\\n")
     return [float(len(c)) for c in completions]
 """
-
-
-@pytest.fixture
-def setup(tmp_path, tiny_model_dir):
-    """test_ppo's setting: 6 `train` prompts, 2 `test` prompts (held out), the proxy fn:reward_fn.py:score."""
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(
-            json.dumps({"prompt": p, "split": "train" if i < 6 else "test"}) + "\n"
-            for i, p in enumerate(PROMPTS)
-        )
-    )
-    reward = tmp_path / "reward_fn.py"
-    reward.write_text(REWARD_FILE)
-    return tmp_path, prompts, reward, tiny_model_dir
 
 
 @pytest.fixture
