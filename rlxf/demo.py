@@ -148,6 +148,9 @@ def demo_pipeline(cfg: DemoConfig) -> dict[str, Any]:
                     "chat_template": "never",
                     "reward": "model:${reward_model}",
                     "shaping": {"normalize": "running"},
+                    # GRPO on the same reward model (4 samples per opening, 16 openings per step, k3 KL in
+                    # the loss at 0.05, 36 steps, no critic) pushed the gold further, +0.864 with 99%
+                    # positive, but at a KL of 22.6 nats: words 3.95x, perplexity 0.57x, distinct-2 0.74x.
                     "estimator": "ppo",
                     "sampling": {**sampling, "n": 2},
                     "prompts_per_step": 32,  # 64 completions per step

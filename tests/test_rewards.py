@@ -10,12 +10,19 @@ import math
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rlxf.algos.reward_shaping import RewardShapingConfig, RunningMoments, logsigmoid_reward, shape_rewards
+from rlxf.algos.reward_shaping import (
+    RewardShapingConfig,
+    RunningMoments,
+    indicator_reward,
+    logsigmoid_reward,
+    shape_rewards,
+)
 from rlxf.data import encode_prompt
 from rlxf.feedback import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -428,6 +435,24 @@ def test_logsigmoid_transform_by_hand():
         RewardShapingConfig(transform="logsigmoid", center=float("nan"))
 
 
+def test_indicator_transform_by_hand():
+    # 1 strictly above the threshold, 0 at or below it
+    got = indicator_reward(torch.tensor([-0.5, 0.0, 0.05, 0.06, 0.9]), threshold=0.05)
+    assert got.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    # after the length penalty (raw units): 0.9 cut off at the limit with penalty 1 is -0.1, a failure
+    cfg = RewardShapingConfig(transform="indicator", center=0.05, length_penalty=1.0)
+    shaped = shape_rewards(torch.tensor([0.9, 0.9, 0.0]), ["eos", "length", "eos"], cfg, center=0.05)
+    assert shaped.tolist() == [1.0, 0.0, 0.0]
+    # then normalisation: [1, 0, 0] whitened by the batch (mean 1/3, unbiased std 1/sqrt(3))
+    batch = RewardShapingConfig(transform="indicator", center=0.05, normalize="batch")
+    shaped = shape_rewards(torch.tensor([0.9, 0.0, -0.3]), ["eos"] * 3, batch, center=0.05)
+    assert shaped.tolist() == pytest.approx(
+        [(2 / 3) * math.sqrt(3), -(1 / 3) * math.sqrt(3), -(1 / 3) * math.sqrt(3)]
+    )
+    with pytest.raises(ValueError, match="needs its threshold"):
+        RewardShapingConfig(transform="indicator")
+
+
 def test_clip_bounds_the_shaped_rewards():
     rewards = torch.tensor([-10.0, -0.5, 0.0, 0.5, 10.0])
     shaped = shape_rewards(rewards, ["eos"] * 5, RewardShapingConfig(clip=1.0))
@@ -441,3 +466,15 @@ def test_clip_bounds_the_shaped_rewards():
     with pytest.raises(ValueError, match="do not match"):
         shape_rewards(rewards, ["eos"], RewardShapingConfig())
     assert math.isfinite(RewardShapingConfig().length_penalty)
+
+
+@pytest.mark.parametrize("name", ["sentiment-grpo.yaml", "sentiment-ppo.yaml"])
+def test_sentiment_examples_build_their_configs(name):
+    # The examples are configs users copy: each must build (every field checked) before a model loads.
+    from rlxf.algos.rl import RLConfig
+    from rlxf.config import load_config
+
+    cfg = load_config(RLConfig, Path(__file__).resolve().parents[1] / "examples" / name)
+    assert cfg.reward == "sentiment" and cfg.eval_prompts_split == "test"
+    if name == "sentiment-grpo.yaml":  # positive share first: the indicator at VADER's positive threshold
+        assert (cfg.shaping.transform, cfg.shaping.center) == ("indicator", 0.05)

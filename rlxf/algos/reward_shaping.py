@@ -12,7 +12,12 @@ Four steps, in this order (:func:`shape_rewards`):
    (less reward hacking at the same KL coefficient, as the paper reports). ``r_ref`` is ``center``, or,
    unset, the mean reward of the first step's batch (the starting policy's), kept for the whole run.
    Wang et al. take ``r_ref`` per prompt from the reference policy's samples; one value for every prompt
-   is what this leaves out, saving the reference samples;
+   is what this leaves out, saving the reference samples. ``indicator``, ``u = 1[r > r_ref]``: a graded
+   score becomes a success reward ("is it positive?", "does it pass?"). With group advantages (GRPO,
+   RLOO) a group whose samples all succeed has no spread and no advantage, so the policy is pushed only
+   away from failures and never towards ever higher scores: the KL-regularised optimum is the reference
+   policy conditioned on success (Korbak et al. 2022, "RL with KL penalties is better viewed as Bayesian
+   inference"), not the scorer's extreme. Here ``r_ref`` is a threshold: give ``center``;
 3. normalisation: per batch, ``(r - mean_batch) / std_batch``, or running, with the mean and std of every
    reward seen so far (:class:`RunningMoments`, Chan et al. 1979's parallel merge, saved with checkpoints);
 4. clipping to ``[-clip, clip]``.
@@ -49,14 +54,16 @@ class RewardShapingConfig:
     length_penalty: float = option(
         0.0, help="subtracted from the reward of a completion cut off at the token limit (no EOS or stop)"
     )
-    transform: Literal["none", "logsigmoid"] = option(
+    transform: Literal["none", "logsigmoid", "indicator"] = option(
         "none",
         help="logsigmoid: log sigmoid(r - center), diminishing returns above the reference reward (Wang et "
-        "al. 2024), for a Bradley-Terry reward model's scores; none: the reward as it is",
+        "al. 2024), for a Bradley-Terry reward model's scores; indicator: 1 if r > center else 0, a "
+        "success reward (positive share first, no push past the threshold); none: the reward as it is",
     )
     center: float | None = option(
         None,
-        help="the reference reward r_ref of transform=logsigmoid; unset: the first step's mean reward",
+        help="the reference reward r_ref of the transform (indicator: the threshold, required); unset "
+        "with logsigmoid: the first step's mean reward",
     )
 
     def __post_init__(self) -> None:
@@ -67,7 +74,9 @@ class RewardShapingConfig:
         if self.center is not None and not math.isfinite(self.center):
             raise ValueError(f"center must be a finite number (or unset), got {self.center}")
         if self.center is not None and self.transform == "none":
-            raise ValueError("center is the reference reward of transform=logsigmoid: set transform too")
+            raise ValueError("center is the reference reward of shaping.transform: set transform too")
+        if self.transform == "indicator" and self.center is None:
+            raise ValueError("transform=indicator needs its threshold: set shaping.center (e.g. 0.05)")
 
 
 class RunningMoments:
@@ -116,6 +125,11 @@ def logsigmoid_reward(rewards: torch.Tensor, center: float) -> torch.Tensor:
     return torch.nn.functional.logsigmoid(rewards - center)
 
 
+def indicator_reward(rewards: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``1[r > threshold]`` elementwise, as the rewards' dtype: ``[N] -> [N]`` of 0s and 1s (a tie fails)."""
+    return (rewards > threshold).to(rewards.dtype)
+
+
 def shape_rewards(
     rewards: torch.Tensor,
     finish_reasons: Sequence[str],
@@ -127,8 +141,8 @@ def shape_rewards(
 
     ``finish_reasons[i]`` is the rollout's (``"eos"``, ``"stop"`` or ``"length"``). ``stats`` is the
     running mean and std, needed (and updated with this batch) when ``cfg.normalize == "running"``.
-    ``center`` is the reference reward of ``transform="logsigmoid"`` (the caller's: ``cfg.center``, or the
-    first step's mean reward, which it keeps).
+    ``center`` is the reference reward of the transform (the caller's: ``cfg.center``, or with
+    ``logsigmoid`` the first step's mean reward, which it keeps).
     """
     if rewards.dim() != 1 or len(finish_reasons) != rewards.shape[0]:
         raise ValueError(
@@ -136,8 +150,8 @@ def shape_rewards(
         )
     if cfg.normalize == "running" and stats is None:
         raise ValueError("normalize=running needs the RunningMoments to update (stats)")
-    if cfg.transform == "logsigmoid" and center is None:
-        raise ValueError("transform=logsigmoid needs the reference reward (center)")
+    if cfg.transform != "none" and center is None:
+        raise ValueError(f"transform={cfg.transform} needs the reference reward (center)")
     out = rewards.double()
     # 1. A completion that hit the token limit was cut off mid-text; penalising it (in the raw reward's
     #    units, before normalising) teaches the policy to finish within the budget rather than be rewarded
@@ -145,9 +159,11 @@ def shape_rewards(
     if cfg.length_penalty:
         truncated = torch.tensor([reason == "length" for reason in finish_reasons], device=out.device)
         out = out - cfg.length_penalty * truncated
-    # 2. The transform, on the raw scale where r - r_ref is a Bradley-Terry log-odds (module docstring).
+    # 2. The transform, on the raw scale (where r - r_ref is a Bradley-Terry log-odds; module docstring).
     if cfg.transform == "logsigmoid":
         out = logsigmoid_reward(out, center)
+    elif cfg.transform == "indicator":
+        out = indicator_reward(out, center)
     # 3. Normalising puts rewards of any source on one scale, so the learning rate and KL coefficient
     #    mean the same thing whatever the scorer. Batch: each batch is whitened on its own (a batch of
     #    one has no spread and becomes 0). Running: the statistics of all batches so far (this one
