@@ -14,10 +14,12 @@ Four steps, in this order (:func:`shape_rewards`):
    Wang et al. take ``r_ref`` per prompt from the reference policy's samples; one value for every prompt
    is what this leaves out, saving the reference samples. ``indicator``, ``u = 1[r > r_ref]``: a graded
    score becomes a success reward ("is it positive?", "does it pass?"). With group advantages (GRPO,
-   RLOO) a group whose samples all succeed has no spread and no advantage, so the policy is pushed only
-   away from failures and never towards ever higher scores: the KL-regularised optimum is the reference
+   RLOO) a group whose samples all succeed has no spread and no advantage: the reward pays for getting
+   past the threshold, not for scoring ever higher, and the KL-regularised optimum is the reference
    policy conditioned on success (Korbak et al. 2022, "RL with KL penalties is better viewed as Bayesian
-   inference"), not the scorer's extreme. Here ``r_ref`` is a threshold: give ``center``;
+   inference"), not the scorer's extreme. (On the way there a policy may still over-shoot, as insurance
+   against a sampled failure: measured in ``examples/sentiment-grpo.yaml``.) ``r_ref`` is a threshold
+   here: give ``center``;
 3. normalisation: per batch, ``(r - mean_batch) / std_batch``, or running, with the mean and std of every
    reward seen so far (:class:`RunningMoments`, Chan et al. 1979's parallel merge, saved with checkpoints);
 4. clipping to ``[-clip, clip]``.
