@@ -1,5 +1,6 @@
-"""The report table of a pipeline's eval stages (examples/ilql-sentiment.yaml): one row per stage folder
-holding an ``rlxf eval`` summary.json, in the order the pipeline ran them.
+"""The report of a pipeline's eval stages (examples/ilql-sentiment.yaml): one row per stage folder holding
+an ``rlxf eval`` summary.json, in the order the pipeline ran them, printed as a markdown table and written
+with a plot of held-out reward against perplexity under the start model to ``RUN/report.html``.
 
     .venv/bin/python examples/ilql_table.py runs/ilql-sentiment
 
@@ -11,33 +12,41 @@ baseline) in nats per completion, and the perplexity of the policy's completions
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 from pathlib import Path
 
+HEADER = [
+    "policy",
+    "held-out reward",
+    "start model",
+    "delta",
+    "win rate",
+    "KL",
+    "perplexity under the start model",
+]
 
-def row(name: str, summary: dict) -> str:
+
+def cells(name: str, summary: dict) -> list[str]:
     reward = summary["reward"]
     ilql = summary.get("ilql")
     decoding = "" if ilql is None else f" (beta {ilql['beta']:g})"
-    cells = [f"{name}{decoding}", f"{reward['policy']['mean']:+.3f} +- {reward['policy']['se']:.3f}"]
+    row = [f"{name}{decoding}", f"{reward['policy']['mean']:+.3f} +- {reward['policy']['se']:.3f}"]
     if "baseline" in reward:
-        cells += [f"{reward['baseline']['mean']:+.3f}", f"{reward['delta']:+.3f}"]
-        cells.append(f"{summary['win_rate']['value']:.3f}")
+        row += [f"{reward['baseline']['mean']:+.3f}", f"{reward['delta']:+.3f}"]
+        row.append(f"{summary['win_rate']['value']:.3f}")
     else:
-        cells += ["", "", ""]
+        row += ["", "", ""]
     kl = summary.get("kl")
-    cells.append(f"{kl['mean']:.2f}" if kl else "")
+    row.append(f"{kl['mean']:.2f}" if kl else "")
     perplexity = summary.get("perplexity_under_baseline")
-    cells.append(f"{perplexity['policy']:.2f} ({perplexity['baseline']:.2f})" if perplexity else "")
-    return "| " + " | ".join(cells) + " |"
+    row.append(f"{perplexity['policy']:.2f} ({perplexity['baseline']:.2f})" if perplexity else "")
+    return row
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__)
-        return 2
-    root = Path(argv[0])
+def eval_folders(root: Path) -> list[Path]:
+    """The eval stage folders under ``root``, in the pipeline's order (then by name)."""
     order = []
     pipeline = root / "pipeline.yaml"
     if pipeline.is_file():
@@ -48,14 +57,55 @@ def main(argv: list[str]) -> int:
     folders = sorted(
         (p.parent for p in root.glob("*/summary.json")), key=lambda p: (rank.get(p.name, len(rank)), p.name)
     )
-    print(
-        "| policy | held-out reward | start model | delta | win rate | KL | perplexity under the start model |"
+    return [f for f in folders if "policy" in json.loads((f / "summary.json").read_text()).get("reward", {})]
+
+
+def report_html(root: Path, rows: list[list[str]], summaries: list[dict]) -> str:
+    """A self-contained page: the table, and each policy's reward against its perplexity ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlxf.train.html import STYLE, png
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row, summary in zip(rows, summaries):
+        perplexity = summary.get("perplexity_under_baseline")
+        if perplexity:
+            ratio = perplexity["policy"] / perplexity["baseline"]
+            ax.scatter(ratio, summary["reward"]["policy"]["mean"])
+            ax.annotate(row[0], (ratio, summary["reward"]["policy"]["mean"]), fontsize=8)
+    ax.set_xlabel("perplexity under the start model / the start model's own")
+    ax.set_ylabel("held-out mean reward")
+    ax.axvline(1.5, color="#b3261e", linestyle=":", linewidth=1)
+    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"
+    for row in rows:
+        table += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(root.name)}</title><style>{STYLE}</style>"
+        f"<main><h1>Held-out evaluation: {html.escape(str(root))}</h1>"
+        "<p class='sub'>Each row is one eval stage against the start model (held-out openings).</p>"
+        f"<table>{table}</table><h2>Reward and drift</h2><figure><img src='{png(fig)}'><figcaption>"
+        "held-out reward against the perplexity ratio; the dotted line is the 1.5x bound</figcaption></figure>"
+        "</main>"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for folder in folders:
-        summary = json.loads((folder / "summary.json").read_text())
-        if "reward" in summary and "policy" in summary.get("reward", {}):
-            print(row(folder.name, summary))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    root = Path(argv[0])
+    folders = eval_folders(root)
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    rows = [cells(f.name, s) for f, s in zip(folders, summaries)]
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + " --- |" * len(HEADER))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    (root / "report.html").write_text(report_html(root, rows, summaries), encoding="utf-8")
+    print(f"report: {root / 'report.html'}")
     return 0
 
 

@@ -41,7 +41,16 @@ from rlxf.algos.text_mdp import (
 from rlxf.cli import main
 from rlxf.config import ConfigError, load_config
 from rlxf.data import IGNORE_INDEX, DataError
-from rlxf.models.ilql_heads import HEADS_FILE, SETTINGS_FILE, ILQLHeads, MLPHead, polyak_update_
+from rlxf.models.ilql_heads import (
+    HEADS_FILE,
+    SETTINGS_FILE,
+    ILQLHeads,
+    MLPHead,
+    TiedQHead,
+    load_heads,
+    polyak_update_,
+    save_heads,
+)
 from rlxf.rollout.ilql_decoding import ILQLDecoding, ilql_decoding, steered_logits
 from rlxf.train.metrics import read_metrics
 
@@ -217,6 +226,95 @@ def test_target_q_at_the_actions_equals_the_full_heads():
     assert list(frozen.parameters()) == [] and len(list(frozen.buffers())) == 4
 
 
+def test_a_tied_q_head_by_hand():
+    """Q(s, a) = e_a . u(h) + b_a with u(h) = W2 relu(W1 h + b1) + b2; it starts at 0 everywhere."""
+    head = TiedQHead(hidden_size=2, vocab_size=3)
+    embedding = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])  # [vocab 3, H 2]
+    hidden = torch.tensor([[1.0, -2.0]])
+    assert torch.equal(head(hidden, embedding), torch.zeros(1, 3))  # W2, b2 and the bias start at zero
+    with torch.no_grad():
+        head.w1.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))  # [2H 4, H 2]
+        head.b1.copy_(torch.tensor([0.0, 0.0, 0.5, 0.0]))
+        head.w2.copy_(torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 2.0]]))  # [H 2, 2H 4]
+        head.b2.copy_(torch.tensor([0.0, 1.0]))
+        head.bias.copy_(torch.tensor([0.5, 0.0, -1.0]))
+    # relu(W1 h + b1) = relu([1, -2, -0.5, 0]) = [1, 0, 0, 0]; u = W2 [1, 0, 0, 0] + b2 = [1, 1]
+    # Q = E u + bias = [1 + 0.5, 1 + 0, 0 - 1] = [1.5, 1.0, -1.0]
+    assert head(hidden, embedding).tolist() == [[1.5, 1.0, -1.0]]
+    actions = torch.tensor([2])
+    assert head.at(hidden, actions, embedding).tolist() == [-1.0]
+    with pytest.raises(ValueError, match="output embeddings"):
+        head(hidden)
+    frozen = TiedQHead(2, 3, trainable=False)
+    assert list(frozen.parameters()) == [] and len(list(frozen.buffers())) == 5
+
+
+def test_tied_heads_targets_advantage_and_their_files(tmp_path):
+    """The target of tied heads at the actions equals the full heads; the file keeps no embedding (it is
+    the LM's) and loads back as tied heads with the same advantage."""
+    torch.manual_seed(2)
+    heads = ILQLHeads(hidden_size=4, vocab_size=7, num_q=2, q_head="tied")
+    assert [type(h) for h in heads.q] == [TiedQHead, TiedQHead]
+    with torch.no_grad():
+        for i, head in enumerate(heads.q):
+            for tensor in head.tensors():
+                tensor.normal_(0.0, 1.0 + i)
+    heads.polyak_update(1.0)
+    embedding, hidden, actions = torch.randn(7, 4), torch.randn(3, 5, 4), torch.randint(0, 7, (3, 5))
+    full = torch.stack([head(hidden, embedding) for head in heads.target_q]).min(0).values  # [3, 5, 7]
+    at_actions = heads.target_q_at(hidden, actions, embedding)
+    assert torch.allclose(at_actions, full.gather(-1, actions[..., None])[..., 0], atol=1e-5)
+    advantage = heads.advantage(hidden, embedding)
+    assert torch.allclose(advantage, full - heads.value(hidden)[..., None])
+    save_heads(heads, tmp_path, {"beta": 1.0, "top_k": 0})
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["q_head"] == "tied"
+    loaded = load_heads(tmp_path)
+    assert loaded.q_head == "tied" and isinstance(loaded.target_q[0], TiedQHead)
+    assert torch.allclose(loaded.advantage(hidden, embedding), advantage)
+    # a settings file from before tied heads (no q_head) reads as MLP heads
+    mlp = ILQLHeads(hidden_size=4, vocab_size=7, num_q=1)
+    (tmp_path / "old").mkdir()
+    save_heads(mlp, tmp_path / "old", {"beta": 1.0, "top_k": 0})
+    settings = json.loads((tmp_path / "old" / SETTINGS_FILE).read_text())
+    del settings["q_head"]
+    (tmp_path / "old" / SETTINGS_FILE).write_text(json.dumps(settings))
+    assert load_heads(tmp_path / "old").q_head == "mlp"
+
+
+def test_the_policy_term_learns_from_the_top_share_only(tiny_model_dir, tmp_path):
+    """policy_top_share 0.5: the records with the top half of the rewards carry policy weight 1, the others
+    0, and their actions add nothing to the policy term; the heads' terms still cover every action."""
+    from rlxf.algos.ilql import ilql_terms, read_rated_data
+    from rlxf.models.load import ModelConfig, load_model
+
+    records = [
+        {"prompt": PROMPTS[i % 4], "completion": GOOD, "rating": float(r)} for i, r in enumerate([3, 1, 4, 2])
+    ]
+    data = write_jsonl(tmp_path / "ratings.jsonl", records)
+    cfg = make_config(
+        tiny_model_dir, data, tmp_path / "run", policy_top_share=0.5, train={"global_batch_size": 4}
+    )
+    rated = read_rated_data(cfg)
+    assert [e["policy_weight"] for e in rated.train] == [
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+    ]  # ratings 3 and 4 are the top half
+    batch = collate_ilql(rated.train, pad_id=0)
+    assert batch["policy_weight"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    model, _ = load_model(ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32"))
+    torch.manual_seed(0)
+    terms = ilql_terms(ILQLModel(model), batch, cfg)
+    row = batch["action_mask"].bool().nonzero()[:, 0]  # [N]: the record of each action
+    kept = (row == 0) | (row == 2)
+    assert torch.equal(terms.awac_loss[~kept], torch.zeros(int((~kept).sum())))
+    assert torch.allclose(terms.awac_loss[kept], terms.nll[kept])
+    assert bool((terms.q_loss[~kept] > 0).all())  # the Q heads learn from every record
+    plain = make_config(tiny_model_dir, data, tmp_path / "r2", train={"global_batch_size": 4})
+    assert collate_ilql(read_rated_data(plain).train, pad_id=0)["policy_weight"].tolist() == [1.0] * 4
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 
 
@@ -254,17 +352,22 @@ def test_detached_heads_leave_the_trunk_to_the_policy_term(tiny_model_dir, detac
     assert touched is not detach
 
 
-def test_beta_zero_decodes_as_the_plain_lm_and_the_hook_sees_the_training_heads(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("q_head", ["mlp", "tied"])
+def test_beta_zero_decodes_as_the_plain_lm_and_the_hook_sees_the_training_heads(
+    tiny_model_dir, tmp_path, q_head
+):
     """The heads attached with beta 0 and no top-k change no greedy token; the hook's advantage is the
-    heads' advantage at the hidden state training reads."""
-    from rlxf.models.ilql_heads import save_heads
+    heads' advantage at the hidden state training reads (tied heads: with the LM's output embeddings)."""
     from rlxf.models.load import ModelConfig, load_model
     from rlxf.rollout.engine import SamplingConfig
     from rlxf.rollout.hf import HFEngine
 
     model, tokenizer = load_model(ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32"))
     torch.manual_seed(0)
-    wrapped = ILQLModel(model)
+    wrapped = ILQLModel(model, q_head=q_head)
+    with torch.no_grad():  # tied heads start at Q = 0: give them values
+        for head in wrapped.heads.target_q:
+            head.w2.normal_()
     folder = tmp_path / "heads"
     folder.mkdir()
     save_heads(wrapped.heads, folder, {"beta": 1.0, "top_k": 0})
@@ -283,8 +386,9 @@ def test_beta_zero_decodes_as_the_plain_lm_and_the_hook_sees_the_training_heads(
         logits = model(input_ids=ids).logits
         steered_heads = ILQLDecoding(folder, 2.0, 0).attach(model)
         steered = model(input_ids=ids).logits
-    expected = torch.log_softmax(logits, -1) + 2.0 * wrapped.heads.advantage(hidden)
-    assert torch.allclose(steered, expected, atol=1e-5)
+    embedding = model.get_output_embeddings().weight
+    expected = torch.log_softmax(logits, -1) + 2.0 * wrapped.heads.advantage(hidden, embedding)
+    assert torch.allclose(steered, expected, atol=1e-4)
     steered_heads.hook.remove()
 
 
@@ -483,7 +587,14 @@ def test_bad_input_stops_before_any_model_loads(
 
 def test_config_checks():
     base = {"data": "d.jsonl", "out": "o"}
-    for key, value in (("tau", 1.0), ("gamma", 1.5), ("polyak_alpha", 0.0), ("objective", "awr")):
+    for key, value in (
+        ("tau", 1.0),
+        ("gamma", 1.5),
+        ("polyak_alpha", 0.0),
+        ("objective", "awr"),
+        ("q_head", "linear"),
+        ("policy_top_share", 0.0),
+    ):
         with pytest.raises(ConfigError):
             load_config(ILQLConfig, overrides={**base, key: value})
 
@@ -549,3 +660,22 @@ def test_the_command_line_trains_then_generates_and_evaluates_with_the_heads(
         [sys.executable, str(table), str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert "| eval (beta 1) |" in shown.stdout and "perplexity under the start model" in shown.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert "<td>eval (beta 1)</td>" in page and "data:image/png;base64," in page
+
+
+def test_the_review_example_plans_every_stage(tmp_path):
+    """examples/ilql-sentiment.yaml builds every stage's config (bad options would stop it before work)."""
+    from rlxf.pipeline import PipelineConfig, plan
+
+    example = Path(__file__).parents[1] / "examples" / "ilql-sentiment.yaml"
+    cfg = load_config(PipelineConfig, example, overrides={"out": str(tmp_path / "run")})
+    stages = {stage.spec.name: stage for stage in plan(cfg)}
+    ilql_stage = load_config(ILQLConfig, overrides=stages["ilql"].options)
+    assert (ilql_stage.q_head, ilql_stage.policy_top_share, ilql_stage.detach_heads) == ("tied", 0.1, True)
+    assert [s for s in stages if s.startswith("eval_")] == [
+        "eval_beta0",
+        "eval_beta1",
+        "eval_beta2",
+        "eval_filtered_bc",
+    ]

@@ -11,8 +11,11 @@ trlX does, so one set of scales (``cql_scale``, ``beta``) fits any reward's rang
 **ILQL** (Snell et al. 2023, "Offline RL for Natural Language Generation with Implicit Language Q
 Learning", ICLR; equations of section 4, defaults of its code and of trlX's ``ILQLConfig``). On the LM's
 final hidden state sit ``num_q_heads`` Q heads ``Q_i(s, .)`` over the vocabulary, their Polyak-averaged
-targets ``Q̂_i`` and a V head (:class:`~rlxf.models.ilql_heads.ILQLHeads`). Per action ``(s, a, r, s',
-done)`` of the data, with ``Q̂(s, a) = min_i Q̂_i(s, a)``:
+targets ``Q̂_i`` and a V head (:class:`~rlxf.models.ilql_heads.ILQLHeads`). A Q head is trlX's MLP with an
+output row per token (``q_head: mlp``) or ``Q(s, a) = e_a . u(h) + b_a`` over the LM's output embeddings
+``e_a`` (``q_head: tied``, :class:`~rlxf.models.ilql_heads.TiedQHead`: a token's value carries over to the
+tokens embedded near it). Per action ``(s, a, r, s', done)`` of the data, with
+``Q̂(s, a) = min_i Q̂_i(s, a)``:
 
 * V by **expectile regression** on the target Q (IQL: Kostrikov et al. 2022, "Offline Reinforcement
   Learning with Implicit Q-Learning", eq. 5), which makes ``V`` an upper expectile ``tau`` of the data's
@@ -35,9 +38,11 @@ done)`` of the data, with ``Q̂(s, a) = min_i Q̂_i(s, a)``:
   log-likelihood of the data's actions. With ``awac_beta = 0`` (the default) it is unweighted, as in
   trlX and the paper's code: the LM stays the behaviour policy ``pi_beta`` that decoding re-weights.
   ``awac_beta > 0`` weights each token's NLL by ``min(exp(awac_beta * (Q̂(s,a) - V(s))), awac_max_weight)``
-  (AWAC: Nair et al. 2020, eq. 12; the clip as in AWR, Peng et al. 2019)::
+  (AWAC: Nair et al. 2020, eq. 12; the clip as in AWR, Peng et al. 2019). ``policy_top_share < 1``
+  restricts the term to the records with the top share of the rewards (``m = 1`` there, 0 elsewhere), so
+  the LM decoding re-weights is filtered BC's while the heads still learn from every record::
 
-      L_pi = -w(s, a) log pi_LM(a | s)                                              (awac_loss)
+      L_pi = -m(record) w(s, a) log pi_LM(a | s)                                    (awac_loss)
 
   so ``L = L_Q + L_V + cql_scale L_CQL + awac_scale L_pi``, summed over the actions of a micro-batch and
   divided by the number of actions of the whole optimizer step (the shared loop's normalisation:
@@ -114,7 +119,7 @@ from rlxf.data import (
 )
 from rlxf.data.collate import pad
 from rlxf.data.errors import show
-from rlxf.models.ilql_heads import ILQLHeads, polyak_update_, save_heads
+from rlxf.models.ilql_heads import ILQLHeads, QHeadKind, polyak_update_, save_heads
 from rlxf.models.load import load_tokenizer
 from rlxf.models.registry import resolve_model
 from rlxf.train.distributed import check_launch
@@ -193,6 +198,17 @@ class ILQLConfig(RunConfig):
     )
     target_sync_every: int = option(1, help="update the target heads every N optimizer steps")
     num_q_heads: int = option(2, help="Q heads; the target is the minimum over them (clipped double Q)")
+    q_head: QHeadKind = option(
+        "mlp",
+        help="mlp: a Q head with its own output row per token (trlX); tied: Q(s, a) = e_a . u(h) + b_a over the "
+        "LM's output embeddings e_a, so a token's value carries over to tokens embedded near it",
+    )
+    policy_top_share: float = option(
+        1.0,
+        help="the policy term learns from this share of the training records, highest reward first: 1 is "
+        "ILQL's behaviour cloning of all the data; below 1 the LM is filtered BC's and the heads still learn "
+        "from every record",
+    )
     detach_heads: bool = option(
         False,
         help="true: the heads learn on the trunk's features without training it (only the policy term "
@@ -239,6 +255,10 @@ class ILQLConfig(RunConfig):
             raise ValueError("target_sync_every and num_q_heads must be >= 1")
         if not 0.0 < self.bc_top_share <= 1.0:
             raise ValueError(f"bc_top_share must be in (0, 1], got {self.bc_top_share}")
+        if not 0.0 < self.policy_top_share <= 1.0:
+            raise ValueError(f"policy_top_share must be in (0, 1], got {self.policy_top_share}")
+        if self.q_head not in get_args(QHeadKind):
+            raise ValueError(f"q_head must be one of {get_args(QHeadKind)}, got {self.q_head!r}")
         if self.decode_top_k < 0:
             raise ValueError(f"decode_top_k must be >= 0, got {self.decode_top_k}")
         if self.max_length < 2:
@@ -322,13 +342,16 @@ class ILQLForward(NamedTuple):
 class ILQLModel(torch.nn.Module):
     """The LM (:attr:`lm`, what ``model/`` holds) and its ILQL heads (:attr:`heads`) on its final hidden state."""
 
-    def __init__(self, lm: torch.nn.Module, num_q: int = 2, detach_heads: bool = False) -> None:
+    def __init__(
+        self, lm: torch.nn.Module, num_q: int = 2, detach_heads: bool = False, q_head: QHeadKind = "mlp"
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.detach_heads = detach_heads  # the heads read the trunk's features without training it
         self.config = lm.config
         output = lm.get_output_embeddings()  # the heads read what this layer reads
-        self.heads = ILQLHeads(output.in_features, output.out_features, num_q).to(output.weight.device)
+        self.heads = ILQLHeads(output.in_features, output.out_features, num_q, q_head=q_head)
+        self.heads.to(output.weight.device)
 
     def forward(
         self,
@@ -345,13 +368,14 @@ class ILQLModel(torch.nn.Module):
         )
         mask = action_mask.bool()  # [B, T-1]
         states = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: s_t, whose action is x_{t+1}
+        embedding = self.lm.get_output_embeddings().weight  # [vocab, H]: what tied Q heads read
         if self.detach_heads:  # only the policy term trains the trunk: the LM stays the behaviour policy
-            states = states.detach()
+            states, embedding = states.detach(), embedding.detach()
         hidden = states[mask]  # [N, H]: only the states where an action is taken
         taken = actions[mask]  # [N]
-        q = [head(hidden).float() for head in self.heads.q]  # num_q x [N, vocab]
+        q = [head(hidden, embedding).float() for head in self.heads.q]  # num_q x [N, vocab]
         with torch.no_grad():
-            target_q = self.heads.target_q_at(hidden, taken).float()  # [N]
+            target_q = self.heads.target_q_at(hidden, taken, embedding).float()  # [N]
         values = self.heads.value(states).float()  # [B, T-1]: V at every state
         return ILQLForward(
             logits=out.logits[:, :-1][mask].float(),
@@ -376,7 +400,7 @@ class ILQLTerms(NamedTuple):
     q_loss: torch.Tensor  # summed over the Q heads
     v_loss: torch.Tensor
     cql_loss: torch.Tensor  # summed over the Q heads
-    awac_loss: torch.Tensor  # weighted NLL (the plain NLL when awac_beta is 0)
+    awac_loss: torch.Tensor  # weighted NLL (the plain NLL when awac_beta is 0; 0 off the policy_top_share)
     nll: torch.Tensor  # the LM's NLL of the action (no gradient)
     q: torch.Tensor  # mean over the heads of Q_i(s, a) (no gradient)
     v: torch.Tensor  # (no gradient)
@@ -398,6 +422,8 @@ def ilql_terms(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: ILQL
     )
     mask = batch["action_mask"].bool()
     actions, rewards, dones = batch["actions"][mask], batch["rewards"][mask], batch["dones"][mask]
+    # [N]: 1 where the action's record is one the policy term learns from (policy_top_share), else 0
+    policy_weight = batch["policy_weight"][mask.nonzero()[:, 0]]
     target = bellman_target(rewards, out.next_v, dones, cfg.gamma)  # [N]
     q_taken = [q.gather(-1, actions.unsqueeze(-1)).squeeze(-1) for q in out.q]  # num_q x [N]
     advantage = (out.target_q - out.v).detach()
@@ -407,7 +433,7 @@ def ilql_terms(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: ILQL
         q_loss=sum(q_loss(q, target) for q in q_taken),
         v_loss=value_loss(out.target_q, out.v, cfg.tau),
         cql_loss=sum(cql_loss(q, actions) for q in out.q),
-        awac_loss=nll if weights is None else weights * nll,
+        awac_loss=policy_weight * (nll if weights is None else weights * nll),
         nll=nll.detach(),
         q=torch.stack(q_taken).mean(0).detach(),
         v=out.v.detach(),
@@ -455,7 +481,8 @@ def count_actions(batch: dict[str, Any]) -> int:
 
 
 def collate_ilql(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` ``[B, T]``, each record's ``reward`` ``[B]`` and the
+    """Right-padded ``input_ids``, ``attention_mask`` ``[B, T]``, each record's ``reward`` and
+    ``policy_weight`` (1 unless the record says otherwise) ``[B]`` and the
     MDP arrays ``actions``, ``action_mask``, ``rewards``, ``dones``, ``next_state`` ``[B, T-1]``
     (:func:`~rlxf.algos.text_mdp.build_mdp`)."""
     input_ids = pad([f["input_ids"] for f in features], pad_id)
@@ -463,11 +490,14 @@ def collate_ilql(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, t
     lengths = torch.tensor([len(f["input_ids"]) for f in features])
     attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
     reward = torch.tensor([float(f["reward"]) for f in features], dtype=torch.float32)
+    # 1 for a record the policy term learns from (ILQLConfig.policy_top_share); every record by default
+    policy_weight = torch.tensor([float(f.get("policy_weight", 1.0)) for f in features])
     mdp = build_mdp(input_ids, labels, reward)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "reward": reward,
+        "policy_weight": policy_weight,
         "actions": mdp.actions,
         "action_mask": mdp.action_mask,
         "rewards": mdp.rewards,
@@ -554,7 +584,7 @@ class RatedData:
     reward_field: str
     reward_mean: float
     reward_std: float
-    threshold: float | None = None  # filtered BC: the lowest training reward kept
+    threshold: float | None = None  # filtered BC, or ILQL's policy term: the lowest training reward kept
 
 
 def read_rated_data(cfg: ILQLConfig) -> RatedData:
@@ -592,6 +622,18 @@ def read_rated_data(cfg: ILQLConfig) -> RatedData:
     for examples, rewards in ((train, train_rewards), (held_out, eval_rewards)):
         for example, reward in zip(examples, rewards):
             example["reward"] = (reward - mean) / std
+    if cfg.objective == "ilql" and cfg.policy_top_share < 1.0:
+        kept, threshold = top_share(train_rewards, cfg.policy_top_share)
+        logger.info(
+            f"the policy term learns from {len(kept)} of {len(train)} training records (the top "
+            f"{cfg.policy_top_share:.0%} by {name}, >= {threshold:.4g}); the heads from all of them"
+        )
+        for example in train:
+            example["policy_weight"] = 0.0
+        for i in kept:
+            train[i]["policy_weight"] = 1.0
+        for example, reward in zip(held_out, eval_rewards):  # held out at the training threshold
+            example["policy_weight"] = float(reward >= threshold)
     return RatedData(tokenizer, train, held_out, name, mean, std, threshold)
 
 
@@ -619,7 +661,7 @@ def ilql(cfg: ILQLConfig) -> RunResult:
     lm, _ = load_trainable_model(cfg)
     if cfg.objective == "filtered_bc":
         return _fit_bc(cfg, lm, data, collate)
-    model = ILQLModel(lm, cfg.num_q_heads, detach_heads=cfg.detach_heads)
+    model = ILQLModel(lm, cfg.num_q_heads, detach_heads=cfg.detach_heads, q_head=cfg.q_head)
 
     # 3. Losses: summed over actions; the loop divides by the step's number of actions.
     def score(model: torch.nn.Module, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -662,6 +704,7 @@ def ilql(cfg: ILQLConfig) -> RunResult:
         "reward_mean": data.reward_mean,
         "reward_std": data.reward_std,
         "standardized": cfg.standardize_rewards,
+        "policy_top_share": cfg.policy_top_share,
     }
 
     def after_step(step: int) -> None:

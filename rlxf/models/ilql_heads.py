@@ -9,16 +9,28 @@ head on the hidden state ``h_t`` the LM's output layer reads (after the final no
   buffers, not parameters, so no optimizer touches them and a checkpoint holds them (exact resume);
 * ``V(s_t)``: one value per state.
 
-Each head is trlX's ``make_head``: a two-layer MLP ``W2 relu(W1 h + b1) + b2`` with a hidden width of twice
-the LM's (:class:`MLPHead`), initialised as ``torch.nn.Linear`` is.
+The V head is trlX's ``make_head``: a two-layer MLP ``W2 relu(W1 h + b1) + b2`` with a hidden width of
+twice the LM's (:class:`MLPHead`), initialised as ``torch.nn.Linear`` is. A Q head is one of two kinds
+(``q_head``):
+
+* ``mlp`` (trlX's, the default): the same MLP with one output per token, ``[H] -> [2H] -> [vocab]``: its last
+  layer alone has ``2 H x vocab`` weights (57M for SmolLM2's 49,152 tokens), each token's row learnt from the
+  actions where that token was taken;
+* ``tied`` (:class:`TiedQHead`): ``Q(s, a) = e_a . u(h) + b_a``, where ``u`` is an MLP ``[H] -> [2H] -> [H]``
+  and ``e_a`` is token ``a``'s row of the LM's output layer ``E`` (``[vocab, H]``, read, never copied into
+  the heads). The value of a token then generalises to the tokens the LM embeds near it ("great" teaches
+  "wonderful"), which is what a few thousand rated texts need; the head has ``5 H^2 + vocab`` parameters
+  (1.7M for SmolLM2), and its last layer starts at zero, so every Q starts at 0. Its ``forward`` takes ``E``.
 
 **Files.** An ILQL model folder is a plain Hugging Face LM folder (``AutoModelForCausalLM`` loads it and
 ignores the rest) with two more files in it:
 
 * ``ilql_heads.safetensors``: the target Q heads and the V head, what decoding needs
-  (``target_q.{i}.w1`` ... ``v.b2``); the online Q heads are a training-time thing and are not kept;
-* ``ilql.json``: the heads' shapes, the decoding defaults (``beta``, ``top_k``) and the training run's
-  reward standardisation (``reward_mean``, ``reward_std``), for the record.
+  (``target_q.{i}.w1`` ... ``v.b2``); the online Q heads are a training-time thing and are not kept; tied Q
+  heads are read with the output layer of the LM saved beside them;
+* ``ilql.json``: the heads' shapes and kind (``q_head``; a file without one is ``mlp``), the decoding
+  defaults (``beta``, ``top_k``) and the training run's reward standardisation (``reward_mean``,
+  ``reward_std``), for the record.
 
 :func:`save_heads` writes both, :func:`read_settings` and :func:`load_heads` read them back; decoding with
 them is :mod:`rlxf.rollout.ilql_decoding`.
@@ -29,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +50,8 @@ HEADS_FILE = "ilql_heads.safetensors"
 SETTINGS_FILE = "ilql.json"
 FORMAT = "rlxf-ilql/1"
 HEAD_WIDTH = 2  # hidden width of a head's MLP, in multiples of the LM's hidden size (trlX's make_head)
+QHeadKind = Literal["mlp", "tied"]
+"""A Q head: ``mlp``, one output row per token (trlX); ``tied``, the LM's output embeddings (:class:`TiedQHead`)."""
 
 
 def polyak_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], alpha: float) -> None:
@@ -75,14 +89,74 @@ class MLPHead(torch.nn.Module):
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(F.linear(x.to(self.w1.dtype), self.w1, self.b1))  # [..., width]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., hidden] -> [..., out]``; ``embedding`` is not read (the signature of :class:`TiedQHead`)."""
         return F.linear(self.hidden(x), self.w2, self.b2)  # [..., out]
 
-    def at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def at(self, x: torch.Tensor, index: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """``forward(x)[..., index]`` for one output per row without the full ``[..., out]`` tensor:
         ``x`` ``[..., hidden]``, ``index`` ``[...]`` -> ``[...]`` (a target Q at the data's actions)."""
         rows = F.embedding(index, self.w2)  # [..., width]: the rows of W2 that are needed
         return (self.hidden(x) * rows).sum(-1) + self.b2[index]
+
+
+class TiedQHead(torch.nn.Module):
+    """``Q(s, .) = E u(h) + b``: ``u(h) = W2 relu(W1 h + b1) + b2`` maps the hidden state ``[..., H]`` to a
+    vector of the same width, whose dot product with each token's output embedding (the rows of the LM's
+    output layer ``E``, ``[vocab, H]``, passed to every call) plus a per-token bias ``b`` is that token's Q
+    value (module docstring). ``W2``, ``b2`` and ``b`` start at zero: Q is 0 everywhere before training.
+
+    ``trainable=False`` makes every tensor a buffer, as :class:`MLPHead`'s.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, *, trainable: bool = True) -> None:
+        super().__init__()
+        width = HEAD_WIDTH * hidden_size
+        first = torch.nn.Linear(hidden_size, width)
+        tensors = {
+            "w1": first.weight,
+            "b1": first.bias,
+            "w2": torch.zeros(hidden_size, width),
+            "b2": torch.zeros(hidden_size),
+            "bias": torch.zeros(vocab_size),
+        }
+        for name, tensor in tensors.items():
+            if trainable:
+                self.register_parameter(name, torch.nn.Parameter(tensor.detach().clone()))
+            else:
+                self.register_buffer(name, tensor.detach().clone())
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.w1, self.b1, self.w2, self.b2, self.bias]
+
+    def direction(self, x: torch.Tensor) -> torch.Tensor:
+        """``u(h)``: ``[..., H] -> [..., H]``, in the output embeddings' space."""
+        hidden = F.relu(F.linear(x.to(self.w1.dtype), self.w1, self.b1))  # [..., 2H]
+        return F.linear(hidden, self.w2, self.b2)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., H] -> [..., vocab]``, with ``embedding`` the LM's output layer weight ``[vocab, H]``."""
+        weight = _required(embedding)
+        return F.linear(self.direction(x), weight.to(self.w1.dtype), self.bias)
+
+    def at(self, x: torch.Tensor, index: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(x, embedding)[..., index]`` without the ``[..., vocab]`` tensor: ``[..., H]``, ``[...]`` ->
+        ``[...]``."""
+        rows = F.embedding(index, _required(embedding)).to(self.w1.dtype)  # [..., H]: the actions' embeddings
+        return (self.direction(x) * rows).sum(-1) + self.bias[index]
+
+
+def _required(embedding: torch.Tensor | None) -> torch.Tensor:
+    if embedding is None:
+        raise ValueError("tied Q heads read the LM's output embeddings: pass its output layer's weight")
+    return embedding
+
+
+def q_head_class(kind: QHeadKind) -> type[MLPHead] | type[TiedQHead]:
+    """The module of one Q head of kind ``kind``."""
+    if kind not in get_args(QHeadKind):
+        raise ValueError(f"q_head must be one of {get_args(QHeadKind)}, got {kind!r}")
+    return MLPHead if kind == "mlp" else TiedQHead
 
 
 class HeadValues(NamedTuple):
@@ -93,43 +167,55 @@ class HeadValues(NamedTuple):
 
 
 class ILQLHeads(torch.nn.Module):
-    """``num_q`` Q heads, their Polyak-averaged targets and a V head (module docstring).
+    """``num_q`` Q heads of kind ``q_head``, their Polyak-averaged targets and a V head (module docstring).
 
-    ``trainable=False`` builds the decoding form: no online Q heads, and every tensor a buffer (what
-    :func:`load_heads` returns).
+    Every method that gives Q values takes ``embedding``, the LM's output layer weight ``[vocab, H]``: tied Q
+    heads read it, MLP ones do not (``None`` is then fine). ``trainable=False`` builds the decoding form: no
+    online Q heads, and every tensor a buffer (what :func:`load_heads` returns).
     """
 
-    def __init__(self, hidden_size: int, vocab_size: int, num_q: int = 2, *, trainable: bool = True) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        num_q: int = 2,
+        *,
+        trainable: bool = True,
+        q_head: QHeadKind = "mlp",
+    ) -> None:
         super().__init__()
         if num_q < 1:
             raise ValueError(f"num_q must be >= 1, got {num_q}")
-        self.hidden_size, self.vocab_size, self.num_q = hidden_size, vocab_size, num_q
+        head = q_head_class(q_head)
+        self.hidden_size, self.vocab_size, self.num_q, self.q_head = hidden_size, vocab_size, num_q, q_head
         self.q = torch.nn.ModuleList(
-            [MLPHead(hidden_size, vocab_size) for _ in range(num_q)] if trainable else []
+            [head(hidden_size, vocab_size) for _ in range(num_q)] if trainable else []
         )
         self.target_q = torch.nn.ModuleList(
-            [MLPHead(hidden_size, vocab_size, trainable=False) for _ in range(num_q)]
+            [head(hidden_size, vocab_size, trainable=False) for _ in range(num_q)]
         )
         for target, online in zip(self.target_q, self.q):  # the targets start as copies
             polyak_update_(target.tensors(), online.tensors(), 1.0)
         self.v = MLPHead(hidden_size, 1, trainable=trainable)
 
-    def forward(self, hidden: torch.Tensor) -> HeadValues:
+    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor | None = None) -> HeadValues:
         """The online Q heads over the vocabulary and V, at ``hidden`` ``[..., H]`` (training)."""
-        return HeadValues([head(hidden) for head in self.q], self.value(hidden))
+        return HeadValues([head(hidden, embedding) for head in self.q], self.value(hidden))
 
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.v(hidden).squeeze(-1)  # [...]
 
-    def target_q_at(self, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def target_q_at(
+        self, hidden: torch.Tensor, actions: torch.Tensor, embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``min_i Q̂_i(s, a)`` at the given actions: ``[..., H]``, ``[...]`` -> ``[...]``."""
-        values = torch.stack([head.at(hidden, actions) for head in self.target_q])  # [num_q, ...]
+        values = torch.stack([head.at(hidden, actions, embedding) for head in self.target_q])  # [num_q, ...]
         return values.min(dim=0).values
 
-    def advantage(self, hidden: torch.Tensor) -> torch.Tensor:
+    def advantage(self, hidden: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """``min_i Q̂_i(s, .) - V(s)`` over the vocabulary, ``[..., H] -> [..., vocab]`` (decoding)."""
-        target = torch.stack([head(hidden) for head in self.target_q]).min(dim=0).values  # [..., vocab]
-        return target - self.value(hidden).unsqueeze(-1)
+        target = torch.stack([head(hidden, embedding) for head in self.target_q]).min(dim=0).values
+        return target - self.value(hidden).unsqueeze(-1)  # [..., vocab]
 
     def polyak_update(self, alpha: float) -> None:
         """Move every target head ``alpha`` of the way to its online head."""
@@ -157,6 +243,7 @@ def save_heads(heads: ILQLHeads, folder: str | Path, settings: dict[str, Any]) -
         "hidden_size": heads.hidden_size,
         "vocab_size": heads.vocab_size,
         "num_q": heads.num_q,
+        "q_head": heads.q_head,
         **settings,
     }
     (folder / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -189,6 +276,9 @@ def read_settings(folder: str | Path) -> dict[str, Any]:
             or value < low
         ):
             raise ValueError(f"{path}: {key} must be a number >= {low}, got {value!r}")
+    settings.setdefault("q_head", "mlp")  # files written before tied heads existed
+    if settings["q_head"] not in get_args(QHeadKind):
+        raise ValueError(f"{path}: q_head must be one of {get_args(QHeadKind)}, got {settings['q_head']!r}")
     if not (Path(folder) / HEADS_FILE).is_file():
         raise ValueError(f"{path.parent}: {SETTINGS_FILE} is there but {HEADS_FILE} is missing")
     return settings
@@ -199,7 +289,13 @@ def load_heads(folder: str | Path, device: torch.device | str = "cpu") -> ILQLHe
     from safetensors.torch import load_file
 
     settings = read_settings(folder)
-    heads = ILQLHeads(settings["hidden_size"], settings["vocab_size"], settings["num_q"], trainable=False)
+    heads = ILQLHeads(
+        settings["hidden_size"],
+        settings["vocab_size"],
+        settings["num_q"],
+        trainable=False,
+        q_head=settings["q_head"],
+    )
     state = load_file(str(Path(folder) / HEADS_FILE))
     missing, unexpected = heads.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -215,9 +311,12 @@ __all__ = [
     "HeadValues",
     "ILQLHeads",
     "MLPHead",
+    "QHeadKind",
+    "TiedQHead",
     "has_heads",
     "load_heads",
     "polyak_update_",
+    "q_head_class",
     "read_settings",
     "save_heads",
 ]

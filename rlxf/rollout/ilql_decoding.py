@@ -80,10 +80,12 @@ class ILQLDecoding:
                 f"{heads.vocab_size}, the model's output layer has {hidden_size} and {vocab_size}"
             )
         beta, top_k = self.beta, self.top_k
+        # [vocab, H]: tied Q heads read the output embeddings; one fp32 copy, not a cast per decoded token
+        embedding = output.weight.detach().float() if heads.q_head == "tied" else None
 
         def steer(module: torch.nn.Module, args: tuple[Any, ...], logits: torch.Tensor) -> torch.Tensor:
             hidden = args[0]  # [B, T, H]: what the output layer reads
-            return steered_logits(logits, heads.advantage(hidden), beta, top_k)
+            return steered_logits(logits, heads.advantage(hidden, embedding), beta, top_k)
 
         heads.hook = output.register_forward_hook(steer)
         logger.info(f"decoding with the ILQL heads of {self.folder}: beta {beta:g}, top_k {top_k}")
