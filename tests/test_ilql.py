@@ -465,20 +465,24 @@ def test_lora_ilql_saves_a_merged_lm_with_its_heads(tiny_model_dir, tmp_path):
     assert (model_dir / HEADS_FILE).is_file() and not (model_dir / "adapter_config.json").exists()
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "options", [{}, {"q_head": "tied", "policy_top_share": 0.5, "detach_heads": True}], ids=["mlp", "tied"]
+)
+def test_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path, options):
     """Two steps, a stop, two more: the same losses and the same heads (targets included) as four steps."""
     data = write_jsonl(tmp_path / "ratings.jsonl", rated_records(32))
     constant = {"lr_schedule": "constant", "max_steps": 4}
-    ilql(make_config(tiny_model_dir, data, tmp_path / "whole", train=constant))
+    ilql(make_config(tiny_model_dir, data, tmp_path / "whole", train=constant, **options))
     ilql(
         make_config(
             tiny_model_dir,
             data,
             tmp_path / "cut",
             train={**constant, "max_steps": 2, "keep_final_checkpoint": True},
+            **options,
         )
     )
-    ilql(make_config(tiny_model_dir, data, tmp_path / "cut", resume=True, train=constant))
+    ilql(make_config(tiny_model_dir, data, tmp_path / "cut", resume=True, train=constant, **options))
     losses = lambda run: [r["loss"] for r in read_metrics(run / "metrics.jsonl")]  # noqa: E731
     assert len(losses(tmp_path / "whole")) == 4
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
