@@ -64,6 +64,16 @@ def polyak_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], alp
             target.mul_(1.0 - alpha).add_(source.detach().to(target.dtype), alpha=alpha)
 
 
+def register_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], trainable: bool) -> None:
+    """Copies of ``tensors`` on ``module`` under their names: parameters, or buffers (a target head's, moved
+    only by :func:`polyak_update_` but kept in the ``state_dict``) when not ``trainable``."""
+    for name, tensor in tensors.items():
+        if trainable:
+            module.register_parameter(name, torch.nn.Parameter(tensor.detach().clone()))
+        else:
+            module.register_buffer(name, tensor.detach().clone())
+
+
 class MLPHead(torch.nn.Module):
     """``x -> W2 relu(W1 x + b1) + b2``: ``[..., hidden_size] -> [..., out_size]``.
 
@@ -77,11 +87,7 @@ class MLPHead(torch.nn.Module):
         width = HEAD_WIDTH * hidden_size
         first, second = torch.nn.Linear(hidden_size, width), torch.nn.Linear(width, out_size)
         tensors = {"w1": first.weight, "b1": first.bias, "w2": second.weight, "b2": second.bias}
-        for name, tensor in tensors.items():
-            if trainable:
-                self.register_parameter(name, torch.nn.Parameter(tensor.detach().clone()))
-            else:
-                self.register_buffer(name, tensor.detach().clone())
+        register_tensors(self, tensors, trainable)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.w1, self.b1, self.w2, self.b2]
@@ -120,11 +126,7 @@ class TiedQHead(torch.nn.Module):
             "b2": torch.zeros(hidden_size),
             "bias": torch.zeros(vocab_size),
         }
-        for name, tensor in tensors.items():
-            if trainable:
-                self.register_parameter(name, torch.nn.Parameter(tensor.detach().clone()))
-            else:
-                self.register_buffer(name, tensor.detach().clone())
+        register_tensors(self, tensors, trainable)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.w1, self.b1, self.w2, self.b2, self.bias]
