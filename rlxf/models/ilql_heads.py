@@ -19,8 +19,8 @@ twice the LM's (:class:`MLPHead`), initialised as ``torch.nn.Linear`` is. A Q he
 * ``tied`` (:class:`TiedQHead`): ``Q(s, a) = e_a . u(h) + b_a``, where ``u`` is an MLP ``[H] -> [2H] -> [H]``
   and ``e_a`` is token ``a``'s row of the LM's output layer ``E`` (``[vocab, H]``, read, never copied into
   the heads). The value of a token then generalises to the tokens the LM embeds near it ("great" teaches
-  "wonderful"), which is what a few thousand rated texts need; the head has ``5 H^2 + vocab`` parameters
-  (1.7M for SmolLM2), and its last layer starts at zero, so every Q starts at 0. Its ``forward`` takes ``E``.
+  "wonderful"), which is what a few thousand rated texts need; the head has ``4 H^2 + 3 H + vocab``
+  parameters (1.4M for SmolLM2), and its last layer starts at zero, so every Q starts at 0. Its ``forward`` takes ``E``.
 
 **Files.** An ILQL model folder is a plain Hugging Face LM folder (``AutoModelForCausalLM`` loads it and
 ignores the rest) with two more files in it:
