@@ -45,8 +45,8 @@ def cells(name: str, summary: dict) -> list[str]:
     return row
 
 
-def eval_folders(root: Path) -> list[Path]:
-    """The eval stage folders under ``root``, in the pipeline's order (then by name)."""
+def eval_summaries(root: Path) -> list[tuple[Path, dict]]:
+    """The eval stage folders under ``root`` and their summaries, in the pipeline's order (then by name)."""
     order = []
     pipeline = root / "pipeline.yaml"
     if pipeline.is_file():
@@ -57,7 +57,8 @@ def eval_folders(root: Path) -> list[Path]:
     folders = sorted(
         (p.parent for p in root.glob("*/summary.json")), key=lambda p: (rank.get(p.name, len(rank)), p.name)
     )
-    return [f for f in folders if "policy" in json.loads((f / "summary.json").read_text()).get("reward", {})]
+    found = [(f, json.loads((f / "summary.json").read_text())) for f in folders]
+    return [(f, summary) for f, summary in found if "policy" in summary.get("reward", {})]
 
 
 def report_html(root: Path, rows: list[list[str]], summaries: list[dict]) -> str:
@@ -97,9 +98,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     root = Path(argv[0])
-    folders = eval_folders(root)
-    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
-    rows = [cells(f.name, s) for f, s in zip(folders, summaries)]
+    found = eval_summaries(root)
+    summaries = [summary for _, summary in found]
+    rows = [cells(folder.name, summary) for folder, summary in found]
     print("| " + " | ".join(HEADER) + " |")
     print("|" + " --- |" * len(HEADER))
     for row in rows:
