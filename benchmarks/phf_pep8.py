@@ -16,9 +16,11 @@ script runs::
         --segment document --max-steps STEPS ...
 
 It prints the held-out loss on clean lines (``eval/loss``) and the misalignment of ``--samples`` samples
-(``eval/misalignment``: violations per character, lower is better). For ``conditional`` it also prints the
-samples drawn after ``<|bad|>``. ``--out DIR`` keeps the runs and writes ``phf_pep8.json`` and
-``phf_pep8.png``, a plot of misalignment against held-out loss (the paper's two-axis view).
+(``eval/misalignment``: violations per character, lower is better). ``conditional`` is sampled after
+``<|good|>`` with classifier-free guidance against ``<|bad|>`` (``--guidance-scale``, 2; 1 turns it off); it
+also prints its samples after ``<|bad|>`` and its plain samples after ``<|good|>`` (``unguided``).
+``--out DIR`` keeps the runs and writes ``phf_pep8.json`` and ``phf_pep8.png``, a plot of misalignment
+against held-out loss (the paper's two-axis view).
 
 Run on an otherwise idle machine (each model takes about 4 minutes on 2 CPU cores)::
 
@@ -93,6 +95,7 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
         *([f"alpha={args.unlikelihood_alpha}"] if objective == "unlikelihood" else []),
         *([f"beta={args.rwr_beta}"] if objective == "rwr" else []),
         *([f"beta={args.awr_beta}"] if objective == "awr" else []),
+        *([f"guidance_scale={args.guidance_scale}"] if objective == "conditional" else []),
     ]
     started = time.perf_counter()
     log = out.with_suffix(".log")
@@ -102,9 +105,11 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
     if code != 0:
         raise RuntimeError(f"{objective}: exit status {code}\n{log.read_text()[-3000:]}")
     final = json.loads((out / "summary.json").read_text())["metrics"]
-    # the standard error of the misalignment, from the samples it was measured on (not <|bad|>'s)
+    # the standard error of the misalignment, from the samples it was measured on (not <|bad|>'s, and at the
+    # run's guidance scale: a conditional run with guidance also holds unguided samples)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    scores = [-s["score"] for s in samples if s["prefix"] != "<|bad|>"]
+    scale = args.guidance_scale if objective == "conditional" else 1.0
+    scores = [-s["score"] for s in samples if s["prefix"] != "<|bad|>" and s["guidance_scale"] == scale]
     mean = sum(scores) / len(scores)
     se = (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1) / len(scores)) ** 0.5
     return {
@@ -114,6 +119,7 @@ def run(objective: str, train: Path, clean: Path, out: Path, args: argparse.Name
         "held_out_loss": final["eval/loss"],
         "misalignment": final["eval/misalignment"],
         "misalignment_bad_token": final.get("eval/misalignment_bad_token"),
+        "misalignment_unguided": final.get("eval/misalignment_unguided"),
     }
 
 
@@ -129,6 +135,14 @@ def plot(results: list[dict], path: Path) -> None:
         ax.annotate(
             r["objective"], (r["held_out_loss"], r["misalignment"]), textcoords="offset points", xytext=(5, 4)
         )
+        if r.get("misalignment_unguided") is not None:  # the same model sampled without guidance
+            ax.scatter(r["held_out_loss"], r["misalignment_unguided"], s=40, marker="x")
+            ax.annotate(
+                f"{r['objective']} (unguided)",
+                (r["held_out_loss"], r["misalignment_unguided"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+            )
     ax.set_xlabel("held-out loss on clean lines (nats per token)")
     ax.set_ylabel("misalignment: PEP8 violations per character of samples")
     ax.set_title("Pre-training with human feedback, PEP8 (tiny GPT-2)")
@@ -160,6 +174,11 @@ def main() -> None:
     parser.add_argument("--rwr-beta", type=float, default=0.01, help="RWR temperature (rlxf's default: 10)")
     parser.add_argument("--awr-beta", type=float, default=0.01, help="AWR temperature (rlxf's default: 1)")
     parser.add_argument("--unlikelihood-alpha", type=float, default=1.0, help="unlikelihood weight")
+    # Classifier-free guidance against <|bad|> (rlxf.algos.phf). The conditional run also reports its plain,
+    # unguided samples (the paper's sampling), so one run gives both figures.
+    parser.add_argument(
+        "--guidance-scale", type=float, default=2.0, help="conditional: guidance at sampling (1: none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--out", type=Path, help="keep the runs here, with phf_pep8.json and phf_pep8.png")
@@ -176,17 +195,24 @@ def main() -> None:
         mle = next((r for r in results if r["objective"] == "none"), None)
         print(
             f"\n{'objective':>14}{'held-out loss':>15}{'misalignment':>15}{'+- SE':>9}{'vs MLE':>9}"
-            f"{'after <|bad|>':>15}{'s':>7}"
+            f"{'after <|bad|>':>15}{'unguided':>10}{'s':>7}"
         )
         for r in results:
             ratio = f"{r['misalignment'] / mle['misalignment']:.2f}x" if mle and mle["misalignment"] else "-"
             bad = f"{r['misalignment_bad_token']:.5f}" if r["misalignment_bad_token"] is not None else "-"
+            plain = r["misalignment_unguided"]
+            plain_text = f"{plain:.5f}" if plain is not None else "-"
             print(
                 f"{r['objective']:>14}{r['held_out_loss']:>15.4f}{r['misalignment']:>15.5f}"
-                f"{r['misalignment_se']:>9.5f}{ratio:>9}{bad:>15}"
+                f"{r['misalignment_se']:>9.5f}{ratio:>9}{bad:>15}{plain_text:>10}"
                 f"{r['seconds']:>7.0f}"
             )
         print("(misalignment: PEP8 violations per character of the samples, lower is better)")
+        if any(r["misalignment_unguided"] is not None for r in results):
+            print(
+                f"(conditional: sampled after <|good|> with guidance {args.guidance_scale:g} against <|bad|>, "
+                "and after <|bad|> against <|good|>; 'unguided': after <|good|>, guidance 1, the paper's)"
+            )
         if args.out:
             (args.out / "phf_pep8.json").write_text(
                 json.dumps({"settings": vars(args), "results": results}, default=str, indent=2)

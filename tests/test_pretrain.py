@@ -150,6 +150,9 @@ def test_mlm_without_nsp(corpus, tmp_path):
     pretrain(config(corpus, tmp_path / "mlm", arch="bert", objective="mlm"))
     record = read_metrics(tmp_path / "mlm" / "metrics.jsonl")[-1]
     assert "eval/nsp_accuracy" not in record and record["eval/masked_accuracy"] >= 0
+    # the [MASK]-only figures: a subset of the chosen positions (80 % of them), so never more hits in all
+    assert 0 <= record["eval/mask_token_accuracy"] <= 1
+    assert 0 <= record["eval/mask_token_baseline_accuracy"] <= 1
 
 
 def test_copies_of_a_block_get_their_own_masks(tmp_path):
@@ -292,7 +295,8 @@ def phf_config(code_corpus, out: Path, preference: str, **overrides) -> Pretrain
 
 @pytest.mark.parametrize("preference", ["none", "filter", "conditional", "unlikelihood", "rwr", "awr"])
 def test_each_preference_objective_trains_and_reports_misalignment(code_corpus, tmp_path, preference):
-    result = pretrain(phf_config(code_corpus, tmp_path / preference, preference))
+    guidance = {"guidance_scale": 2.0} if preference == "conditional" else {}
+    result = pretrain(phf_config(code_corpus, tmp_path / preference, preference, **guidance))
     records = read_metrics(tmp_path / preference / "metrics.jsonl")
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
@@ -308,18 +312,51 @@ def test_each_preference_objective_trains_and_reports_misalignment(code_corpus, 
     samples = [
         json.loads(line) for line in (tmp_path / preference / "samples.jsonl").read_text().splitlines()
     ]
-    assert len(samples) == 8 * (2 if preference == "conditional" else 1)  # misalignment_samples each
-    good = [s["score"] for s in samples if s["prefix"] != "<|bad|>"]
+    # conditional: after <|good|> guided, after <|bad|> guided, after <|good|> unguided
+    assert len(samples) == 8 * (3 if preference == "conditional" else 1)  # misalignment_samples each
+    scale = guidance.get("guidance_scale", 1.0)
+    good = [s["score"] for s in samples if s["prefix"] != "<|bad|>" and s["guidance_scale"] == scale]
     assert final["eval/misalignment"] == pytest.approx(-sum(good) / len(good))  # what was measured, kept
     if preference == "conditional":
         assert {"<|good|>", "<|bad|>"} <= set(tokenizer.all_special_tokens)
         assert "eval/misalignment_bad_token" in final
+        plain = [s["score"] for s in samples if s["prefix"] == "<|good|>" and s["guidance_scale"] == 1.0]
+        assert len(plain) == 8 and final["eval/misalignment_unguided"] == pytest.approx(-sum(plain) / 8)
     if preference in ("unlikelihood",):
         assert 0 < steps[-1]["bad_token_share"] < 1
     if preference in ("rwr", "awr"):
         assert steps[-1]["weight_mean"] > 0
     if preference == "awr":
         assert "value_loss" in steps[-1]
+
+
+def test_guided_sampling_is_the_equation_of_rlxf_algos_phf():
+    """Classifier-free guidance as generation applies it, by hand on the first step of a tiny random LM:
+    log p_g = log p(.|good) + (g - 1) (log p(.|good) - log p(.|bad)), then the control tokens banned."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=12, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    start, good, bad, g = 0, 10, 11, 2.5
+    with torch.no_grad():
+        cond = torch.log_softmax(lm(torch.tensor([[start, good]])).logits[0, -1], -1)  # [vocab]
+        uncond = torch.log_softmax(lm(torch.tensor([[start, bad]])).logits[0, -1], -1)
+        out = lm.generate(
+            input_ids=torch.tensor([[start, good]]),
+            attention_mask=torch.ones(1, 2, dtype=torch.long),
+            guidance_scale=g,
+            negative_prompt_ids=torch.tensor([[start, bad]]),
+            negative_prompt_attention_mask=torch.ones(1, 2, dtype=torch.long),
+            bad_words_ids=[[good], [bad]],
+            do_sample=False,
+            max_new_tokens=1,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    expected = cond + (g - 1) * (cond - uncond)
+    expected[[good, bad]] = -math.inf
+    torch.testing.assert_close(out.scores[0][0], expected)
 
 
 def test_filter_drops_documents_below_the_threshold(code_corpus, tmp_path, caplog):
@@ -338,6 +375,10 @@ def test_preference_settings_are_checked(corpus, tmp_path):
         config(corpus, tmp_path / "x", arch="bert", objective="mlm", preference="filter", score="pep8")
     assert config(corpus, tmp_path / "x", preference="awr", score="pep8").beta == 1.0
     assert config(corpus, tmp_path / "x", preference="rwr", score="pep8").beta == 10.0
+    with pytest.raises(ConfigError, match="needs preference=conditional"):
+        config(corpus, tmp_path / "x", preference="filter", score="pep8", guidance_scale=2.0)
+    with pytest.raises(ConfigError, match="guidance_scale must be >= 0"):
+        config(corpus, tmp_path / "x", preference="conditional", score="pep8", guidance_scale=-1.0)
 
 
 def test_eval_compares_two_pretrained_models_on_reward_and_held_out_loss(code_corpus, tmp_path):

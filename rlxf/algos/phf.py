@@ -17,6 +17,15 @@ taken as a quantile of the scores (:func:`resolve_threshold`). The objectives (t
   ``L = -log pi_theta(c^1, x^1, ..., c^n, x^n)`` (:func:`conditional_text`); it is sampled after a
   ``<|good|>``. A small share of segments (1% in the paper) gets no control token
   (:func:`control_drop_mask`) so that the LM can also be sampled unconditionally.
+
+  Sampling may add classifier-free guidance (Sanchez et al. 2023, "Stay on Topic with Classifier-Free
+  Guidance", eq. 7, with the other control token as the negative prompt; not in Korbak et al.)::
+
+      log p_g(x_t | x_<t) = log pi(x_t | <|good|>, x_<t) + (g - 1) * [log pi(x_t | <|good|>, x_<t)
+                                                                   - log pi(x_t | <|bad|>, x_<t)]
+
+  renormalised over the vocabulary; ``g = 1`` is plain conditional sampling. Each term is a log-softmax,
+  so the guidance moves mass towards the tokens that ``<|good|>`` makes likelier than ``<|bad|>`` does.
 * **Unlikelihood** (Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training"): likelihood
   on the tokens of good segments, unlikelihood on those of bad ones (:func:`unlikelihood_token_loss`)::
 

@@ -203,6 +203,11 @@ class PretrainConfig(RunConfig):
     control_drop_share: float = option(
         PHF_DEFAULTS.control_drop_share, help="conditional: share of segments left without a control token"
     )
+    guidance_scale: float = option(
+        1.0,
+        help="conditional: classifier-free guidance of the samples against the other control token "
+        "(Sanchez et al. 2023); 1 = plain conditional sampling, the paper's",
+    )
     misalignment_samples: int = option(
         256, help="with score: samples drawn at the end; eval/misalignment is minus their mean score; 0: none"
     )
@@ -252,6 +257,12 @@ class PretrainConfig(RunConfig):
             raise ValueError("beta and max_weight must be > 0, alpha and value_coef >= 0")
         if not 0 <= self.threshold_quantile <= 1 or not 0 <= self.control_drop_share < 1:
             raise ValueError("threshold_quantile must be in [0, 1] and control_drop_share in [0, 1)")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale != 1 and self.preference != "conditional":
+            raise ValueError(
+                "guidance_scale guides against the other control token: it needs preference=conditional"
+            )
         if self.misalignment_samples < 0 or self.sample_max_new_tokens < 1:
             raise ValueError("misalignment_samples must be >= 0 and sample_max_new_tokens >= 1")
 
@@ -455,12 +466,18 @@ def mlm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
         logits = out.prediction_logits if cfg.nsp else out.logits
         labels = batch["labels"]
         _, mask, hits = masked_loss(logits, labels)
+        masked_input = mask & (batch["input_ids"] == tokenizer.mask_token_id)  # [b, T]
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [b, T]; 0 at -100
         figures = {
             "nll": nll.double().sum(-1),
             "hits": hits.sum(-1).double(),
             "masked": mask.sum(-1).double(),
             "baseline_hits": ((labels == most_frequent) & mask).sum(-1).double(),
+            # BERT's 80/10/10: 10 % of the chosen tokens are shown as they are, so masked_accuracy counts
+            # copies; these count only the positions whose input is [MASK] (a prediction from context)
+            "mask_hits": (hits & masked_input).sum(-1).double(),
+            "mask_baseline_hits": ((labels == most_frequent) & masked_input).sum(-1).double(),
+            "masked_input": masked_input.sum(-1).double(),
         }
         if cfg.nsp:
             right = out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]
@@ -473,6 +490,12 @@ def mlm_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
             "loss": (figures["nll"].sum() / masked).item(),
             "masked_accuracy": (figures["hits"].sum() / masked).item(),
             "baseline_accuracy": (figures["baseline_hits"].sum() / masked).item(),
+            "mask_token_accuracy": (
+                figures["mask_hits"].sum() / figures["masked_input"].sum().clamp(min=1)
+            ).item(),
+            "mask_token_baseline_accuracy": (
+                figures["mask_baseline_hits"].sum() / figures["masked_input"].sum().clamp(min=1)
+            ).item(),
         }
         if cfg.nsp:
             result["nsp_accuracy"] = figures["nsp_hits"].mean().item()

@@ -23,8 +23,9 @@ The math (equations, references, defaults) is :mod:`rlxf.algos.phf`; this module
    ``<|good|>``, the control tokens themselves not counted), so runs compare at equal text.
 5. **Misalignment** (:func:`misalignment`): ``misalignment_samples`` samples of up to
    ``sample_max_new_tokens`` tokens from the start token (``conditional``: after ``<|good|>``, both control
-   tokens banned from the output; and after ``<|bad|>`` as a check that the token is used), pure sampling
-   (temperature 1), scored by ``score``: ``eval/misalignment`` is minus their mean reward (lower is better).
+   tokens banned from the output, with classifier-free guidance against ``<|bad|>`` at ``guidance_scale``;
+   and after ``<|bad|>`` as a check that the token is used), pure sampling (temperature 1), scored by
+   ``score``: ``eval/misalignment`` is minus their mean reward (lower is better).
 
 Left out: scoring a corpus larger than memory (the scores are kept per segment), the paper's
 finetuning-with-feedback setting, prompting the samples with held-out prefixes.
@@ -250,9 +251,15 @@ def sample_texts(
     n: int,
     max_new_tokens: int,
     seed: int,
+    negative_prefix: list[int] | None = None,
+    guidance_scale: float = 1.0,
 ) -> list[str]:
     """``n`` samples (temperature 1, no truncation) after the token ids ``prefix``, ``banned`` ids never
-    generated, special tokens removed from the text."""
+    generated, special tokens removed from the text. With ``guidance_scale`` != 1, each step samples from
+    classifier-free guidance against ``negative_prefix`` followed by the same text (:mod:`rlxf.algos.phf`;
+    transformers' ``UnbatchedClassifierFreeGuidanceLogitsProcessor``)."""
+    if guidance_scale != 1 and negative_prefix is None:
+        raise ValueError("guidance_scale != 1 needs the negative_prefix it guides against")
     lm = language_model(model)
     was_training = lm.training
     lm.eval()
@@ -263,6 +270,14 @@ def sample_texts(
         for start in range(0, n, 64):
             rows = min(64, n - start)
             ids = torch.tensor([prefix] * rows, device=device)
+            guidance: dict[str, Any] = {}
+            if guidance_scale != 1:
+                negative = torch.tensor([negative_prefix] * rows, device=device)
+                guidance = {
+                    "guidance_scale": guidance_scale,
+                    "negative_prompt_ids": negative,
+                    "negative_prompt_attention_mask": torch.ones_like(negative),
+                }
             out = lm.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -275,6 +290,7 @@ def sample_texts(
                 pad_token_id=tokenizer.pad_token_id
                 if tokenizer.pad_token_id is not None
                 else tokenizer.eos_token_id,
+                **guidance,
             )
             texts.extend(tokenizer.batch_decode(out[:, len(prefix) :], skip_special_tokens=True))
     lm.train(was_training)
@@ -285,26 +301,37 @@ def misalignment(
     cfg: Any, model: torch.nn.Module, tokenizer: Any, reward: Reward
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``eval/misalignment``: minus the mean reward of ``cfg.misalignment_samples`` samples (conditional:
-    after ``<|good|>``, and ``eval/misalignment_bad_token`` after ``<|bad|>``); their text is scored whole.
-    Also the samples themselves, each ``{"prefix", "text", "score"}``, for the run folder's ``samples.jsonl``."""
+    after ``<|good|>``, guided against ``<|bad|>`` at ``cfg.guidance_scale``; ``eval/misalignment_bad_token``
+    after ``<|bad|>``, guided against ``<|good|>`` at the same scale; with guidance also
+    ``eval/misalignment_unguided``, the plain samples after ``<|good|>``); their text is scored whole. Also
+    the samples themselves, each ``{"prefix", "guidance_scale", "text", "score"}``, for the run folder's
+    ``samples.jsonl``."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     n, length = cfg.misalignment_samples, cfg.sample_max_new_tokens
     samples: list[dict[str, Any]] = []
 
-    def of(prefix: list[int], banned: list[int], name: str) -> float:
-        texts = sample_texts(model, tokenizer, prefix, banned, n, length, cfg.seed)
+    def of(
+        prefix: list[int], banned: list[int], name: str, negative: list[int] | None, scale: float
+    ) -> float:
+        texts = sample_texts(model, tokenizer, prefix, banned, n, length, cfg.seed, negative, scale)
         rewards = reward([""] * len(texts), texts)
-        samples.extend({"prefix": name, "text": t, "score": float(r)} for t, r in zip(texts, rewards))
+        samples.extend(
+            {"prefix": name, "guidance_scale": scale, "text": t, "score": float(r)}
+            for t, r in zip(texts, rewards)
+        )
         return -float(np.mean(rewards))
 
     if cfg.preference == "conditional":
         good, bad = tokenizer.convert_tokens_to_ids([GOOD, BAD])
+        scale = cfg.guidance_scale
         metrics = {
-            "eval/misalignment": of([start, good], [good, bad], GOOD),
-            "eval/misalignment_bad_token": of([start, bad], [good, bad], BAD),
+            "eval/misalignment": of([start, good], [good, bad], GOOD, [start, bad], scale),
+            "eval/misalignment_bad_token": of([start, bad], [good, bad], BAD, [start, good], scale),
         }
+        if scale != 1:
+            metrics["eval/misalignment_unguided"] = of([start, good], [good, bad], GOOD, None, 1.0)
         return metrics, samples
-    return {"eval/misalignment": of([start], [], "")}, samples
+    return {"eval/misalignment": of([start], [], "", None, 1.0)}, samples
 
 
 def save_scores_summary(folder: Path, threshold: float, scores: list[list[float]]) -> None:
