@@ -17,12 +17,12 @@ script runs::
 
 It prints the held-out loss on clean lines (``eval/loss``) and the misalignment of ``--samples`` samples
 (``eval/misalignment``: violations per character, lower is better). ``conditional`` is sampled after
-``<|good|>`` with classifier-free guidance against ``<|bad|>`` (``--guidance-scale``, 2; 1 turns it off); it
+``<|good|>`` with classifier-free guidance against ``<|bad|>`` (``--guidance-scale``, 3; 1 turns it off); it
 also prints its samples after ``<|bad|>`` and its plain samples after ``<|good|>`` (``unguided``).
 ``--out DIR`` keeps the runs and writes ``phf_pep8.json`` and ``phf_pep8.png``, a plot of misalignment
 against held-out loss (the paper's two-axis view).
 
-Run on an otherwise idle machine (each model takes about 4 minutes on 2 CPU cores)::
+Run on an otherwise idle machine (each model takes about 7 minutes on 2 CPU cores)::
 
     .venv/bin/python benchmarks/phf_pep8.py --out runs/phf-pep8
     .venv/bin/python benchmarks/phf_pep8.py --steps 20 --lines 2000 --samples 32 --out /tmp/phf-smoke   # a check
@@ -158,13 +158,13 @@ def main() -> None:
     parser.add_argument(
         "--size", default="tiny", choices=("tiny", "small"), help="model size (rlxf pretrain --size)"
     )
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per model (16 x 128 tokens)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per model (16 x 128 tokens)")
     parser.add_argument("--lines", type=int, default=40000, help="training lines")
     parser.add_argument("--held-out", type=int, default=2000, help="clean held-out lines")
     parser.add_argument(
         "--bad-share", type=float, default=0.3, help="share of training lines with a violation"
     )
-    parser.add_argument("--samples", type=int, default=256, help="samples per model for the misalignment")
+    parser.add_argument("--samples", type=int, default=512, help="samples per model for the misalignment")
     parser.add_argument("--sample-tokens", type=int, default=64, help="tokens per sample")
     parser.add_argument("--vocab-size", type=int, default=2000, help="BPE tokens (0.5 M training tokens)")
     # The temperatures are set for this reward's scale. A line with one violation scores about -0.025 (one
@@ -177,7 +177,7 @@ def main() -> None:
     # Classifier-free guidance against <|bad|> (rlxf.algos.phf). The conditional run also reports its plain,
     # unguided samples (the paper's sampling), so one run gives both figures.
     parser.add_argument(
-        "--guidance-scale", type=float, default=2.0, help="conditional: guidance at sampling (1: none)"
+        "--guidance-scale", type=float, default=3.0, help="conditional: guidance at sampling (1: none)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
