@@ -222,7 +222,17 @@ def test_on_policy_first_step_has_zero_kl_and_no_clipping(setup):
     assert record["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_micro_batches_accumulate_to_the_same_update(setup, tmp_path):
+def test_micro_batches_accumulate_to_the_same_update(setup, tmp_path, monkeypatch):
+    """8 x 1 and 1 x 8 micro-batches give the same weights after a step. Adam's update g / (sqrt(v) + eps)
+    turns float32 summation-order noise in a gradient near eps (~1e-11) into weight differences of up to
+    lr / (4 eps) times it (~1e-5 at lr 1e-2, eps 1e-8); eps 1e-6 bounds that, so the comparison measures the
+    accumulation (a wrong normaliser moves weights by ~lr), not the rounding."""
+    from functools import partial
+
+    import rlxf.algos.rl as rl_module
+    from rlxf.train.optim import adamw
+
+    monkeypatch.setattr(rl_module, "adamw", partial(adamw, eps=1e-6))
     runs = {}
     for micro in (8, 1):
         cfg = make_config(
