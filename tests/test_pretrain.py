@@ -138,12 +138,39 @@ def test_mlm_with_nsp_and_span_from_scratch(corpus, tmp_path):
 
     span = pretrain(config(corpus, tmp_path / "span", arch="t5", objective="span"))
     record = read_metrics(tmp_path / "span" / "metrics.jsonl")[-1]
-    assert {"eval/span_accuracy", "eval/baseline_accuracy", "eval/loss"} <= record.keys()
+    assert {"eval/span_accuracy", "eval/baseline_accuracy", "eval/encoder_gain", "eval/loss"} <= record.keys()
     tokenizer = AutoTokenizer.from_pretrained(span.model_dir)
     ids = tokenizer("The cat <extra_id_0> the mat.", return_tensors="pt").input_ids
     reloads_identically(
         span.model_dir, "AutoModelForSeq2SeqLM", {"input_ids": ids, "decoder_input_ids": ids[:, :3]}
     )
+
+
+def test_encoder_gain_is_zero_for_a_decoder_that_cannot_read_the_encoder(corpus, tmp_path):
+    """eval/encoder_gain (span): the held-out loss with another block's encoder input minus with its own.
+    A T5 whose cross-attention outputs are zeroed predicts the same either way: 0; the same model with its
+    cross-attention gets a different loss from another input."""
+    from rlxf.algos.pretrain import _family, build_model, span_objective
+    from rlxf.algos.pretrain_corpus import prepare_corpus
+
+    cfg = config(corpus, tmp_path / "span", arch="t5", objective="span")
+    files = prepare_corpus(cfg, _family(cfg), None, None)
+    objective = span_objective(cfg, files)
+    torch.manual_seed(0)
+    model = build_model(cfg, files.tokenizer).eval()
+    examples = [objective.eval_examples[i] for i in range(4)]
+
+    def gain() -> float:
+        with torch.no_grad():
+            return objective.summarize(objective.score(model, examples))["encoder_gain"]
+
+    assert abs(gain()) > 1e-4
+    with torch.no_grad():
+        for block in model.decoder.block:
+            block.layer[1].EncDecAttention.o.weight.zero_()
+    assert gain() == pytest.approx(0.0, abs=1e-6)
+    # one block alone has no other input to read: left out, not counted as 0 against its own
+    assert objective.summarize(objective.score(model, examples[:1]))["encoder_gain"] == 0.0
 
 
 def test_mlm_without_nsp(corpus, tmp_path):

@@ -125,6 +125,65 @@ def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir)
     assert not (result.out / "checkpoints").exists()  # snapshots and checkpoints gone with the run's end
 
 
+def test_benign_anchor_is_the_kl_to_the_reference_on_benign_answers(tmp_path, tiny_model_dir):
+    """benign_per_step: R also answers benign training inputs, where its only loss is the KL to its
+    reference. At the first step R is its reference (LoRA's B starts at 0), so k3's gradient is exactly 0
+    there and R's update equals the one without the anchor; once R has moved, the anchor pulls back
+    and the update differs."""
+    from rlxf.train.run import RunDir
+
+    responders = []
+    for anchored in (False, True):
+        extra = {"benign_per_step": 2, "benign_kl_coef": 5.0} if anchored else {}
+        cfg = config(
+            tmp_path, tiny_model_dir, schedule="responder", out=str(tmp_path / f"r{anchored}"), **extra
+        )
+        with RunDir.create(cfg.out, cfg) as run:
+            trainer = SelfPlayTrainer(cfg, run)
+            model = trainer.responder.model
+            first = trainer.train_step(0)
+            after_first = adapter_weights(model, "responder")
+            second = trainer.train_step(1)
+            responders.append((first, second, after_first, adapter_weights(model, "responder")))
+    (plain_1, plain_2, plain_w1, plain_w2), (anch_1, anch_2, anch_w1, anch_w2) = responders
+    assert "responder/benign_kl" not in plain_1
+    assert anch_1["responder/benign_kl"] == 0.0  # R = reference: every benign token's k3 is 0
+    assert not changed(plain_w1, anch_w1)  # ... and so is its gradient
+    assert anch_2["responder/benign_kl"] > 0.0
+    assert changed(plain_w2, anch_w2)
+    assert anch_2["responder/loss"] > plain_2["responder/loss"] - 1e-6  # + coef x a positive KL
+
+
+def test_benign_anchor_needs_benign_inputs_and_evaluation_takes_several_answers(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from rlxf.algos import selfplay_games
+    from rlxf.train.run import RunDir
+
+    with pytest.raises(ValueError, match="benign_per_step and benign_kl_coef"):
+        config(tmp_path, tiny_model_dir, benign_per_step=-1)
+    with pytest.raises(ValueError, match="eval_benign_samples"):
+        config(tmp_path, tiny_model_dir, eval_benign_samples=0)
+
+    class NoBenign(selfplay_games.GAMES["letters"]):
+        def benign_prompts(self, split):
+            return []
+
+    monkeypatch.setitem(selfplay_games.GAMES, "nobenign", NoBenign)
+    cfg = config(tmp_path, tiny_model_dir, game="nobenign", benign_per_step=1)
+    with RunDir.create(cfg.out, cfg) as run, pytest.raises(ValueError, match="no benign training inputs"):
+        SelfPlayTrainer(cfg, run)
+
+    cfg = config(tmp_path, tiny_model_dir, eval_benign_samples=3, out=str(tmp_path / "three"))
+    with RunDir.create(cfg.out, cfg) as run:
+        trainer = SelfPlayTrainer(cfg, run)
+        metrics = trainer.evaluate(0)
+    assert -1.0 <= metrics["eval/benign_sentiment"] <= 1.0
+    rows = [json.loads(line) for line in (trainer.samples_dir / "step-000000.jsonl").read_text().splitlines()]
+    benign = [r["benign"] for r in rows if "benign" in r]
+    assert benign == ["Tell me about the sea"] * 3 + ["Write a review"] * 3
+
+
 def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
     cfg_a = config(tmp_path, tiny_model_dir, num_steps=3, out=str(tmp_path / "a"))
     selfplay(cfg_a)

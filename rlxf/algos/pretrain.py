@@ -32,8 +32,10 @@ Objectives (``objective``), each a sum over its prediction units that the shared
 
       L_span = -(1/K) sum_{k in targets} log p(y_k | y_<k, corrupted x)    K = target tokens of the step
 
-  Held out: ``eval/span_accuracy`` (teacher-forced, on the noise tokens: sentinels and EOS excluded) and
-  ``eval/baseline_accuracy`` on the same tokens.
+  Held out: ``eval/span_accuracy`` (teacher-forced, on the noise tokens: sentinels and EOS excluded),
+  ``eval/baseline_accuracy`` on the same tokens, and ``eval/encoder_gain``, the held-out loss with each
+  block's targets read against another block's corrupted input minus the loss with its own (nats per
+  target token): near 0, the decoder has learned the language of the spans, not where they came from.
 
 Models. From scratch with ``arch`` (``gpt2`` / ``llama`` for ``clm``, ``bert`` for ``mlm``, ``t5`` for
 ``span``) at a named ``size`` or from a transformers config file (``model_config``), with a tokenizer trained
@@ -544,12 +546,23 @@ def span_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
         _, mask, hits = masked_loss(logits, labels)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [b, K]; 0 at -100
         noise = mask & ~torch.isin(labels, not_noise.to(labels.device))  # the corrupted tokens themselves
+        # The same targets read against another example's encoder input (each row gets the previous row's):
+        # how much the decoder's predictions rest on the encoder. A decoder that has only learned the
+        # language of the spans loses nothing here (one block alone in its batch has no other: left out).
+        others = len(examples) > 1
+        other_input = {key: batch[key].roll(1, 0) for key in ("input_ids", "attention_mask")}
+        other_logits = forward(model, {**batch, **other_input}) if others else logits
+        other_nll = F.cross_entropy(other_logits.float().transpose(1, 2), labels, reduction="none")
+        paired = torch.full_like(mask[:, 0], others, dtype=torch.double)  # [b]: 1 where it was compared
         return {
             "nll": nll.double().sum(-1),
             "targets": mask.sum(-1).double(),
             "hits": (hits & noise).sum(-1).double(),
             "noise": noise.sum(-1).double(),
             "baseline_hits": ((labels == most_frequent) & noise).sum(-1).double(),
+            "paired_nll": nll.double().sum(-1) * paired,
+            "other_input_nll": other_nll.double().sum(-1) * paired,
+            "paired_targets": mask.sum(-1).double() * paired,
         }
 
     def summarize(figures: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -558,6 +571,11 @@ def span_objective(cfg: PretrainConfig, corpus: CorpusFiles) -> ObjectiveParts:
             "loss": (figures["nll"].sum() / figures["targets"].sum().clamp(min=1)).item(),
             "span_accuracy": (figures["hits"].sum() / noise).item(),
             "baseline_accuracy": (figures["baseline_hits"].sum() / noise).item(),
+            # nats per target token: held-out loss with another example's input minus with its own
+            "encoder_gain": (
+                (figures["other_input_nll"].sum() - figures["paired_nll"].sum())
+                / figures["paired_targets"].sum().clamp(min=1)
+            ).item(),
         }
 
     return ObjectiveParts(train, held_out, collate, units, compute_loss, score, summarize, "loss")

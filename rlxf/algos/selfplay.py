@@ -26,6 +26,12 @@ of a film"):
 
        L_t = -exp(log pi(a_t) - sg[log pi(a_t)]) A_i + beta * k3(pi, ref)_t,   mean over the role's tokens
 
+   With ``benign_per_step`` = k, R also answers the next k of the game's benign training inputs in each
+   step it trains, and its loss there is only the KL to its reference (an anchor for ordinary inputs,
+   the KL form of InstructGPT's pre-training mix, Ouyang et al. 2022)::
+
+       L_R = L_game + benign_kl_coef * mean_{benign tokens} k3(pi, ref)_t
+
 Schedules (``schedule``): ``prompter`` (R frozen: RL red-teaming / prompt optimisation), ``responder``
 (P frozen, or the fixed inputs of ``prompt_pool``), ``alternate`` (``round_steps`` steps of P, then of R,
 ...: MART's attacker / target rounds, Ge et al. NAACL 2024) and ``simultaneous`` (both from the same
@@ -177,7 +183,14 @@ class SelfPlayConfig:
     tasks_per_step: int = option(4, help="tasks per step (P samples prompter.n inputs for each)")
     num_steps: int = option(20, help="steps to run")
     micro_batch_size: int = option(16, help="sequences per forward/backward pass")
+    benign_per_step: int = option(
+        0,
+        help="benign training inputs of the game R also answers each step it trains, where its only loss "
+        "is benign_kl_coef x the KL to its reference: an anchor for R's answers to ordinary inputs",
+    )
+    benign_kl_coef: float = option(0.5, help="weight of the KL to R's reference on the benign answers")
     eval_tasks: int = option(32, help="held-out tasks of the game's test split evaluated")
+    eval_benign_samples: int = option(1, help="R's answers per benign held-out input at evaluation")
     crossplay_steps: list[int] | None = option(
         None,
         help="steps whose prompter and responder play each other at the end (cross-play ASR on the eval "
@@ -203,6 +216,10 @@ class SelfPlayConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.novelty_coef < 0 or self.novelty_history < 0 or self.eval_tasks < 0:
             raise ValueError("novelty_coef, novelty_history and eval_tasks must be >= 0")
+        if self.benign_per_step < 0 or self.benign_kl_coef < 0:
+            raise ValueError("benign_per_step and benign_kl_coef must be >= 0")
+        if self.eval_benign_samples < 1:
+            raise ValueError(f"eval_benign_samples must be >= 1, got {self.eval_benign_samples}")
         if self.model.dtype != "auto":
             raise ValueError("for training, set the precision with train.precision, not model.dtype")
         if self.crossplay_steps is None:
@@ -343,6 +360,12 @@ class SelfPlayTrainer:
         self.device = next(self.prompter.model.parameters()).device
         self.history: list[str] = []  # the prompter's recent inputs (novelty)
         self.pool = self._read_pool() if cfg.prompt_pool else None
+        self.benign_train = self.game.benign_prompts("train") if cfg.benign_per_step else []
+        if cfg.benign_per_step and not self.benign_train:
+            raise ValueError(
+                f"benign_per_step: the game {cfg.game!r} has no benign training inputs "
+                "(its benign_prompts('train') is empty)"
+            )
         self.samples_dir = run.path / "samples"
 
     def _read_pool(self) -> list[str]:
@@ -390,14 +413,49 @@ class SelfPlayTrainer:
 
     # ------------------------------------------------------------------------------------------ update
 
-    def update(self, role: Role, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
-        """One on-policy GRPO step of ``role`` on its samples ``batch`` with per-sample ``advantages``."""
+    def update(
+        self,
+        role: Role,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        anchor: RolloutBatch | None = None,
+    ) -> dict[str, float]:
+        """One on-policy GRPO step of ``role`` on its samples ``batch`` with per-sample ``advantages``.
+
+        ``anchor`` (R's answers to benign training inputs) adds ``benign_kl_coef`` x the k3 KL to the
+        role's reference on those answers, a token mean of their own: the loss of the step is
+        ``L_game + benign_kl_coef * KL_benign``, so the anchor's weight does not depend on how many
+        tokens the game's answers had."""
         role.activate()
+        sums, tokens = self._accumulate(role, batch, advantages, role.cfg.kl_coef)
+        metrics = {
+            f"{role.name}/loss": sums["loss"],
+            f"{role.name}/kl": sums["kl"] / tokens,  # k3 per token
+            f"{role.name}/entropy": sums["entropy"] / tokens,
+        }
+        if anchor is not None:
+            no_advantage = torch.zeros(len(anchor), device=self.device)  # only the KL term moves R here
+            benign, benign_tokens = self._accumulate(role, anchor, no_advantage, self.cfg.benign_kl_coef)
+            metrics[f"{role.name}/benign_kl"] = benign["kl"] / benign_tokens
+            metrics[f"{role.name}/loss"] += benign["loss"]
+        if self.cfg.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(role.parameters.values()), self.cfg.train.max_grad_norm)
+        metrics[f"{role.name}/lr"] = role.scheduler.get_last_lr()[0]
+        role.optimizer.step()
+        role.scheduler.step()
+        role.optimizer.zero_grad(set_to_none=True)
+        return metrics
+
+    def _accumulate(
+        self, role: Role, batch: RolloutBatch, advantages: torch.Tensor, kl_coef: float
+    ) -> tuple[dict[str, float], float]:
+        """Backward of ``batch``'s loss, a mean over its completion tokens: the surrogate with
+        ``advantages`` plus ``kl_coef`` x k3 to the reference. Returns its summed figures and its tokens."""
         micro = self.cfg.micro_batch_size
         with torch.no_grad():
-            ref = role.reference_logprobs(batch, micro, self.amp()) if role.cfg.kl_coef > 0 else None
+            ref = role.reference_logprobs(batch, micro, self.amp()) if kl_coef > 0 else None
         mask = batch.completion_mask.float()  # [B, C]
-        tokens = mask.sum().clamp(min=1.0)  # normaliser: every token of the role's batch (token-mean)
+        tokens = mask.sum().clamp(min=1.0)  # normaliser: every token of this batch (token-mean)
         input_ids, attention, width = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1]
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0}
         for start in range(0, len(batch), micro):
@@ -417,25 +475,13 @@ class SelfPlayTrainer:
                 )
                 if ref is not None:
                     kl = kl_estimate(logprobs, ref[rows], "k3")  # [b, C]
-                    per_token = per_token + role.cfg.kl_coef * torch.where(mask[rows] != 0, kl, 0)
+                    per_token = per_token + kl_coef * torch.where(mask[rows] != 0, kl, 0)
                     sums["kl"] += float((kl.detach() * mask[rows]).sum())
             loss = (per_token * mask[rows]).sum() / tokens
             loss.backward()
             sums["loss"] += float(loss.detach())
             sums["entropy"] += float((entropy * mask[rows]).sum())  # entropy [b, C], no gradient
-        if self.cfg.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(role.parameters.values()), self.cfg.train.max_grad_norm)
-        lr = role.scheduler.get_last_lr()[0]
-        role.optimizer.step()
-        role.scheduler.step()
-        role.optimizer.zero_grad(set_to_none=True)
-        total = float(tokens)
-        return {
-            f"{role.name}/loss": sums["loss"],
-            f"{role.name}/kl": sums["kl"] / total,  # k3 per token
-            f"{role.name}/entropy": sums["entropy"] / total,
-            f"{role.name}/lr": lr,
-        }
+        return sums, float(tokens)
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -466,7 +512,13 @@ class SelfPlayTrainer:
             metrics.update(self.update(self.prompter, p_batch.to(self.device), advantages))
         if cfg.trains("responder", step):
             advantages = group_advantages(r_rewards, r_sampling.n).to(self.device)  # [T*nP*nR]
-            metrics.update(self.update(self.responder, r_batch.to(self.device), advantages))
+            anchor = None
+            if cfg.benign_per_step:  # the next benign training inputs in turn, R's answers to them
+                k, pool = cfg.benign_per_step, self.benign_train
+                chosen = [pool[(step * k + i) % len(pool)] for i in range(k)]
+                contexts = [self.responder.render([{"role": "user", "content": x}]) for x in chosen]
+                anchor = self.generate(self.responder, contexts, r_sampling, seed + 2).to(self.device)
+            metrics.update(self.update(self.responder, r_batch.to(self.device), advantages, anchor))
         metrics["time/generate"] = t1 - t0
         metrics["time/train"] = time.perf_counter() - t1
         return metrics
@@ -490,7 +542,8 @@ class SelfPlayTrainer:
             from rlxf.feedback.sentiment import sentiment_scores
 
             contexts = [self.responder.render([{"role": "user", "content": x}]) for x in benign]
-            b_batch = self.generate(self.responder, contexts, one(cfg.responder), seed + 2)
+            b_sampling = dataclasses.replace(cfg.responder.sampling(), n=cfg.eval_benign_samples)
+            b_batch = self.generate(self.responder, contexts, b_sampling, seed + 2)
             reference = self.responder.reference_logprobs(b_batch, cfg.micro_batch_size, self.amp())
             mask = b_batch.completion_mask.float()
             nll = -(reference * mask).sum() / mask.sum().clamp(min=1.0)  # per token of R's answers
@@ -502,7 +555,7 @@ class SelfPlayTrainer:
             "self_bleu": self_bleu(successful),
         }
         if b_batch is not None:
-            metrics["benign_sentiment"] = sum(sentiment_scores(list(b_batch.completions))) / len(benign)
+            metrics["benign_sentiment"] = sum(sentiment_scores(list(b_batch.completions))) / len(b_batch)
             metrics["benign_perplexity"] = float(torch.exp(nll))
         rows = [
             {
@@ -518,7 +571,8 @@ class SelfPlayTrainer:
             )
         ]
         if b_batch is not None:
-            rows += [{"benign": x, "answer": y} for x, y in zip(benign, b_batch.completions)]
+            answered = [x for x in benign for _ in range(cfg.eval_benign_samples)]  # n answers each, in order
+            rows += [{"benign": x, "answer": y} for x, y in zip(answered, b_batch.completions)]
         self.samples_dir.mkdir(exist_ok=True)
         write_jsonl_atomic(self.samples_dir / f"step-{step:06d}.jsonl", rows)
         return {f"eval/{k}": v for k, v in metrics.items()}
