@@ -92,13 +92,24 @@ def test_novelty_takes_the_closest_history_text() -> None:
 
 
 def test_novelty_edge_cases() -> None:
-    assert novelty(["the cat sat"], []) == [1.0]  # empty history
-    assert novelty(["cat"], ["cat"], n=2) == [1.0]  # no bigrams in the text
+    assert novelty(["the cat sat"], []) == [1.0]  # empty history: its own distinct share, 2 of 2
+    assert novelty(["cat"], ["dog"], n=2) == [0.0]  # no bigrams in the text: nothing new to pay for
+    assert novelty([""], []) == [0.0]
     assert novelty([], ["x y"]) == []
-    # Unigrams, as sets: {the, cat} vs {cat}: overlap 1/2.
-    assert novelty(["the cat the"], ["cat"], n=1) == [pytest.approx(0.5)]
+    # Unigrams: g = [the, cat, the], G = {the, cat}; vs {cat}: (2 - 1) / 3.
+    assert novelty(["the cat the"], ["cat"], n=1) == [pytest.approx(1 / 3)]
     with pytest.raises(ValueError, match="n must be"):
         novelty(["a"], ["a"], n=0)
+
+
+def test_novelty_pays_repetition_less() -> None:
+    # "no no no no": bigrams [(no no)] x 3, one distinct -> 1/3 with an empty history, however new it is.
+    assert novelty(["no no no no"], []) == [pytest.approx(1 / 3)]
+    assert novelty(["no no no no"], ["a b"]) == [pytest.approx(1 / 3)]
+    # "a b a b": g = [(a b), (b a), (a b)], G has 2; against "a b c": (a b) seen -> (2 - 1) / 3.
+    assert novelty(["a b a b"], ["a b c"]) == [pytest.approx(1 / 3)]
+    # A text without repeats keeps the plain form 1 - overlap: "the cat sat" vs "the cat ran" -> 1/2.
+    assert novelty(["the cat sat"], ["the cat ran"]) == [pytest.approx(0.5)]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ of a film"):
        r_P(x)    = mean_{j} g_P(c, x, y_j) + eta * novelty(x, H)
 
    P's reward of an input is its expected outcome over R's ``responder.n`` answers (a lower-variance
-   estimate of ``E_{y~R}[g_P]``); ``novelty(x, H) = 1 - max_{h in H} |ngrams(x) & ngrams(h)| / |ngrams(x)|``
-   against the last ``novelty_history`` inputs ``H`` (Curiosity-driven Red-Teaming, Hong et al. ICLR 2024,
-   its n-gram novelty term), weighted by ``eta = novelty_coef``: without it an attacker collapses onto one
-   input that works;
+   estimate of ``E_{y~R}[g_P]``); ``novelty(x, H) = (|G(x)| - max_{h in H} |G(x) & G(h)|) / |g(x)|``
+   with ``g(x)`` the input's word n-grams and ``G(x)`` their set, against the last ``novelty_history``
+   inputs ``H`` (Curiosity-driven Red-Teaming, Hong et al. ICLR 2024, its n-gram novelty term; an input of
+   fewer than n words or one phrase repeated earns little or nothing: :func:`novelty`), weighted by
+   ``eta = novelty_coef``: without it an attacker collapses onto one input that works;
 5. each role trained by the schedule takes one GRPO step (Shao et al. 2024) on its own samples: the
    group of P is the ``prompter.n`` inputs of a task, the group of R the ``responder.n`` answers to an
    input, ``A_i = (r_i - mean_group r) / (std_group r + eps)``; the loss per token is the on-policy

@@ -135,28 +135,38 @@ def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
 
 
 def novelty(texts: Sequence[str], history: Sequence[str], n: int = 2) -> list[float]:
-    """Per text, 1 minus its largest word n-gram overlap with any text of ``history``, in [0, 1].
+    """Per text, the share of its word n-grams that are distinct and not in the closest history text, in
+    [0, 1].
 
-    With ``G(x)`` the *set* of word n-grams of ``x``::
+    With ``g(x)`` the list of word n-grams of ``x`` (every occurrence) and ``G(x)`` their *set*::
 
-        novelty(x) = 1 - max_{h in history} |G(x) ∩ G(h)| / |G(x)|
+        novelty(x) = (|G(x)| - max_{h in history} |G(x) ∩ G(h)|) / |g(x)|
+                   = (1 - max_h |G(x) ∩ G(h)| / |G(x)|)  *  |G(x)| / |g(x)|
+                      new relative to the history        distinct within x
 
-    1.0 when ``history`` is empty or ``x`` has no n-grams (fewer than ``n`` words). This is the novelty
-    bonus of Curiosity-driven Red-Teaming (Hong et al., ICLR 2024, "Curiosity-driven Red-teaming for Large
-    Language Models") in an n-gram form: the red-team policy is paid for test cases unlike those it has
-    already produced. (The paper's own terms are a negative SelfBLEU against the history and a cosine
-    distance of sentence embeddings; this is the lexical, model-free analogue, cheap enough for every
-    rollout.)
+    This is the novelty bonus of Curiosity-driven Red-Teaming (Hong et al., ICLR 2024, "Curiosity-driven
+    Red-teaming for Large Language Models") in an n-gram form: the red-team policy is paid for test cases
+    unlike those it has already produced. (The paper's own terms are a negative SelfBLEU against the history
+    and a cosine distance of sentence embeddings; this is the lexical, model-free analogue, cheap enough for
+    every rollout.) Two ways to be paid without being new are closed, both seen in training:
+
+    - a text of fewer than ``n`` words brings no new n-gram, so its novelty is 0 (paid 1, a prompter
+      learned one-word inputs such as ``"Fake"``);
+    - repeating one phrase adds occurrences but no distinct n-gram, so ``|G(x)| / |g(x)|`` scales it down
+      ("Nonsense. Nonsense. Nonsense." has one distinct bigram in two: at most 0.5).
+
+    With an empty history a text's novelty is its own distinct share ``|G(x)| / |g(x)|``.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     history_sets = [set(ngrams(h, n)) for h in history]
     out = []
     for text in texts:
-        grams = set(ngrams(text, n))
-        if not grams or not history_sets:
-            out.append(1.0)
+        occurrences = ngrams(text, n)  # g(x)
+        if not occurrences:
+            out.append(0.0)  # no n-gram: nothing new to pay for
             continue
-        overlap = max(len(grams & h) for h in history_sets) / len(grams)
-        out.append(1.0 - overlap)
+        grams = set(occurrences)  # G(x)
+        seen = max((len(grams & h) for h in history_sets), default=0)  # the closest history text's share
+        out.append((len(grams) - seen) / len(occurrences))
     return out
