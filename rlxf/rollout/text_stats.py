@@ -167,6 +167,7 @@ def novelty(texts: Sequence[str], history: Sequence[str], n: int = 2) -> list[fl
             out.append(0.0)  # no n-gram: nothing new to pay for
             continue
         grams = set(occurrences)  # G(x)
-        seen = max((len(grams & h) for h in history_sets), default=0)  # n-grams shared with the closest history text
+        # n-grams shared with the closest history text
+        seen = max((len(grams & h) for h in history_sets), default=0)
         out.append((len(grams) - seen) / len(occurrences))
     return out
