@@ -125,6 +125,59 @@ def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir)
     assert not (result.out / "checkpoints").exists()  # snapshots and checkpoints gone with the run's end
 
 
+def test_sentiment_anchor_rewards_keeping_the_start_models_sentiment(tmp_path, tiny_model_dir, monkeypatch):
+    """benign_anchor=sentiment: s_0(x) is sampled once from R's starting weights (the same figures after R
+    has moved), written to benign_reference.json; the multiplier takes one dual-ascent step on the
+    step's mean deviation, and the advantages it gives the benign answers move R at the first step, where
+    the KL alone cannot (k3's gradient is 0 at the reference)."""
+    from rlxf.feedback import sentiment
+    from rlxf.train.run import RunDir
+
+    # VADER gives 0 to the tiny model's random text; a score that varies with it instead
+    monkeypatch.setattr(sentiment, "sentiment_scores", lambda texts: [(len(t) % 5 - 2) / 2 for t in texts])
+    with pytest.raises(ValueError, match="set benign_per_step > 0"):
+        config(tmp_path, tiny_model_dir, benign_anchor="sentiment")
+    with pytest.raises(ValueError, match="benign_lambda_lr"):
+        config(tmp_path, tiny_model_dir, benign_per_step=1, benign_lambda_lr=-1.0)
+    with pytest.raises(ValueError, match="benign_reference_samples"):
+        config(tmp_path, tiny_model_dir, benign_per_step=1, benign_reference_samples=0)
+    with pytest.raises(ValueError, match="benign_anchor"):
+        config(tmp_path, tiny_model_dir, benign_per_step=1, benign_anchor="vader")
+
+    weights = []
+    for anchor in ("kl", "sentiment"):
+        cfg = config(
+            tmp_path,
+            tiny_model_dir,
+            schedule="responder",
+            benign_per_step=2,
+            benign_kl_coef=1.0,
+            benign_anchor=anchor,
+            benign_reference_samples=3,
+            benign_lambda_lr=2.5,
+            out=str(tmp_path / anchor),
+        )
+        with RunDir.create(cfg.out, cfg) as run:
+            trainer = SelfPlayTrainer(cfg, run)
+            metrics = trainer.train_step(0)
+            weights.append(adapter_weights(trainer.responder.model, "responder"))
+            if anchor == "sentiment":
+                path = run.path / "benign_reference.json"
+                means = json.loads(path.read_text())
+                assert sorted(means) == ["Tell me about the sea", "Write a review"]
+                assert all(-1.0 <= v <= 1.0 for v in means.values())
+                # both inputs answered n=2 times: the deviation is the answers' mean minus the mean s_0
+                deviation = metrics["responder/benign_sentiment"] - sum(means.values()) / 2
+                assert metrics["responder/benign_deviation"] == pytest.approx(deviation)
+                assert deviation != 0.0
+                assert metrics["responder/benign_lambda"] == pytest.approx(2.5 * deviation)  # from 0
+                assert trainer.benign_lambda == metrics["responder/benign_lambda"]
+                path.unlink()  # sampled again after R's step: from its starting weights, so the same
+                assert trainer.benign_reference() == means
+                assert json.loads(path.read_text()) == means
+    assert changed(weights[0], weights[1])  # the reward term moved R where the KL could not
+
+
 def test_benign_anchor_is_the_kl_to_the_reference_on_benign_answers(tmp_path, tiny_model_dir):
     """benign_per_step: R also answers benign training inputs, where its only loss is the KL to its
     reference. At the first step R is its reference (LoRA's B starts at 0), so k3's gradient is exactly 0
@@ -184,8 +237,18 @@ def test_benign_anchor_needs_benign_inputs_and_evaluation_takes_several_answers(
     assert benign == ["Tell me about the sea"] * 3 + ["Write a review"] * 3
 
 
-def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
-    cfg_a = config(tmp_path, tiny_model_dir, num_steps=3, out=str(tmp_path / "a"))
+@pytest.mark.parametrize("anchor", [None, "sentiment"])
+def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch, anchor):
+    """... with the sentiment anchor too: its multiplier and s_0 (benign_reference.json) carry over."""
+    extra = {}
+    if anchor:
+        from rlxf.feedback import sentiment
+
+        monkeypatch.setattr(
+            sentiment, "sentiment_scores", lambda texts: [(len(t) % 5 - 2) / 2 for t in texts]
+        )
+        extra = {"benign_per_step": 2, "benign_anchor": anchor, "benign_reference_samples": 2}
+    cfg_a = config(tmp_path, tiny_model_dir, num_steps=3, out=str(tmp_path / "a"), **extra)
     selfplay(cfg_a)
     cfg_b = dataclasses.replace(
         cfg_a, out=str(tmp_path / "b"), train=dataclasses.replace(cfg_a.train, save_every=1)
@@ -207,6 +270,8 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch):
     records_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
     records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in records_b] == [r["step"] for r in records_a]
+    if anchor:
+        assert records_a[-2]["responder/benign_lambda"] != 0.0  # step 3's: moved twice before the resume
     for record, reference in zip(records_b, records_a):
         for name, value in reference.items():
             if not name.startswith("time/"):

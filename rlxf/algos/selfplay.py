@@ -28,10 +28,24 @@ of a film"):
        L_t = -exp(log pi(a_t) - sg[log pi(a_t)]) A_i + beta * k3(pi, ref)_t,   mean over the role's tokens
 
    With ``benign_per_step`` = k, R also answers the next k of the game's benign training inputs in each
-   step it trains, and its loss there is only the KL to its reference (an anchor for ordinary inputs,
-   the KL form of InstructGPT's pre-training mix, Ouyang et al. 2022)::
+   step it trains, an anchor for ordinary inputs. ``benign_anchor: kl``: its loss there is only the KL to
+   its reference (the KL form of InstructGPT's pre-training mix, Ouyang et al. 2022)::
 
        L_R = L_game + benign_kl_coef * mean_{benign tokens} k3(pi, ref)_t
+
+   ``benign_anchor: sentiment`` holds the figure the evaluation checks instead of every token: R's mean
+   sentiment on ordinary inputs is a constraint, ``E_benign[s(y) - s_0(x)] = 0`` with ``s`` VADER's
+   compound score (``benign_sentiment`` of the evaluation) and ``s_0(x)`` the start model's mean over
+   ``benign_reference_samples`` answers to ``x`` (sampled once, ``benign_reference.json``), enforced by a
+   Lagrange multiplier learned by dual ascent (RCPO, Tessler et al. ICLR 2019)::
+
+       lambda <- lambda + benign_lambda_lr * mean_{benign answers of the step} (s(y) - s_0(x))
+       A^b_i  = -lambda * (s(y_i) - mean_group s)          (each input's responder.n answers a group)
+       L_R    = L_game + mean_{benign tokens} (-ratio_t A^b_i + benign_kl_coef * k3(pi, ref)_t)
+
+   When the game makes R more positive on ordinary inputs than it started, lambda grows and R's less
+   positive benign answers gain; when it falls below, lambda turns negative. The advantages are not
+   divided by the group's std (Dr. GRPO's form): lambda alone sets the constraint's strength.
 
 Schedules (``schedule``): ``prompter`` (R frozen: RL red-teaming / prompt optimisation), ``responder``
 (P frozen, or the fixed inputs of ``prompt_pool``), ``alternate`` (``round_steps`` steps of P, then of R,
@@ -62,12 +76,14 @@ Left out (for now): PPO with critics for the roles, naturalness scored by a mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +122,7 @@ logger = logging.getLogger(__name__)
 
 Schedule = Literal["prompter", "responder", "alternate", "simultaneous"]
 Roles = Literal["adapters", "models"]
+BenignAnchor = Literal["kl", "sentiment"]
 ROLES = ("prompter", "responder")
 
 # Per step (prompter/* and responder/*: the role's reward, and when it trained: loss, KL, entropy, lr).
@@ -186,10 +203,21 @@ class SelfPlayConfig:
     micro_batch_size: int = option(16, help="sequences per forward/backward pass")
     benign_per_step: int = option(
         0,
-        help="benign training inputs of the game R also answers each step it trains, where its only loss "
-        "is benign_kl_coef x the KL to its reference: an anchor for R's answers to ordinary inputs",
+        help="benign training inputs of the game R also answers each step it trains, an anchor for its "
+        "answers to ordinary inputs (benign_anchor says how)",
     )
     benign_kl_coef: float = option(0.5, help="weight of the KL to R's reference on the benign answers")
+    benign_anchor: BenignAnchor = option(
+        "kl",
+        help="kl: the benign answers' only loss is the KL; sentiment: their mean VADER sentiment is held "
+        "at the start model's by a Lagrange multiplier (module docstring), plus the KL",
+    )
+    benign_reference_samples: int = option(
+        4, help="benign_anchor=sentiment: the start model's answers per benign input that give s_0(x)"
+    )
+    benign_lambda_lr: float = option(
+        3.0, help="benign_anchor=sentiment: the multiplier's step per unit of the step's mean deviation"
+    )
     eval_tasks: int = option(32, help="held-out tasks of the game's test split evaluated")
     eval_benign_samples: int = option(1, help="R's answers per benign held-out input at evaluation")
     crossplay_steps: list[int] | None = option(
@@ -221,6 +249,14 @@ class SelfPlayConfig:
             raise ValueError("benign_per_step and benign_kl_coef must be >= 0")
         if self.eval_benign_samples < 1:
             raise ValueError(f"eval_benign_samples must be >= 1, got {self.eval_benign_samples}")
+        if self.benign_lambda_lr < 0:
+            raise ValueError(f"benign_lambda_lr must be >= 0, got {self.benign_lambda_lr}")
+        if self.benign_reference_samples < 1:
+            raise ValueError(f"benign_reference_samples must be >= 1, got {self.benign_reference_samples}")
+        if self.benign_anchor == "sentiment" and not self.benign_per_step:
+            raise ValueError(
+                "benign_anchor=sentiment rewards R's answers to benign inputs: set benign_per_step > 0"
+            )
         if self.model.dtype != "auto":
             raise ValueError("for training, set the precision with train.precision, not model.dtype")
         if self.crossplay_steps is None:
@@ -286,10 +322,17 @@ class Role:
         return render_chat(messages, self.tokenizer, add_generation_prompt=True)
 
     def reference_logprobs(self, batch: RolloutBatch, micro: int, amp: Any) -> torch.Tensor:
+        with self.start_model() as reference:
+            return batch_logprobs(reference, batch, self.cfg.temperature, micro, amp)
+
+    @contextlib.contextmanager
+    def start_model(self) -> Iterator[torch.nn.Module]:
+        """The role's reference, its starting weights: the frozen copy, or the model with adapters off."""
         if self.reference is not None:
-            return batch_logprobs(self.reference, batch, self.cfg.temperature, micro, amp)
+            yield self.reference
+            return
         with self.model.disable_adapter():
-            return batch_logprobs(self.model, batch, self.cfg.temperature, micro, amp)
+            yield self.model
 
 
 class _ParameterView(torch.nn.Module):
@@ -368,6 +411,8 @@ class SelfPlayTrainer:
                 "(its benign_prompts('train') is empty)"
             )
         self.samples_dir = run.path / "samples"
+        self.benign_means: dict[str, float] | None = None  # s_0(x) of benign_anchor=sentiment, when needed
+        self.benign_lambda = 0.0  # benign_anchor=sentiment: the Lagrange multiplier of R's benign sentiment
 
     def _read_pool(self) -> list[str]:
         from rlxf.data import read_prompts
@@ -390,6 +435,49 @@ class SelfPlayTrainer:
             batch = HFEngine(role.model, role.tokenizer).generate(contexts, sampling, seed=seed)
         role.model.train()
         return batch
+
+    def benign_chosen(self, step: int) -> list[str]:
+        """The benign training inputs R answers at ``step``: the next ``benign_per_step`` of the pool in turn."""
+        k, pool = self.cfg.benign_per_step, self.benign_train
+        return [pool[(step * k + i) % len(pool)] for i in range(k)]
+
+    def benign_reference(self) -> dict[str, float]:
+        """``s_0(x)``: the start model's mean VADER sentiment over ``benign_reference_samples`` answers to
+        each benign training input the run will use (benign_anchor=sentiment).
+
+        Sampled once from R's reference (its starting weights), in chunks, with a seed of its own, and kept
+        in the run's ``benign_reference.json``: a resumed run reads it back instead of sampling again."""
+        from rlxf.feedback.sentiment import sentiment_scores
+
+        path = self.run.path / "benign_reference.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        cfg = self.cfg
+        inputs = list(dict.fromkeys(x for step in range(cfg.num_steps) for x in self.benign_chosen(step)))
+        sampling = dataclasses.replace(cfg.responder.sampling(), n=cfg.benign_reference_samples)
+        means: dict[str, float] = {}
+        chunk = 32  # inputs per generate call: bounds the KV cache of inputs x samples rows
+        role = self.responder
+        role.activate()
+        role.model.eval()
+        with torch.no_grad(), self.amp(), role.start_model() as start:
+            engine = HFEngine(start, role.tokenizer)
+            for i in range(0, len(inputs), chunk):
+                part = inputs[i : i + chunk]
+                contexts = [role.render([{"role": "user", "content": x}]) for x in part]
+                batch = engine.generate(
+                    contexts, sampling, seed=cfg.seed + 2 * 10**9, row_offset=i * sampling.n
+                )
+                scores = torch.tensor(sentiment_scores(list(batch.completions))).view(len(part), sampling.n)
+                means.update(zip(part, scores.mean(-1).tolist()))  # mean over each input's samples
+        role.model.train()
+        write_text_atomic(path, json.dumps(means, indent=1) + "\n")
+        logger.info(
+            "benign anchor: the start model's sentiment on %d benign inputs, mean %+.3f",
+            len(means),
+            sum(means.values()) / len(means),
+        )
+        return means
 
     def play(self, tasks: list[Any], seed: int, p_sampling: SamplingConfig, r_sampling: SamplingConfig):
         """P's inputs for the tasks (or the pool's), R's answers to each, and the game's scores."""
@@ -420,13 +508,14 @@ class SelfPlayTrainer:
         batch: RolloutBatch,
         advantages: torch.Tensor,
         anchor: RolloutBatch | None = None,
+        anchor_advantages: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One on-policy GRPO step of ``role`` on its samples ``batch`` with per-sample ``advantages``.
 
-        ``anchor`` (R's answers to benign training inputs) adds ``benign_kl_coef`` x the k3 KL to the
-        role's reference on those answers, a token mean of their own: the loss of the step is
-        ``L_game + benign_kl_coef * KL_benign``, so the anchor's weight does not depend on how many
-        tokens the game's answers had."""
+        ``anchor`` (R's answers to benign training inputs) adds the surrogate with ``anchor_advantages``
+        (benign_anchor=sentiment; none: 0) plus ``benign_kl_coef`` x the k3 KL to the role's reference on
+        those answers, a token mean of their own: the loss of the step is ``L_game + L_benign``, so the
+        anchor's weight does not depend on how many tokens the game's answers had."""
         role.activate()
         sums, tokens = self._accumulate(role, batch, advantages, role.cfg.kl_coef)
         metrics = {
@@ -435,8 +524,9 @@ class SelfPlayTrainer:
             f"{role.name}/entropy": sums["entropy"] / tokens,
         }
         if anchor is not None:
-            no_advantage = torch.zeros(len(anchor), device=self.device)  # only the KL term moves R here
-            benign, benign_tokens = self._accumulate(role, anchor, no_advantage, self.cfg.benign_kl_coef)
+            if anchor_advantages is None:  # benign_anchor=kl: only the KL term moves R here
+                anchor_advantages = torch.zeros(len(anchor), device=self.device)
+            benign, benign_tokens = self._accumulate(role, anchor, anchor_advantages, self.cfg.benign_kl_coef)
             metrics[f"{role.name}/benign_kl"] = benign["kl"] / benign_tokens
             metrics[f"{role.name}/loss"] += benign["loss"]
         if self.cfg.train.max_grad_norm > 0:
@@ -513,13 +603,30 @@ class SelfPlayTrainer:
             metrics.update(self.update(self.prompter, p_batch.to(self.device), advantages))
         if cfg.trains("responder", step):
             advantages = group_advantages(r_rewards, r_sampling.n).to(self.device)  # [T*nP*nR]
-            anchor = None
+            anchor, anchor_advantages = None, None
             if cfg.benign_per_step:  # the next benign training inputs in turn, R's answers to them
-                k, pool = cfg.benign_per_step, self.benign_train
-                chosen = [pool[(step * k + i) % len(pool)] for i in range(k)]
+                chosen = self.benign_chosen(step)
                 contexts = [self.responder.render([{"role": "user", "content": x}]) for x in chosen]
                 anchor = self.generate(self.responder, contexts, r_sampling, seed + 2).to(self.device)
-            metrics.update(self.update(self.responder, r_batch.to(self.device), advantages, anchor))
+            if cfg.benign_anchor == "sentiment":
+                from rlxf.feedback.sentiment import sentiment_scores
+
+                if self.benign_means is None:
+                    self.benign_means = self.benign_reference()
+                sentiment = torch.tensor(sentiment_scores(list(anchor.completions)))  # s(y) [k * nR]
+                start = torch.tensor([self.benign_means[x] for x in chosen]).repeat_interleave(r_sampling.n)
+                # dual ascent on the constraint E[s(y) - s_0(x)] = 0: the step's answers estimate it
+                deviation = (sentiment - start).mean().item()
+                self.benign_lambda += cfg.benign_lambda_lr * deviation
+                # A = -lambda (s_i - mean_group s): not divided by the std, lambda is the strength
+                centered = group_advantages(sentiment, r_sampling.n, scale_by_std=False)
+                anchor_advantages = (-self.benign_lambda * centered).to(self.device)  # [k * nR]
+                metrics["responder/benign_sentiment"] = sentiment.mean().item()
+                metrics["responder/benign_deviation"] = deviation
+                metrics["responder/benign_lambda"] = self.benign_lambda
+            metrics.update(
+                self.update(self.responder, r_batch.to(self.device), advantages, anchor, anchor_advantages)
+            )
         metrics["time/generate"] = t1 - t0
         metrics["time/train"] = time.perf_counter() - t1
         return metrics
@@ -597,6 +704,7 @@ class SelfPlayTrainer:
                 "optimizers": {r.name: r.optimizer.state_dict() for r in (self.prompter, self.responder)},
                 "schedulers": {r.name: r.scheduler.state_dict() for r in (self.prompter, self.responder)},
                 "history": list(self.history),
+                "benign_lambda": self.benign_lambda,
             },
             keep_last=self.cfg.train.keep_last,
         )
@@ -613,6 +721,7 @@ class SelfPlayTrainer:
             role.optimizer.load_state_dict(ckpt.extra["optimizers"][role.name])
             role.scheduler.load_state_dict(ckpt.extra["schedulers"][role.name])
         self.history = list(ckpt.extra["history"])
+        self.benign_lambda = float(ckpt.extra.get("benign_lambda", 0.0))  # absent in runs before it
         return ckpt.step
 
     # ------------------------------------------------------------------------------------------ cross-play
