@@ -127,9 +127,9 @@ def test_selfplay_runs_evaluates_and_saves_both_models(tmp_path, tiny_model_dir)
 
 def test_sentiment_anchor_rewards_keeping_the_start_models_sentiment(tmp_path, tiny_model_dir, monkeypatch):
     """benign_anchor=sentiment: s_0(x) is sampled once from R's starting weights (the same figures after R
-    has moved), written to benign_reference.json; the multiplier takes one dual-ascent step on the
-    step's mean deviation, and the advantages it gives the benign answers move R at the first step, where
-    the KL alone cannot (k3's gradient is 0 at the reference)."""
+    has moved), written to benign_reference.json; the multiplier is kp x the step's mean deviation + ki x
+    their sum, and the advantages it gives the benign answers move R at the first step, where the KL
+    alone cannot (k3's gradient is 0 at the reference)."""
     from rlxf.feedback import sentiment
     from rlxf.train.run import RunDir
 
@@ -137,8 +137,8 @@ def test_sentiment_anchor_rewards_keeping_the_start_models_sentiment(tmp_path, t
     monkeypatch.setattr(sentiment, "sentiment_scores", lambda texts: [(len(t) % 5 - 2) / 2 for t in texts])
     with pytest.raises(ValueError, match="set benign_per_step > 0"):
         config(tmp_path, tiny_model_dir, benign_anchor="sentiment")
-    with pytest.raises(ValueError, match="benign_lambda_lr"):
-        config(tmp_path, tiny_model_dir, benign_per_step=1, benign_lambda_lr=-1.0)
+    with pytest.raises(ValueError, match="benign_lambda_kp and benign_lambda_ki"):
+        config(tmp_path, tiny_model_dir, benign_per_step=1, benign_lambda_ki=-1.0)
     with pytest.raises(ValueError, match="benign_reference_samples"):
         config(tmp_path, tiny_model_dir, benign_per_step=1, benign_reference_samples=0)
     with pytest.raises(ValueError, match="benign_anchor"):
@@ -154,7 +154,8 @@ def test_sentiment_anchor_rewards_keeping_the_start_models_sentiment(tmp_path, t
             benign_kl_coef=1.0,
             benign_anchor=anchor,
             benign_reference_samples=3,
-            benign_lambda_lr=2.5,
+            benign_lambda_kp=2.5,
+            benign_lambda_ki=0.5,
             out=str(tmp_path / anchor),
         )
         with RunDir.create(cfg.out, cfg) as run:
@@ -170,8 +171,8 @@ def test_sentiment_anchor_rewards_keeping_the_start_models_sentiment(tmp_path, t
                 deviation = metrics["responder/benign_sentiment"] - sum(means.values()) / 2
                 assert metrics["responder/benign_deviation"] == pytest.approx(deviation)
                 assert deviation != 0.0
-                assert metrics["responder/benign_lambda"] == pytest.approx(2.5 * deviation)  # from 0
-                assert trainer.benign_lambda == metrics["responder/benign_lambda"]
+                assert metrics["responder/benign_lambda"] == pytest.approx((2.5 + 0.5) * deviation)
+                assert trainer.benign_error_sum == pytest.approx(deviation)
                 path.unlink()  # sampled again after R's step: from its starting weights, so the same
                 assert trainer.benign_reference() == means
                 assert json.loads(path.read_text()) == means
@@ -271,7 +272,7 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, monkeypatch, anchor)
     records_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in records_b] == [r["step"] for r in records_a]
     if anchor:
-        assert records_a[-2]["responder/benign_lambda"] != 0.0  # step 3's: moved twice before the resume
+        assert records_a[-2]["responder/benign_lambda"] != 0.0  # step 3's: its integral holds steps 1-2
     for record, reference in zip(records_b, records_a):
         for name, value in reference.items():
             if not name.startswith("time/"):

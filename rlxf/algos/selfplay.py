@@ -37,15 +37,19 @@ of a film"):
    sentiment on ordinary inputs is a constraint, ``E_benign[s(y) - s_0(x)] = 0`` with ``s`` VADER's
    compound score (``benign_sentiment`` of the evaluation) and ``s_0(x)`` the start model's mean over
    ``benign_reference_samples`` answers to ``x`` (sampled once, ``benign_reference.json``), enforced by a
-   Lagrange multiplier learned by dual ascent (RCPO, Tessler et al. ICLR 2019)::
+   Lagrange multiplier set by a PI controller on the constraint's error (the PID Lagrangian of Stooke,
+   Achiam & Abbeel, ICML 2020; plain dual ascent, RCPO, is its integral term alone)::
 
-       lambda <- lambda + benign_lambda_lr * mean_{benign answers of the step} (s(y) - s_0(x))
-       A^b_i  = -lambda * (s(y_i) - mean_group s)          (each input's responder.n answers a group)
-       L_R    = L_game + mean_{benign tokens} (-ratio_t A^b_i + benign_kl_coef * k3(pi, ref)_t)
+       e_t      = mean_{benign answers of step t} (s(y) - s_0(x))
+       lambda_t = benign_lambda_kp * e_t + benign_lambda_ki * sum_{tau <= t} e_tau
+       A^b_i    = -lambda_t * (s(y_i) - s_0(x_i))          (s_0 the baseline: no group needed)
+       L_R      = L_game + mean_{benign tokens} (-ratio_t A^b_i + benign_kl_coef * k3(pi, ref)_t)
 
-   When the game makes R more positive on ordinary inputs than it started, lambda grows and R's less
-   positive benign answers gain; when it falls below, lambda turns negative. The advantages are not
-   divided by the group's std (Dr. GRPO's form): lambda alone sets the constraint's strength.
+   When the game makes R more positive on ordinary inputs than it started, lambda is positive and R's
+   benign answers above their input's start gain less; below the start, lambda turns negative. The
+   baseline is ``s_0(x)``, not the group's mean, so the push holds when R's answers to an input agree. The
+   proportional term reacts at once; the integral one alone winds up and oscillates (measured:
+   docs/selfplay.md).
 
 Schedules (``schedule``): ``prompter`` (R frozen: RL red-teaming / prompt optimisation), ``responder``
 (P frozen, or the fixed inputs of ``prompt_pool``), ``alternate`` (``round_steps`` steps of P, then of R,
@@ -215,8 +219,11 @@ class SelfPlayConfig:
     benign_reference_samples: int = option(
         4, help="benign_anchor=sentiment: the start model's answers per benign input that give s_0(x)"
     )
-    benign_lambda_lr: float = option(
-        3.0, help="benign_anchor=sentiment: the multiplier's step per unit of the step's mean deviation"
+    benign_lambda_kp: float = option(
+        5.0, help="benign_anchor=sentiment: the multiplier's proportional gain on the step's deviation"
+    )
+    benign_lambda_ki: float = option(
+        0.5, help="benign_anchor=sentiment: the multiplier's integral gain on the summed deviations"
     )
     eval_tasks: int = option(32, help="held-out tasks of the game's test split evaluated")
     eval_benign_samples: int = option(1, help="R's answers per benign held-out input at evaluation")
@@ -249,8 +256,8 @@ class SelfPlayConfig:
             raise ValueError("benign_per_step and benign_kl_coef must be >= 0")
         if self.eval_benign_samples < 1:
             raise ValueError(f"eval_benign_samples must be >= 1, got {self.eval_benign_samples}")
-        if self.benign_lambda_lr < 0:
-            raise ValueError(f"benign_lambda_lr must be >= 0, got {self.benign_lambda_lr}")
+        if self.benign_lambda_kp < 0 or self.benign_lambda_ki < 0:
+            raise ValueError("benign_lambda_kp and benign_lambda_ki must be >= 0")
         if self.benign_reference_samples < 1:
             raise ValueError(f"benign_reference_samples must be >= 1, got {self.benign_reference_samples}")
         if self.benign_anchor == "sentiment" and not self.benign_per_step:
@@ -412,7 +419,7 @@ class SelfPlayTrainer:
             )
         self.samples_dir = run.path / "samples"
         self.benign_means: dict[str, float] | None = None  # s_0(x) of benign_anchor=sentiment, when needed
-        self.benign_lambda = 0.0  # benign_anchor=sentiment: the Lagrange multiplier of R's benign sentiment
+        self.benign_error_sum = 0.0  # benign_anchor=sentiment: the PI controller's integral of the deviation
 
     def _read_pool(self) -> list[str]:
         from rlxf.data import read_prompts
@@ -615,15 +622,14 @@ class SelfPlayTrainer:
                     self.benign_means = self.benign_reference()
                 sentiment = torch.tensor(sentiment_scores(list(anchor.completions)))  # s(y) [k * nR]
                 start = torch.tensor([self.benign_means[x] for x in chosen]).repeat_interleave(r_sampling.n)
-                # dual ascent on the constraint E[s(y) - s_0(x)] = 0: the step's answers estimate it
+                # the constraint E[s(y) - s_0(x)] = 0, estimated by this step's answers: e_t
                 deviation = (sentiment - start).mean().item()
-                self.benign_lambda += cfg.benign_lambda_lr * deviation
-                # A = -lambda (s_i - mean_group s): not divided by the std, lambda is the strength
-                centered = group_advantages(sentiment, r_sampling.n, scale_by_std=False)
-                anchor_advantages = (-self.benign_lambda * centered).to(self.device)  # [k * nR]
+                self.benign_error_sum += deviation
+                lam = cfg.benign_lambda_kp * deviation + cfg.benign_lambda_ki * self.benign_error_sum
+                anchor_advantages = (-lam * (sentiment - start)).to(self.device)  # [k * nR], baseline s_0(x)
                 metrics["responder/benign_sentiment"] = sentiment.mean().item()
                 metrics["responder/benign_deviation"] = deviation
-                metrics["responder/benign_lambda"] = self.benign_lambda
+                metrics["responder/benign_lambda"] = lam
             metrics.update(
                 self.update(self.responder, r_batch.to(self.device), advantages, anchor, anchor_advantages)
             )
@@ -704,7 +710,7 @@ class SelfPlayTrainer:
                 "optimizers": {r.name: r.optimizer.state_dict() for r in (self.prompter, self.responder)},
                 "schedulers": {r.name: r.scheduler.state_dict() for r in (self.prompter, self.responder)},
                 "history": list(self.history),
-                "benign_lambda": self.benign_lambda,
+                "benign_error_sum": self.benign_error_sum,
             },
             keep_last=self.cfg.train.keep_last,
         )
@@ -721,7 +727,7 @@ class SelfPlayTrainer:
             role.optimizer.load_state_dict(ckpt.extra["optimizers"][role.name])
             role.scheduler.load_state_dict(ckpt.extra["schedulers"][role.name])
         self.history = list(ckpt.extra["history"])
-        self.benign_lambda = float(ckpt.extra.get("benign_lambda", 0.0))  # absent in runs before it
+        self.benign_error_sum = float(ckpt.extra.get("benign_error_sum", 0.0))  # absent in runs before it
         return ckpt.step
 
     # ------------------------------------------------------------------------------------------ cross-play
